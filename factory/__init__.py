@@ -1,0 +1,33 @@
+"""instruction-factory: instruction-tuning data in one DuckLake warehouse.
+
+    import factory
+    wh = factory.init("warehouse")          # or factory.open("warehouse")
+    factory.import_file(wh, "data/seed_tasks.jsonl", source="seeds")
+    wh.create_snapshot("base", message="first cut")
+    wh.sql("SELECT source, count(*) FROM snapshot('base') GROUP BY ALL")
+    wh.export("base", "out/", "sharegpt", eval_split=0.05)
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from factory.warehouse import Warehouse, init, open_warehouse
+
+__version__ = "0.1.0"
+
+
+def open(path: str | None = None, read_only: bool = False) -> Warehouse:  # noqa: A001 - mirrors duckdb.connect
+    """Open the warehouse at path ($FACTORY_WAREHOUSE or ./warehouse by default)."""
+    return open_warehouse(path, read_only=read_only)
+
+
+def import_file(wh: Warehouse, path: str, **config: Any) -> Any:
+    """Import a file or folder with the registered `human` generator (keyword args: ImportConfig)."""
+    from factory import plugins
+
+    plugin = plugins.get("generator", "human")
+    return plugin.run(wh, path, plugin.config(**config))
+
+
+__all__ = ["Warehouse", "__version__", "import_file", "init", "open"]

@@ -1,0 +1,226 @@
+"""The one module that talks to DuckDB and DuckLake.
+
+DuckDB's Python API and DuckLake's SQL functions move between versions, so every
+call to them lives here (duckdb is pinned in pyproject.toml). Everything else in
+the project gets polars frames, Arrow tables or plain values back.
+
+A `Lake` is one DuckDB connection with the warehouse's DuckLake catalog attached
+as `lake` and made the default schema. Writes go through `Lake.write`, which runs
+a function inside one DuckLake transaction carrying an author and a commit
+message, and retries the whole function with back-off when another process got
+there first (a commit conflict, or SQLite's "database is locked").
+"""
+
+from __future__ import annotations
+
+import getpass
+import importlib.util
+import os
+import random
+import re
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, TypeVar
+
+import duckdb
+import polars as pl
+import pyarrow as pa
+
+T = TypeVar("T")
+ALIAS = "lake"
+
+Error = duckdb.Error
+
+_RETRYABLE = re.compile(
+    r"database is locked|database table is locked|conflict|SQLITE_BUSY|busy|could not serialize",
+    re.IGNORECASE,
+)
+
+# Which DuckDB extension serves which catalog or storage scheme.
+_CATALOG_EXTENSIONS = {"sqlite": "sqlite_scanner", "postgres": "postgres_scanner", "mysql": "mysql_scanner"}
+_STORAGE_EXTENSIONS = {"s3": "httpfs", "gs": "httpfs", "gcs": "httpfs", "http": "httpfs", "https": "httpfs"}
+
+
+class LakeError(RuntimeError):
+    """A warehouse problem the user can act on; the message says what to do."""
+
+
+@dataclass(frozen=True)
+class Location:
+    """Where a warehouse lives: a DuckLake catalog URL and the data files' path.
+
+    catalog: `sqlite:/abs/path/catalog.sqlite` (default), `postgres:dbname=... host=...`,
+    or a plain DuckDB file `duckdb:/path/catalog.ducklake`.
+    data_path: a local folder or an object-store URL (`s3://bucket/prefix/`).
+    """
+
+    catalog: str
+    data_path: str
+
+    @property
+    def scheme(self) -> str:
+        return self.catalog.split(":", 1)[0] if ":" in self.catalog else "duckdb"
+
+
+def extension_file(name: str) -> Path | None:
+    """The `.duckdb_extension` file that the PyPI package `duckdb-extension-<name>` ships, if installed."""
+    spec = importlib.util.find_spec(f"duckdb_extension_{name}")
+    if spec is None or not spec.submodule_search_locations:
+        return None
+    root = Path(next(iter(spec.submodule_search_locations)))
+    candidate = root / "extensions" / f"v{duckdb.__version__}" / f"{name}.duckdb_extension"
+    return candidate if candidate.exists() else None
+
+
+def load_extension(con: duckdb.DuckDBPyConnection, name: str) -> None:
+    """Load an extension offline from its PyPI package, else through DuckDB's own INSTALL."""
+    path = extension_file(name)
+    if path is not None:
+        con.execute(f"LOAD '{path}'")
+        return
+    try:
+        con.execute(f"INSTALL {name}")
+        con.execute(f"LOAD {name}")
+    except duckdb.Error as exc:
+        package = "duckdb-extension-" + name.replace("_", "-")
+        raise LakeError(
+            f"DuckDB extension '{name}' is not available offline and could not be installed "
+            f"({exc}). Install it with: pip install '{package}=={duckdb.__version__}'"
+        ) from exc
+
+
+def _quote(text: str) -> str:
+    return "'" + text.replace("'", "''") + "'"
+
+
+def connect(location: Location, read_only: bool = False) -> Lake:
+    """Open one DuckDB connection with the warehouse attached as `lake`."""
+    con = duckdb.connect(config={"allow_unsigned_extensions": "true"})
+    load_extension(con, "ducklake")
+    if location.scheme in _CATALOG_EXTENSIONS:
+        load_extension(con, _CATALOG_EXTENSIONS[location.scheme])
+    storage = location.data_path.split("://", 1)[0] if "://" in location.data_path else ""
+    if storage in _STORAGE_EXTENSIONS:
+        load_extension(con, _STORAGE_EXTENSIONS[storage])
+    options = [f"DATA_PATH {_quote(location.data_path)}"]
+    if read_only:
+        options.append("READ_ONLY")
+    attach = f"ATTACH {_quote('ducklake:' + location.catalog)} AS {ALIAS} ({', '.join(options)})"
+    _retry(lambda: con.execute(attach), what="open the warehouse")
+    con.execute(f"USE {ALIAS}")
+    return Lake(con, location, read_only)
+
+
+def _retry(fn: Callable[[], T], what: str, attempts: int = 10, base_delay: float = 0.05) -> T:
+    """Run fn, retrying with exponential back-off and jitter while the error is a lock or conflict."""
+    for attempt in range(attempts):
+        try:
+            return fn()
+        except duckdb.Error as exc:
+            if not _RETRYABLE.search(str(exc)) or attempt == attempts - 1:
+                raise
+            time.sleep(base_delay * (2**attempt) * (0.5 + random.random()))
+    raise AssertionError("unreachable")  # pragma: no cover
+
+
+def default_author() -> str:
+    """Who a commit is attributed to: $FACTORY_AUTHOR, else the login name."""
+    try:
+        return os.environ.get("FACTORY_AUTHOR") or getpass.getuser()
+    except (KeyError, OSError):
+        return "unknown"
+
+
+class Lake:
+    """A DuckDB connection with the warehouse attached; the verbs every other module uses."""
+
+    def __init__(self, con: duckdb.DuckDBPyConnection, location: Location, read_only: bool) -> None:
+        self.con = con
+        self.location = location
+        self.read_only = read_only
+
+    def close(self) -> None:
+        self.con.close()
+
+    # -- reading -------------------------------------------------------------------------------
+    def frame(self, sql: str, params: list[Any] | None = None) -> pl.DataFrame:
+        """Run a query and return a polars frame (retrying while the catalog is locked)."""
+        return _retry(lambda: self.con.execute(sql, params or []).pl(), what="read")
+
+    def arrow(self, sql: str, params: list[Any] | None = None) -> pa.Table:
+        return _retry(lambda: self.con.execute(sql, params or []).to_arrow_table(), what="read")
+
+    def scalar(self, sql: str, params: list[Any] | None = None) -> Any:
+        row = _retry(lambda: self.con.execute(sql, params or []).fetchone(), what="read")
+        return None if row is None else row[0]
+
+    def batches(self, sql: str, params: list[Any] | None = None, rows: int = 100_000):
+        """Stream a query's result as Arrow record batches."""
+        reader = self.con.execute(sql, params or []).to_arrow_reader(rows)
+        yield from reader
+
+    def copy_to(self, sql: str, path: str, fmt: str) -> None:
+        """Write a query's result to a file with DuckDB's COPY (csv, json, parquet)."""
+        options = {"parquet": "FORMAT parquet, COMPRESSION zstd", "csv": "FORMAT csv, HEADER", "json": "FORMAT json"}[
+            fmt
+        ]
+        self.con.execute(f"COPY ({sql}) TO {_quote(path)} ({options})")
+
+    def register(self, name: str, data: pa.Table | pl.DataFrame) -> None:
+        """Expose an in-memory Arrow table or polars frame to SQL under a name."""
+        self.con.register(name, data.to_arrow() if isinstance(data, pl.DataFrame) else data)
+
+    def unregister(self, name: str) -> None:
+        self.con.unregister(name)
+
+    def execute(self, sql: str, params: list[Any] | None = None) -> None:
+        self.con.execute(sql, params or [])
+
+    def history(self) -> pl.DataFrame:
+        """DuckLake's own commit log: version, time, author, message, what changed."""
+        return self.frame(
+            f"SELECT snapshot_id AS version, snapshot_time AS committed_at, author, commit_message AS message, "
+            f"changes::VARCHAR AS changes FROM {ALIAS}.snapshots() ORDER BY snapshot_id"
+        )
+
+    def version(self) -> int:
+        return int(self.scalar(f"SELECT max(snapshot_id) FROM {ALIAS}.snapshots()"))
+
+    # -- writing -------------------------------------------------------------------------------
+    def write(
+        self,
+        message: str,
+        fn: Callable[[Lake], T],
+        author: str | None = None,
+        attempts: int = 12,
+    ) -> T:
+        """Run fn inside one DuckLake transaction with an author and a commit message.
+
+        On a commit conflict or a locked catalog the transaction is rolled back and fn runs
+        again from the start, with exponential back-off and jitter, so fn must be safe to
+        repeat (it reads what it needs inside the transaction).
+        """
+        if self.read_only:
+            raise LakeError("this warehouse connection is read-only; open it with read_only=False to write")
+        who = author or default_author()
+
+        def attempt() -> T:
+            self.con.execute("BEGIN TRANSACTION")
+            try:
+                result = fn(self)
+                self.con.execute(
+                    f"CALL ducklake_set_commit_message({_quote(ALIAS)}, ?, ?)",
+                    [who, message],
+                )
+                self.con.execute("COMMIT")
+                return result
+            except BaseException:
+                try:
+                    self.con.execute("ROLLBACK")
+                except duckdb.Error:
+                    pass
+                raise
+
+        return _retry(attempt, what=message, attempts=attempts)

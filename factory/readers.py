@@ -1,0 +1,395 @@
+"""Reading data files in batches, remembering where every record came from.
+
+Readers turn JSONL, JSON, CSV, Parquet and folders written by HF `datasets`
+(`save_to_disk`) into `Raw` batches: either an Arrow table with one type per
+column (the fast path, parsed in C++) or a list of parsed records when a batch
+had to be read line by line to find out exactly what is wrong with it. Every
+record carries its origin, `file:line` for text files and `file#row` for the
+others, and every unreadable record becomes a `Problem` naming it.
+
+The fast path reads JSONL with pyarrow, which refuses mixed types instead of
+silently converting them (polars would turn the number 5 into the string "5");
+only a batch that fails is re-read line by line.
+"""
+
+from __future__ import annotations
+
+import csv
+import io
+import json
+from collections.abc import Iterator
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+import polars as pl
+import pyarrow as pa
+import pyarrow.ipc as ipc
+import pyarrow.json as pj
+import pyarrow.parquet as pq
+
+CHUNK_BYTES = 32 << 20
+DEFAULT_MAX_ROW_BYTES = 4 << 20
+UTF8_BOM = b"\xef\xbb\xbf"
+UTF16_BOMS = (b"\xff\xfe", b"\xfe\xff")
+KINDS = {".jsonl": "jsonl", ".ndjson": "jsonl", ".json": "json", ".csv": "csv", ".parquet": "parquet"}
+_WHITESPACE = np.array([9, 10, 13, 32], dtype=np.uint8)
+
+
+@dataclass(frozen=True)
+class Problem:
+    """One unreadable or invalid record: where it is, which field, a snake_case code, a message."""
+
+    origin: str
+    field: str | None
+    code: str
+    message: str
+
+    def __str__(self) -> str:
+        where = f"{self.origin}: field '{self.field}'" if self.field else self.origin
+        return f"{where}: {self.message} [{self.code}]"
+
+
+class ReadError(ValueError):
+    """A file that cannot be read at all (missing, empty, wrong kind, mixed folder)."""
+
+
+@dataclass
+class Raw:
+    """A batch as read: typed `table` or untyped `records`, one origin per record."""
+
+    origins: pl.Series
+    table: pa.Table | None = None
+    records: list[dict] | None = None
+    problems: list[Problem] = field(default_factory=list)
+    bytes_read: int = 0
+    warnings: list[str] = field(default_factory=list)
+
+    @property
+    def fields(self) -> set[str]:
+        if self.table is not None:
+            return set(self.table.column_names)
+        names: set[str] = set()
+        for record in (self.records or [])[:1000]:
+            names.update(record)
+        return names
+
+
+@dataclass(frozen=True)
+class ReadOptions:
+    encoding: str = "utf-8"
+    max_row_bytes: int = DEFAULT_MAX_ROW_BYTES
+    batch_rows: int = 100_000
+
+
+def data_files(path: Path) -> tuple[str, list[Path]]:
+    """The kind of data at a path and the files to read, with clear errors for bad paths."""
+    if not path.exists():
+        raise ReadError(f"{path}: no such file or folder")
+    if path.is_dir():
+        if (path / "state.json").exists() or (path / "dataset_dict.json").exists():
+            return "hf", [path]
+        files = sorted(p for p in path.rglob("*") if p.is_file() and not p.name.startswith("."))
+        kinds = {KINDS.get(p.suffix.lower(), p.suffix.lower() or p.name) for p in files}
+        if not files:
+            raise ReadError(f"{path}: the folder has no data files")
+        if len(kinds) > 1:
+            listing = ", ".join(sorted(kinds))
+            raise ReadError(
+                f"{path}: the folder mixes kinds of files ({listing}); import one kind at a time, "
+                f"e.g. factory import {path}/*.jsonl"
+            )
+        kind = kinds.pop()
+        if kind not in KINDS.values():
+            raise ReadError(f"{path}: no readable data files (found {kind}); expected {', '.join(sorted(KINDS))}")
+        return kind, files
+    kind = KINDS.get(path.suffix.lower())
+    if kind is None:
+        raise ReadError(f"{path}: unknown file type '{path.suffix}'; expected one of {', '.join(sorted(KINDS))}")
+    if path.stat().st_size == 0:
+        raise ReadError(f"{path}: the file is empty; nothing to import")
+    return kind, [path]
+
+
+def read(path: Path, options: ReadOptions) -> Iterator[Raw]:
+    """Read a file or folder as batches of records."""
+    kind, files = data_files(path)
+    for file in files:
+        if file.is_file() and file.stat().st_size == 0:
+            raise ReadError(f"{file}: the file is empty; nothing to import")
+        reader = {"jsonl": read_jsonl, "json": read_json, "csv": read_csv, "parquet": read_parquet, "hf": read_hf}
+        yield from reader[kind](file, options)
+
+
+# -- JSONL ---------------------------------------------------------------------------------------
+def _lines(chunk: bytes) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Start, end and blank flag of every line in a chunk (without its newline)."""
+    arr = np.frombuffer(chunk, dtype=np.uint8)
+    newlines = np.flatnonzero(arr == 10)
+    ends = newlines if chunk.endswith(b"\n") else np.append(newlines, len(arr))
+    starts = np.concatenate(([0], ends[:-1] + 1)) if len(ends) else np.array([], dtype=np.int64)
+    solid = np.concatenate(([0], np.cumsum(~np.isin(arr, _WHITESPACE))))
+    blank = (solid[ends] - solid[starts]) == 0
+    return starts, ends, blank
+
+
+def _origins(label: str, numbers: np.ndarray, sep: str = ":") -> pl.Series:
+    return pl.select(pl.format("{}" + sep + "{}", pl.lit(label), pl.Series(numbers))).to_series().alias("_origin")
+
+
+def _check_start(data: bytes, label: str, encoding: str) -> tuple[bytes, list[str]]:
+    """Strip a UTF-8 byte-order mark (with a warning); refuse a UTF-16 one unless asked for."""
+    if data.startswith(UTF8_BOM) and encoding.replace("_", "-").lower() in ("utf-8", "utf8"):
+        return data[len(UTF8_BOM) :], [f"{label}:1: removed a UTF-8 byte-order mark at the start of the file"]
+    if data.startswith(UTF16_BOMS) and not encoding.lower().startswith("utf-16"):
+        raise ReadError(f"{label}:1: the file is UTF-16 encoded (byte-order mark); pass --encoding utf-16")
+    return data, []
+
+
+def read_jsonl(path: Path, options: ReadOptions) -> Iterator[Raw]:
+    label = str(path)
+    if options.encoding.lower().replace("_", "-") not in ("utf-8", "utf8"):
+        # Other encodings are decoded whole, then read as UTF-8 from memory.
+        raw = path.read_bytes()
+        raw, warnings = _check_start(raw, label, options.encoding)
+        try:
+            text = raw.decode(options.encoding)
+        except UnicodeDecodeError as exc:
+            raise ReadError(f"{label}: not valid {options.encoding} at byte {exc.start}") from exc
+        for batch in _jsonl_stream(io.BytesIO(text.lstrip("\ufeff").encode()), label, options):
+            batch.warnings = warnings + batch.warnings
+            warnings = []
+            yield batch
+        return
+    with path.open("rb") as handle:
+        yield from _jsonl_stream(handle, label, options)
+
+
+def _jsonl_stream(handle: io.BufferedIOBase, label: str, options: ReadOptions) -> Iterator[Raw]:
+    line = 1
+    carry = b""
+    first = True
+    while True:
+        block = handle.read(CHUNK_BYTES)
+        data = carry + block
+        if not data:
+            return
+        if block:
+            cut = data.rfind(b"\n") + 1
+            if cut == 0 and len(data) <= options.max_row_bytes:
+                carry = data
+                continue
+            if cut == 0:  # one line longer than the limit: read past it in the slow path
+                cut = len(data)
+            chunk, carry = data[:cut], data[cut:]
+        else:
+            chunk, carry = data, b""
+        warnings: list[str] = []
+        if first:
+            chunk, warnings = _check_start(chunk, label, options.encoding)
+            first = False
+        for raw in _parse_chunk(chunk, label, line, options):
+            raw.warnings = warnings + raw.warnings
+            warnings = []
+            yield raw
+        line += chunk.count(b"\n")
+
+
+def _parse_chunk(chunk: bytes, label: str, first_line: int, options: ReadOptions) -> Iterator[Raw]:
+    starts, ends, blank = _lines(chunk)
+    lengths = ends - starts
+    numbers = np.arange(first_line, first_line + len(starts))
+    if not (lengths > options.max_row_bytes).any():
+        try:
+            block = max(1 << 20, int(lengths.max(initial=0)) + 2)
+            table = pj.read_json(io.BytesIO(chunk), read_options=pj.ReadOptions(block_size=block))
+        except (pa.ArrowInvalid, UnicodeDecodeError):
+            table = None
+        if table is not None and table.num_rows == int((~blank).sum()):
+            kept = numbers[~blank]
+            for start in range(0, table.num_rows, options.batch_rows):
+                part = table.slice(start, options.batch_rows)
+                yield Raw(
+                    origins=_origins(label, kept[start : start + part.num_rows]),
+                    table=part,
+                    bytes_read=len(chunk) if start == 0 else 0,
+                )
+            return
+    yield _parse_lines_slowly(chunk, starts, ends, blank, numbers, label, options)
+
+
+def _parse_lines_slowly(
+    chunk: bytes, starts: np.ndarray, ends: np.ndarray, blank: np.ndarray, numbers: np.ndarray, label: str,
+    options: ReadOptions,
+) -> Raw:
+    """Line-by-line parse of a chunk the fast path refused, naming each bad line."""
+    records: list[dict] = []
+    kept: list[int] = []
+    problems: list[Problem] = []
+    for start, end, is_blank, number in zip(starts.tolist(), ends.tolist(), blank.tolist(), numbers.tolist(),
+                                            strict=True):
+        if is_blank:
+            continue
+        origin = f"{label}:{number}"
+        if end - start > options.max_row_bytes:
+            size = (end - start) / (1 << 20)
+            problems.append(Problem(origin, None, "row_too_large",
+                                    f"the line is {size:.1f} MiB, over the limit of "
+                                    f"{options.max_row_bytes / (1 << 20):.1f} MiB (raise it with --max-row-bytes)"))
+            continue
+        raw = chunk[start:end]
+        if raw.startswith(UTF8_BOM):
+            problems.append(Problem(origin, None, "bom", "a byte-order mark inside the file "
+                                    "(were files concatenated?); remove it"))
+            continue
+        try:
+            text = raw.decode("utf-8")
+        except UnicodeDecodeError as exc:
+            problems.append(Problem(origin, None, "bad_encoding",
+                                    f"not valid UTF-8 (byte 0x{raw[exc.start]:02x} at column {exc.start + 1}); "
+                                    "convert the file to UTF-8 or pass --encoding (e.g. latin-1)"))
+            continue
+        try:
+            record = json.loads(text)
+        except json.JSONDecodeError as exc:
+            problems.append(Problem(origin, None, "malformed_json", f"malformed JSON: {exc.msg} at column {exc.colno}"))
+            continue
+        if not isinstance(record, dict):
+            problems.append(Problem(origin, None, "not_an_object",
+                                    f"expected a JSON object, got {type(record).__name__}"))
+            continue
+        records.append(record)
+        kept.append(number)
+    return Raw(origins=_origins(label, np.array(kept, dtype=np.int64)), records=records, problems=problems,
+               bytes_read=len(chunk))
+
+
+# -- JSON array ----------------------------------------------------------------------------------
+def read_json(path: Path, options: ReadOptions) -> Iterator[Raw]:
+    label = str(path)
+    data, warnings = _check_start(path.read_bytes(), label, options.encoding)
+    try:
+        text = data.decode(options.encoding)
+    except UnicodeDecodeError as exc:
+        line = data[: exc.start].count(b"\n") + 1
+        raise ReadError(f"{label}:{line}: not valid {options.encoding} (byte 0x{data[exc.start]:02x}); "
+                        "convert the file or pass --encoding") from exc
+    if not text.strip():
+        raise ReadError(f"{label}: the file is empty; nothing to import")
+    try:
+        parsed = json.loads(text)
+    except json.JSONDecodeError as exc:
+        if exc.pos == 0 or "Extra data" in exc.msg:
+            raise ReadError(f"{label}:{exc.lineno}: malformed JSON: {exc.msg} at column {exc.colno} "
+                            "(is this JSON Lines? name it .jsonl)") from exc
+        raise ReadError(f"{label}:{exc.lineno}: malformed JSON: {exc.msg} at column {exc.colno}") from exc
+    if isinstance(parsed, dict):
+        parsed = [parsed]
+    if not isinstance(parsed, list):
+        raise ReadError(f"{label}: expected a JSON array of records, got {type(parsed).__name__}")
+    for start in range(0, max(len(parsed), 1), options.batch_rows):
+        items = parsed[start : start + options.batch_rows]
+        records, kept, problems = [], [], []
+        for k, item in enumerate(items, start=start + 1):
+            if isinstance(item, dict):
+                records.append(item)
+                kept.append(k)
+            else:
+                problems.append(Problem(f"{label}#{k}", None, "not_an_object",
+                                        f"expected a JSON object, got {type(item).__name__}"))
+        yield Raw(origins=_origins(label, np.array(kept, dtype=np.int64), sep="#"), records=records,
+                  problems=problems, bytes_read=len(data) if start == 0 else 0, warnings=warnings)
+        warnings = []
+
+
+# -- CSV -----------------------------------------------------------------------------------------
+def read_csv(path: Path, options: ReadOptions) -> Iterator[Raw]:
+    label = str(path)
+    csv.field_size_limit(max(options.max_row_bytes, 1 << 17))
+    head = path.read_bytes()[:4]
+    _, warnings = _check_start(head, label, options.encoding)
+    encoding = "utf-8-sig" if warnings else options.encoding
+    with path.open("r", encoding=encoding, newline="") as handle:
+        reader = csv.reader(handle, strict=True)
+        try:
+            header = next(reader)
+        except StopIteration as exc:
+            raise ReadError(f"{label}: the file is empty; nothing to import") from exc
+        except (csv.Error, UnicodeDecodeError) as exc:
+            raise ReadError(f"{label}:1: cannot read the header: {exc}") from exc
+        header = [h.strip() for h in header]
+        records: list[dict] = []
+        kept: list[int] = []
+        problems: list[Problem] = []
+        while True:
+            start = reader.line_num + 1
+            try:
+                values = next(reader)
+            except StopIteration:
+                break
+            except csv.Error as exc:
+                problems.append(Problem(f"{label}:{start}", None, "broken_csv",
+                                        f"{exc} (an unclosed or stray quote?)"))
+                if "end of data" in str(exc):
+                    break
+                continue
+            except UnicodeDecodeError as exc:
+                problems.append(Problem(f"{label}:{start}", None, "bad_encoding",
+                                        f"not valid {options.encoding} ({exc.reason}); convert the file or "
+                                        "pass --encoding"))
+                break
+            if not any(v.strip() for v in values):
+                continue
+            if len(values) != len(header):
+                problems.append(Problem(f"{label}:{start}", None, "wrong_field_count",
+                                        f"has {len(values)} fields, the header has {len(header)}"))
+                continue
+            records.append(dict(zip(header, values, strict=True)))
+            kept.append(start)
+            if len(records) >= options.batch_rows:
+                yield Raw(origins=_origins(label, np.array(kept)), records=records, problems=problems,
+                          warnings=warnings)
+                records, kept, problems, warnings = [], [], [], []
+        yield Raw(origins=_origins(label, np.array(kept, dtype=np.int64)), records=records, problems=problems,
+                  warnings=warnings, bytes_read=path.stat().st_size)
+
+
+# -- Parquet and HF datasets folders --------------------------------------------------------------
+def _table_batches(tables: Iterator[pa.Table], label: str) -> Iterator[Raw]:
+    row = 1
+    for table in tables:
+        yield Raw(origins=_origins(label, np.arange(row, row + table.num_rows), sep="#"), table=table)
+        row += table.num_rows
+
+
+def read_parquet(path: Path, options: ReadOptions) -> Iterator[Raw]:
+    try:
+        handle = pq.ParquetFile(path)
+    except (pa.ArrowInvalid, OSError) as exc:
+        raise ReadError(f"{path}: not a readable Parquet file ({exc})") from exc
+    batches = (pa.Table.from_batches([b]) for b in handle.iter_batches(batch_size=options.batch_rows))
+    yield from _table_batches(batches, str(path))
+
+
+def read_hf(path: Path, options: ReadOptions) -> Iterator[Raw]:
+    """A folder written by `datasets.Dataset.save_to_disk` (or a DatasetDict's, every split)."""
+    if (path / "dataset_dict.json").exists():
+        splits = json.loads((path / "dataset_dict.json").read_text()).get("splits", [])
+        for split in splits:
+            yield from read_hf(path / split, options)
+        return
+    state = json.loads((path / "state.json").read_text())
+    files = [path / f["filename"] for f in state.get("_data_files", [])]
+    if not files:
+        raise ReadError(f"{path}: state.json lists no data files")
+
+    def tables() -> Iterator[pa.Table]:
+        for file in files:
+            with pa.memory_map(str(file)) as source:
+                reader = ipc.open_stream(source)
+                for batch in reader:
+                    table = pa.Table.from_batches([batch])
+                    for start in range(0, table.num_rows, options.batch_rows):
+                        yield table.slice(start, options.batch_rows)
+
+    yield from _table_batches(tables(), str(path))

@@ -1,0 +1,146 @@
+"""The warehouse's tables, in one place, with the schema version checked on open.
+
+Every table is append-mostly and lives in the DuckLake catalog, so a user can
+read it with plain SQL (`factory sql`, or the DuckDB CLI after ATTACH):
+
+- rows: every record ever ingested or generated, rejects included, with lineage.
+- verdicts: append-only judgements by filters (keep or drop, with a reason).
+- snapshots / snapshot_rows: named, immutable selections of row ids.
+- llm_calls: every teacher request; also the cache that makes reruns free.
+- jobs: generator / filter / train runs with status and progress.
+- runs: training and evaluation runs on a snapshot.
+- meta: the schema version.
+
+The row id is the md5 of the normalised record, computed by DuckDB from the
+columns below (`ROW_ID_SQL`), so it is the same in every process and version.
+"""
+
+from __future__ import annotations
+
+SCHEMA_VERSION = 1
+
+MESSAGE_TYPE = "STRUCT(role VARCHAR, content VARCHAR)[]"
+
+# Column name -> DuckDB type, in table order.
+ROWS: dict[str, str] = {
+    "id": "VARCHAR",  # md5 of the normalised record (ROW_ID_SQL)
+    "kind": "VARCHAR",  # instruction | conversation | preference
+    "system": "VARCHAR",  # system prompt, '' when none
+    "instruction": "VARCHAR",  # the (last) user turn
+    "input": "VARCHAR",  # optional context for the instruction, '' when none
+    "output": "VARCHAR",  # the (last) assistant turn; the chosen one for preference rows
+    "messages": MESSAGE_TYPE,  # the whole conversation when it is more than one exchange, else NULL
+    "rejected": "VARCHAR",  # the rejected response of a preference row, else NULL
+    "source": "VARCHAR",  # user-given name of where the rows came from
+    "generator": "VARCHAR",  # plugin that produced the row (human, templated, distill, ...)
+    "generator_params": "VARCHAR",  # JSON of the generator's settings for this row
+    "teacher_model": "VARCHAR",  # model that wrote the row, when a teacher did
+    "template_hash": "VARCHAR",  # hash of the prompt or import template used
+    "parent_ids": "VARCHAR[]",  # rows this one was derived from
+    "job_id": "VARCHAR",  # job that inserted the row
+    "origin": "VARCHAR",  # file:line (or file:row) the row was read from
+    "created_at": "TIMESTAMPTZ",
+    "language": "VARCHAR",
+    "domain": "VARCHAR",
+    "tags": "VARCHAR[]",
+}
+
+TABLES: dict[str, dict[str, str]] = {
+    "meta": {"key": "VARCHAR", "value": "VARCHAR"},
+    "rows": ROWS,
+    "verdicts": {
+        "id": "VARCHAR",  # the judged row (joins rows USING (id))
+        "filter": "VARCHAR",
+        "run_id": "VARCHAR",
+        "score": "DOUBLE",
+        "keep": "BOOLEAN",
+        "reason": "VARCHAR",  # snake_case reason, optionally followed by details
+        "created_at": "TIMESTAMPTZ",
+    },
+    "snapshots": {
+        "name": "VARCHAR",
+        "parent": "VARCHAR",
+        "message": "VARCHAR",
+        "where_sql": "VARCHAR",
+        "honour_verdicts": "BOOLEAN",
+        "filter_runs": "VARCHAR[]",  # the filter runs whose verdicts were honoured
+        "row_count": "BIGINT",
+        "digest": "VARCHAR",  # sha256 over the sorted member ids
+        "author": "VARCHAR",
+        "created_at": "TIMESTAMPTZ",
+        "lake_version": "BIGINT",  # DuckLake snapshot the selection was read from
+    },
+    "snapshot_rows": {"snapshot": "VARCHAR", "id": "VARCHAR"},
+    "llm_calls": {
+        "key": "VARCHAR",  # hash of (backend, model, params, prompt, sample index)
+        "backend": "VARCHAR",
+        "model": "VARCHAR",
+        "params": "VARCHAR",
+        "prompt": "VARCHAR",
+        "response": "VARCHAR",
+        "prompt_tokens": "BIGINT",
+        "completion_tokens": "BIGINT",
+        "latency_s": "DOUBLE",
+        "finish_reason": "VARCHAR",
+        "error": "VARCHAR",
+        "job_id": "VARCHAR",
+        "created_at": "TIMESTAMPTZ",
+    },
+    "jobs": {
+        "id": "VARCHAR",
+        "kind": "VARCHAR",  # import | generate | filter | train | eval
+        "plugin": "VARCHAR",
+        "config": "VARCHAR",  # JSON
+        "status": "VARCHAR",  # running | succeeded | failed | interrupted
+        "progress": "VARCHAR",  # JSON checkpoint
+        "stats": "VARCHAR",  # JSON summary
+        "error": "VARCHAR",
+        "pid": "BIGINT",
+        "host": "VARCHAR",
+        "author": "VARCHAR",
+        "started_at": "TIMESTAMPTZ",
+        "finished_at": "TIMESTAMPTZ",
+    },
+    "runs": {
+        "id": "VARCHAR",
+        "snapshot": "VARCHAR",
+        "snapshot_digest": "VARCHAR",
+        "trainer": "VARCHAR",
+        "method": "VARCHAR",
+        "config": "VARCHAR",
+        "versions": "VARCHAR",
+        "seed": "BIGINT",
+        "metrics": "VARCHAR",
+        "artifact_path": "VARCHAR",
+        "status": "VARCHAR",
+        "started_at": "TIMESTAMPTZ",
+        "finished_at": "TIMESTAMPTZ",
+    },
+}
+
+_US, _RS = "chr(31)", "chr(30)"  # unit and record separators: never in normalised text
+
+
+def row_id_sql(prefix: str = "") -> str:
+    """SQL for the row id over the columns of a relation (optionally qualified by `prefix.`).
+
+    The normalised record is system, then the turns as role/content pairs, then the
+    rejected response. A single exchange is stored as instruction/input/output and
+    hashed as the user turn `instruction + "\\n\\n" + input` and the assistant turn, so
+    an alpaca row and the same exchange imported as a conversation share an id.
+    """
+    p = prefix + "." if prefix else ""
+    user = f"{p}instruction || CASE WHEN {p}input <> '' THEN chr(10) || chr(10) || {p}input ELSE '' END"
+    single = f"'user' || {_US} || {user} || {_RS} || 'assistant' || {_US} || {p}output"
+    turns = f"array_to_string(list_transform({p}messages, lambda m: m.role || {_US} || m.content), {_RS})"
+    body = f"CASE WHEN {p}messages IS NULL THEN {single} ELSE {turns} END"
+    return f"md5(concat_ws({_RS}, {p}system, {body}, coalesce({p}rejected, '')))"
+
+
+def create_sql(table: str) -> str:
+    columns = ", ".join(f'"{name}" {kind}' for name, kind in TABLES[table].items())
+    return f"CREATE TABLE IF NOT EXISTS {table} ({columns})"
+
+
+def column_list(table: str) -> str:
+    return ", ".join(f'"{name}"' for name in TABLES[table])

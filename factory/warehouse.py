@@ -1,0 +1,373 @@
+"""The warehouse: the Python API every command, plugin and notebook uses.
+
+`factory.init(path)` creates one, `factory.open(path)` opens it; the returned
+`Warehouse` has a handful of verbs (`sql`, `add_rows`, `add_verdicts`, the
+snapshot and export verbs) that take and return polars frames. Only `lake.py`
+touches DuckDB; this module decides what SQL to run.
+
+A warehouse folder holds `factory.json` (where the catalog and the data files
+are) and, by default, `catalog.sqlite` and `data/` beside it. The catalog URL and
+data path can point elsewhere (a PostgreSQL catalog, an object-store bucket):
+see the README's "Warehouse layout".
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import socket
+import uuid
+from collections.abc import Callable, Iterable, Iterator
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import polars as pl
+
+from factory import lake, schema
+
+CONFIG_FILE = "factory.json"
+ENV_WAREHOUSE = "FACTORY_WAREHOUSE"
+DEFAULT_PATH = "warehouse"
+
+
+class WarehouseError(lake.LakeError):
+    """A problem with the warehouse itself (missing, wrong version, bad config)."""
+
+
+def resolve_path(path: str | os.PathLike | None) -> Path:
+    """The warehouse folder: the argument, else $FACTORY_WAREHOUSE, else ./warehouse."""
+    return Path(path or os.environ.get(ENV_WAREHOUSE) or DEFAULT_PATH)
+
+
+def _location(folder: Path, config: dict[str, str]) -> lake.Location:
+    catalog = os.environ.get("FACTORY_CATALOG") or config["catalog"]
+    data_path = os.environ.get("FACTORY_DATA_PATH") or config["data_path"]
+    scheme, _, target = catalog.partition(":")
+    if scheme in ("sqlite", "duckdb") and not os.path.isabs(target):
+        catalog = f"{scheme}:{(folder / target).resolve()}"
+    if "://" not in data_path and not os.path.isabs(data_path):
+        data_path = str((folder / data_path).resolve()) + os.sep
+    return lake.Location(catalog=catalog, data_path=data_path)
+
+
+def init(
+    path: str | os.PathLike | None = None,
+    catalog: str | None = None,
+    data_path: str | None = None,
+) -> Warehouse:
+    """Create a warehouse (or open it if it already exists) and return it.
+
+    catalog: DuckLake catalog URL; default `sqlite:catalog.sqlite` inside the folder.
+    data_path: where Parquet data files go; default `data/` inside the folder.
+    """
+    folder = resolve_path(path)
+    config_path = folder / CONFIG_FILE
+    if config_path.exists():
+        return open_warehouse(folder)
+    folder.mkdir(parents=True, exist_ok=True)
+    config = {"catalog": catalog or "sqlite:catalog.sqlite", "data_path": data_path or "data/"}
+    location = _location(folder, config)
+    if "://" not in location.data_path:
+        Path(location.data_path).mkdir(parents=True, exist_ok=True)
+    conn = lake.connect(location)
+
+    def create(lk: lake.Lake) -> None:
+        for table in schema.TABLES:
+            lk.execute(schema.create_sql(table))
+        if lk.scalar("SELECT count(*) FROM meta WHERE key = 'schema_version'") == 0:
+            lk.execute("INSERT INTO meta VALUES ('schema_version', ?)", [str(schema.SCHEMA_VERSION)])
+
+    conn.write("init: create warehouse tables", create)
+    config_path.write_text(json.dumps(config, indent=2) + "\n")
+    return Warehouse(folder, conn)
+
+
+def open_warehouse(path: str | os.PathLike | None = None, read_only: bool = False) -> Warehouse:
+    """Open an existing warehouse; fails with a hint when it is missing or of another schema version."""
+    folder = resolve_path(path)
+    config_path = folder / CONFIG_FILE
+    if not config_path.exists():
+        raise WarehouseError(
+            f"no warehouse at {folder} (missing {CONFIG_FILE}); create one with `factory init --warehouse {folder}`"
+        )
+    try:
+        config = json.loads(config_path.read_text())
+        location = _location(folder, config)
+    except (json.JSONDecodeError, KeyError) as exc:
+        raise WarehouseError(f"{config_path}: not a valid warehouse config ({exc})") from exc
+    conn = lake.connect(location, read_only=read_only)
+    version = conn.scalar("SELECT value FROM meta WHERE key = 'schema_version'")
+    if version != str(schema.SCHEMA_VERSION):
+        conn.close()
+        raise WarehouseError(
+            f"{folder}: warehouse schema version {version}, this instruction-factory expects "
+            f"{schema.SCHEMA_VERSION}; use a matching release of instruction-factory"
+        )
+    return Warehouse(folder, conn)
+
+
+@dataclass
+class InsertResult:
+    """What `add_rows` did: rows offered, rows new to the warehouse, rows it already had."""
+
+    offered: int = 0
+    inserted: int = 0
+
+    @property
+    def duplicates(self) -> int:
+        return self.offered - self.inserted
+
+
+def _select_for_rows(frame_columns: set[str]) -> str:
+    """The SELECT list that turns a staged batch `b` into rows columns (id computed in DuckDB)."""
+    parts = []
+    for name, kind in schema.ROWS.items():
+        if name == "id":
+            parts.append("b.id")
+        elif name == "job_id":
+            parts.append("$job_id")
+        elif name == "created_at":
+            parts.append("now()")
+        elif name in frame_columns:
+            parts.append(f'b."{name}"::{kind}')
+        else:
+            parts.append(f"NULL::{kind}")
+    return ", ".join(parts)
+
+
+class Warehouse:
+    """An open warehouse. Verbs return polars frames; writes are single DuckLake commits."""
+
+    def __init__(self, folder: Path, conn: lake.Lake) -> None:
+        self.folder = folder
+        self.lake = conn
+
+    def __enter__(self) -> Warehouse:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+    def __repr__(self) -> str:
+        return f"Warehouse({str(self.folder)!r}, catalog={self.lake.location.catalog!r})"
+
+    def close(self) -> None:
+        self.lake.close()
+
+    @property
+    def read_only(self) -> bool:
+        return self.lake.read_only
+
+    # -- reading -------------------------------------------------------------------------------
+    def sql(self, query: str, params: list[Any] | None = None) -> pl.DataFrame:
+        """Run SQL over the warehouse; `snapshot('name')` reads a snapshot's rows."""
+        self._define_macros()
+        return self.lake.frame(query, params)
+
+    def _define_macros(self) -> None:
+        self.lake.execute(
+            "CREATE OR REPLACE TEMP MACRO snapshot(snapshot_name) AS TABLE "
+            "SELECT r.* FROM lake.rows r SEMI JOIN lake.snapshot_rows s "
+            "ON s.id = r.id AND s.snapshot = snapshot_name"
+        )
+
+    def count(self, table: str = "rows") -> int:
+        return int(self.lake.scalar(f"SELECT count(*) FROM {table}"))
+
+    def history(self) -> pl.DataFrame:
+        """Every commit to the warehouse: version, time, author, message (for time travel)."""
+        return self.lake.history()
+
+    # -- rows ----------------------------------------------------------------------------------
+    def add_rows(
+        self,
+        batches: Callable[[], Iterable[pl.DataFrame]],
+        message: str,
+        job_id: str | None = None,
+        on_commit: Callable[[lake.Lake, InsertResult], None] | None = None,
+    ) -> InsertResult:
+        """Insert batches of normalised rows in one commit, skipping ids the warehouse already has.
+
+        `batches` is a callable returning the batches, so the whole insert can be re-run
+        if the commit meets a conflict. Each frame holds rows columns except `id`,
+        `job_id` and `created_at`, plus an optional `_seq` giving first-wins order for
+        duplicates inside the batch. `on_commit` runs inside the same transaction
+        (e.g. to mark the job done), so rows and bookkeeping land together.
+        """
+
+        def work(lk: lake.Lake) -> InsertResult:
+            result = InsertResult()
+            for frame in batches():
+                if frame.height == 0:
+                    continue
+                result.offered += frame.height
+                result.inserted += self._insert_batch(lk, frame, job_id)
+            if on_commit is not None:
+                on_commit(lk, result)
+            return result
+
+        return self.lake.write(message, work)
+
+    @staticmethod
+    def _insert_batch(lk: lake.Lake, frame: pl.DataFrame, job_id: str | None) -> int:
+        if "_seq" not in frame.columns:
+            frame = frame.with_row_index("_seq")
+        lk.register("staged_batch", frame)
+        try:
+            inserted = lk.scalar(
+                f"INSERT INTO rows ({schema.column_list('rows')}) "
+                f"WITH b AS (SELECT {schema.row_id_sql()} AS id, * FROM staged_batch "
+                f"QUALIFY row_number() OVER (PARTITION BY id ORDER BY _seq) = 1) "
+                f"SELECT {_select_for_rows(set(frame.columns))} FROM b ANTI JOIN rows r ON r.id = b.id",
+                {"job_id": job_id},
+            )
+        finally:
+            lk.unregister("staged_batch")
+        return int(inserted or 0)
+
+    def row_ids(self, frame: pl.DataFrame) -> pl.Series:
+        """The ids the warehouse gives these normalised rows (without storing them)."""
+        self.lake.register("id_batch", frame)
+        try:
+            return self.lake.frame(f"SELECT {schema.row_id_sql()} AS id FROM id_batch")["id"]
+        finally:
+            self.lake.unregister("id_batch")
+
+    # -- verdicts ------------------------------------------------------------------------------
+    def add_verdicts(self, verdicts: pl.DataFrame, filter_name: str, run_id: str | None = None) -> str:
+        """Append one filter run's verdicts (columns id, keep, and optional score, reason).
+
+        Returns the run id. Rows are never deleted: a snapshot made afterwards leaves out
+        rows whose latest verdict from any filter is keep = false.
+        """
+        missing = {"id", "keep"} - set(verdicts.columns)
+        if missing:
+            raise ValueError(f"verdicts frame needs columns {sorted(missing)}")
+        run = run_id or new_id("run")
+        frame = verdicts.select(
+            pl.col("id").cast(pl.String),
+            pl.col("keep").cast(pl.Boolean),
+            (pl.col("score") if "score" in verdicts.columns else pl.lit(None)).cast(pl.Float64).alias("score"),
+            (pl.col("reason") if "reason" in verdicts.columns else pl.lit(None)).cast(pl.String).alias("reason"),
+        )
+
+        def work(lk: lake.Lake) -> None:
+            lk.register("staged_verdicts", frame)
+            try:
+                lk.execute(
+                    "INSERT INTO verdicts (id, filter, run_id, score, keep, reason, created_at) "
+                    "SELECT id, $filter, $run, score, keep, reason, now() FROM staged_verdicts",
+                    {"filter": filter_name, "run": run},
+                )
+            finally:
+                lk.unregister("staged_verdicts")
+
+        self.lake.write(f"filter: {filter_name} run {run} ({frame.height} verdicts)", work)
+        return run
+
+    def why(self, row_id: str) -> pl.DataFrame:
+        """Every verdict on one row (by full id or unique prefix), newest first."""
+        return self.sql(
+            "SELECT id, filter, run_id, keep, score, reason, created_at FROM verdicts "
+            "WHERE starts_with(id, ?) ORDER BY created_at DESC",
+            [row_id],
+        )
+
+    # -- jobs ----------------------------------------------------------------------------------
+    def start_job(self, kind: str, plugin: str, config: dict[str, Any]) -> str:
+        """Record a running job (its own small commit) and return its id.
+
+        Jobs left `running` by a process on this host that no longer exists are marked
+        `interrupted` first, so `factory sql` shows what was killed.
+        """
+        job = new_id("job")
+        host = socket.gethostname()
+
+        def work(lk: lake.Lake) -> None:
+            stale = lk.frame("SELECT id, pid FROM jobs WHERE status = 'running' AND host = ?", [host])
+            dead = [row["id"] for row in stale.iter_rows(named=True) if not _alive(row["pid"])]
+            if dead:
+                lk.execute(
+                    "UPDATE jobs SET status = 'interrupted', finished_at = now() WHERE list_contains(?, id)",
+                    [dead],
+                )
+            lk.execute(
+                "INSERT INTO jobs (id, kind, plugin, config, status, pid, host, author, started_at) "
+                "VALUES (?, ?, ?, ?, 'running', ?, ?, ?, now())",
+                [job, kind, plugin, json.dumps(config, default=str), os.getpid(), host, lake.default_author()],
+            )
+
+        self.lake.write(f"job start: {kind} {plugin} {job}", work)
+        return job
+
+    @staticmethod
+    def finish_job(lk: lake.Lake, job_id: str, status: str, stats: dict[str, Any], error: str | None = None) -> None:
+        """Set a job's final status; call inside a write so it lands with the job's data."""
+        lk.execute(
+            "UPDATE jobs SET status = ?, stats = ?, error = ?, finished_at = now() WHERE id = ?",
+            [status, json.dumps(stats, default=str), error, job_id],
+        )
+
+    def fail_job(self, job_id: str, error: str, stats: dict[str, Any] | None = None) -> None:
+        """Record that a job failed (its data was not committed)."""
+        self.lake.write(
+            f"job failed: {job_id}", lambda lk: self.finish_job(lk, job_id, "failed", stats or {}, error)
+        )
+
+    def jobs(self) -> pl.DataFrame:
+        return self.sql("SELECT * FROM jobs ORDER BY started_at DESC")
+
+    # -- snapshots and export (logic in snapshots.py / export.py) -------------------------------
+    def create_snapshot(self, name: str, **kwargs: Any) -> dict[str, Any]:
+        from factory import snapshots
+
+        return snapshots.create(self, name, **kwargs)
+
+    def snapshots(self) -> pl.DataFrame:
+        from factory import snapshots
+
+        return snapshots.list_snapshots(self)
+
+    def snapshot(self, name: str) -> pl.DataFrame:
+        """The rows of a snapshot."""
+        from factory import snapshots
+
+        snapshots.get(self, name)
+        return self.sql("SELECT * FROM snapshot(?) ORDER BY id", [name])
+
+    def show_snapshot(self, name: str) -> dict[str, Any]:
+        from factory import snapshots
+
+        return snapshots.show(self, name)
+
+    def diff(self, a: str, b: str, sample: int = 5) -> dict[str, Any]:
+        from factory import snapshots
+
+        return snapshots.diff(self, a, b, sample=sample)
+
+    def export(self, snapshot: str, out: str | os.PathLike, fmt: str, **kwargs: Any) -> dict[str, Any]:
+        from factory import export
+
+        return export.export(self, snapshot, Path(out), fmt, **kwargs)
+
+
+def new_id(prefix: str) -> str:
+    return f"{prefix}-{uuid.uuid4().hex[:12]}"
+
+
+def _alive(pid: int | None) -> bool:
+    if pid is None:
+        return False
+    try:
+        os.kill(int(pid), 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True
+
+
+def iter_chunks(frame: pl.DataFrame, size: int) -> Iterator[pl.DataFrame]:
+    for start in range(0, frame.height, size):
+        yield frame.slice(start, size)

@@ -1,0 +1,324 @@
+"""Human import: instruction data from files into the warehouse, checked and deduplicated.
+
+Reads JSON, JSONL, CSV, Parquet or an HF `datasets` folder in batches, detects
+(or is told) the format, renames fields with `--map`, checks every record and
+normalises it into rows. The whole import is one commit: with `on_error="fail"`
+(the default) a single bad record stops it and nothing is written; with
+`on_error="skip"` the good rows land and a rejects report lists the others
+(file:line, field, reason). Re-importing the same data adds no row, because a
+row's id is the hash of its content.
+"""
+
+from __future__ import annotations
+
+import csv
+import json
+from collections.abc import Iterator
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Literal
+
+import polars as pl
+from pydantic import BaseModel, Field, field_validator
+
+from factory import formats, readers
+from factory.lake import Lake
+from factory.plugins import Plugin
+from factory.readers import Problem, Raw, ReadError
+from factory.warehouse import Warehouse
+from generators import templated
+
+MAX_SHOWN = 20
+
+
+class ImportConfig(BaseModel):
+    """Settings of one import; the CLI flags and the Python API share them."""
+
+    format: Literal["auto", "alpaca", "sharegpt", "openai", "preference", "prompt_completion"] = Field(
+        "auto", description="record format; auto detects it from the field names"
+    )
+    source: str | None = Field(None, description="name of where the rows came from (default: the file name)")
+    map: dict[str, str] = Field(
+        default_factory=dict, description="rename fields: {target: field_in_file}, e.g. {prompt: question}"
+    )
+    on_error: Literal["fail", "skip"] = Field(
+        "fail", description="fail: any bad record stops the import, nothing is written; skip: import the good rows"
+    )
+    rejects: Path | None = Field(None, description="where to write the rejects report (default: beside the jobs)")
+    encoding: str = Field("utf-8", description="text encoding of JSON/JSONL/CSV files")
+    max_row_bytes: int = Field(readers.DEFAULT_MAX_ROW_BYTES, gt=0, description="largest accepted record, in bytes")
+    batch_rows: int = Field(100_000, gt=0, description="records per batch (bounds memory)")
+    templates: Path | None = Field(None, description="FLAN-style task file: Jinja templates that make the rows")
+    template_mode: Literal["random", "all"] = Field("random", description="one random template per record, or all")
+    seed: int = Field(0, description="seed of the random template choice")
+    domain: str | None = Field(None, description="domain label for every imported row")
+
+    @field_validator("map", mode="before")
+    @classmethod
+    def _parse_map(cls, value: Any) -> Any:
+        if isinstance(value, str):
+            return parse_map(value)
+        return value
+
+
+def parse_map(text: str) -> dict[str, str]:
+    """Parse `target=source,target=source` into a dict, naming a malformed pair."""
+    out: dict[str, str] = {}
+    for pair in filter(None, (p.strip() for p in text.split(","))):
+        target, sep, source = pair.partition("=")
+        if not sep or not target.strip() or not source.strip():
+            raise ValueError(f"--map: '{pair}' is not target=source (e.g. prompt=question)")
+        out[target.strip()] = source.strip()
+    return out
+
+
+class ImportFailed(ValueError):
+    """The import found bad records with on_error=fail; nothing was committed."""
+
+    def __init__(self, problems: list[Problem], total: int) -> None:
+        self.problems = problems
+        self.total = total
+        shown = "\n".join(f"  {p}" for p in problems[:MAX_SHOWN])
+        more = f"\n  ... and {total - MAX_SHOWN} more" if total > MAX_SHOWN else ""
+        super().__init__(
+            f"{total} bad record(s); nothing was imported:\n{shown}{more}\n"
+            "Fix them, or pass --on-error skip to import the good rows and write a rejects report."
+        )
+
+
+@dataclass
+class ImportSummary:
+    job_id: str
+    path: str
+    format: str
+    source: str
+    offered: int = 0
+    inserted: int = 0
+    rejected: int = 0
+    rejects_path: str | None = None
+    warnings: list[str] = field(default_factory=list)
+
+    @property
+    def duplicates(self) -> int:
+        return self.offered - self.inserted
+
+    def as_dict(self) -> dict[str, Any]:
+        return {**self.__dict__, "duplicates": self.duplicates}
+
+
+@dataclass
+class _State:
+    """What one attempt at the import has seen so far (reset when a commit is retried)."""
+
+    fmt: str | None = None
+    rejects: list[Problem] = field(default_factory=list)
+    rejected: int = 0
+    warnings: list[str] = field(default_factory=list)
+
+
+def _apply_map(raw: Raw, mapping: dict[str, str], label: str) -> Raw:
+    if not mapping:
+        return raw
+    fields = raw.fields
+    for target, source in mapping.items():
+        if source not in fields and target not in fields:
+            raise ReadError(f"--map {target}={source}: {label} has no field '{source}' (fields: {sorted(fields)})")
+    rename = {source: target for target, source in mapping.items() if source in fields}
+    if raw.table is not None:
+        raw.table = raw.table.rename_columns([rename.get(c, c) for c in raw.table.column_names])
+    else:
+        raw.records = [{rename.get(k, k): v for k, v in r.items()} for r in raw.records or []]
+    return raw
+
+
+def _typed_frame(raw: Raw, spec: formats.FormatSpec) -> tuple[pl.DataFrame, list[Problem]]:
+    """One polars frame per batch with a `_origin` column, type problems split off per record."""
+    if raw.table is not None and formats.typed_columns_ok(raw.table.schema, spec):
+        keep = [c for c in raw.table.column_names if c in spec.fields]
+        frame = pl.from_arrow(raw.table.select(keep)) if keep else pl.DataFrame(height=raw.table.num_rows)
+        return frame.with_columns(raw.origins), []
+    records = raw.records if raw.records is not None else raw.table.to_pylist()  # type: ignore[union-attr]
+    origins = raw.origins.to_list()
+    good, kept, problems = [], [], []
+    for origin, record in zip(origins, records, strict=True):
+        problem = formats.record_problem(record, spec)
+        if problem is None:
+            good.append(formats.uniform_record(record, spec))
+            kept.append(origin)
+        else:
+            problems.append(Problem(origin, *problem))
+    if not good:
+        return pl.DataFrame({"_origin": pl.Series([], dtype=pl.String)}), problems
+    frame = pl.from_dicts(good, infer_schema_length=None)
+    frame = frame.select([c for c in frame.columns if frame.schema[c] != pl.Null or c in spec.required])
+    return frame.with_columns(pl.Series("_origin", kept, dtype=pl.String)), problems
+
+
+def _detect(raw: Raw, config: ImportConfig, label: str) -> str:
+    if config.format != "auto":
+        return config.format
+    fmt = formats.detect(raw.fields)
+    if fmt is None:
+        raise ReadError(
+            f"{label}: cannot tell the format from the fields {sorted(raw.fields)}; pass --format "
+            f"({', '.join(formats.SPECS)}) and --map target=field to rename fields"
+        )
+    return fmt
+
+
+def _rows_from(
+    frame: pl.DataFrame, fmt: str, config: ImportConfig, source: str
+) -> tuple[pl.DataFrame, list[Problem]]:
+    """Normalise a typed batch; returns rows with lineage, and the problems by origin."""
+    frame = frame.with_row_index("_idx")
+    rows, found = formats.normalise(frame, fmt)
+    problems: list[Problem] = []
+    if found.height:
+        found = found.join(frame.select("_idx", "_origin"), on="_idx").sort("_idx")
+        problems = [Problem(r["_origin"], r["field"], r["code"], r["message"]) for r in found.iter_rows(named=True)]
+        rows = rows.join(found.select("_idx").unique(), on="_idx", how="anti")
+    if rows.height == 0:
+        return rows, problems
+    extra = [c for c in ("generator_params", "template_hash") if c in frame.columns]
+    rows = formats.row_frame(rows).join(frame.select("_idx", "_origin", *extra), on="_idx").sort("_idx")
+    lineage = [
+        pl.lit(source).alias("source"),
+        pl.lit("templated" if config.templates else "human").alias("generator"),
+        pl.col("_origin").alias("origin"),
+        pl.col("_idx").alias("_seq"),
+    ]
+    if not extra:
+        lineage.append(pl.lit(json.dumps({"format": fmt}, sort_keys=True)).alias("generator_params"))
+    if config.domain:
+        lineage.append(pl.lit(config.domain).alias("domain"))
+    return rows.with_columns(lineage).drop("_idx", "_origin"), problems
+
+
+def _batches(path: Path, config: ImportConfig, state: _State, source: str, progress: Any) -> Iterator[pl.DataFrame]:
+    options = readers.ReadOptions(config.encoding, config.max_row_bytes, config.batch_rows)
+    task = templated.load_task(config.templates) if config.templates else None
+    seen_any = False
+    for raw in readers.read(path, options):
+        state.warnings += raw.warnings
+        if progress is not None and raw.bytes_read:
+            progress(raw.bytes_read)
+        raw = _apply_map(raw, config.map, str(path))
+        problems = list(raw.problems)
+        if raw.table is None and not raw.records:
+            _handle(problems, config, state)
+            continue
+        seen_any = True
+        if task is not None:
+            base = raw.table.to_pylist() if raw.table is not None else raw.records
+            records = pl.from_dicts(base, infer_schema_length=None).with_columns(raw.origins)
+            frame, more = templated.render(records, task, config.template_mode, config.seed)
+            problems += more
+            state.fmt = "alpaca"
+        else:
+            state.fmt = state.fmt or _detect(raw, config, str(path))
+            frame, more = _typed_frame(raw, formats.SPECS[state.fmt])
+            problems += more
+        rows, more = _rows_from(frame, state.fmt, config, source) if frame.height else (frame, [])
+        problems += more
+        _handle(problems, config, state)
+        if rows.height:
+            yield rows
+    if not seen_any and not state.rejected:
+        raise ReadError(f"{path}: no records found; nothing to import")
+
+
+def _handle(problems: list[Problem], config: ImportConfig, state: _State) -> None:
+    if not problems:
+        return
+    if config.on_error == "fail":
+        raise ImportFailed(problems, len(problems))
+    state.rejected += len(problems)
+    state.rejects += problems
+
+
+def write_rejects(path: Path, problems: list[Problem]) -> None:
+    """The rejects report: one CSV line per rejected record (origin, field, code, message)."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with path.open("w", newline="") as handle:
+        writer = csv.writer(handle)
+        writer.writerow(["origin", "field", "code", "message"])
+        writer.writerows([p.origin, p.field or "", p.code, p.message] for p in problems)
+
+
+def import_file(
+    wh: Warehouse, path: str | Path, config: ImportConfig | None = None, progress: bool = False
+) -> ImportSummary:
+    """Import one file or folder into the warehouse as a single commit; see the module docstring."""
+    config = config or ImportConfig()
+    path = Path(path)
+    readers.data_files(path)  # fail fast on a missing path, an empty file or a mixed folder
+    source = config.source or path.stem
+    job = wh.start_job("import", "human", {"path": str(path), **config.model_dump(mode="json")})
+    summary = ImportSummary(job_id=job, path=str(path), format=config.format, source=source)
+    states: list[_State] = []
+
+    def batches() -> Iterator[pl.DataFrame]:
+        state = _State()
+        states.append(state)
+        with _progress(path, progress) as advance:
+            yield from _batches(path, config, state, source, advance)
+
+    def finish(lk: Lake, result: Any) -> None:
+        state = states[-1]
+        summary.format, summary.offered, summary.inserted = state.fmt or config.format, result.offered, result.inserted
+        summary.rejected, summary.warnings = state.rejected, state.warnings
+        if state.rejects:
+            target = config.rejects or wh.folder / "rejects" / f"{job}.csv"
+            write_rejects(target, state.rejects)
+            summary.rejects_path = str(target)
+        wh.finish_job(lk, job, "succeeded", summary.as_dict())
+
+    message = f"import: {path} (source={source}, job {job})"
+    try:
+        wh.add_rows(batches, message=message, job_id=job, on_commit=finish)
+    except ImportFailed as exc:
+        wh.fail_job(job, str(exc).splitlines()[0], {"problems": exc.total})
+        raise
+    except Exception as exc:
+        wh.fail_job(job, f"{type(exc).__name__}: {exc}")
+        raise
+    return summary
+
+
+class _progress:
+    """A byte-based progress bar on stderr (rich), or nothing."""
+
+    def __init__(self, path: Path, enabled: bool) -> None:
+        self.enabled = enabled
+        self.total = sum(p.stat().st_size for p in ([path] if path.is_file() else path.rglob("*")) if p.is_file())
+        self.path = path
+
+    def __enter__(self) -> Any:
+        if not self.enabled:
+            return None
+        from rich.progress import BarColumn, DownloadColumn, Progress, TimeRemainingColumn, TransferSpeedColumn
+
+        self.bar = Progress(
+            "[bold]importing[/] {task.description}", BarColumn(), DownloadColumn(), TransferSpeedColumn(),
+            TimeRemainingColumn(), transient=True,
+        )
+        self.bar.__enter__()
+        task = self.bar.add_task(self.path.name, total=self.total)
+        return lambda n: self.bar.advance(task, n)
+
+    def __exit__(self, *exc: object) -> None:
+        if self.enabled:
+            self.bar.__exit__(*exc)
+
+
+def run(wh: Warehouse, path: str | Path, config: ImportConfig, progress: bool = False) -> ImportSummary:
+    return import_file(wh, path, config, progress=progress)
+
+
+plugin = Plugin(
+    name="human",
+    kind="generator",
+    config=ImportConfig,
+    run=run,
+    summary="import JSON/JSONL/CSV/Parquet/HF datasets in alpaca, sharegpt, openai, preference formats",
+)
