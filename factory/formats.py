@@ -26,6 +26,7 @@ TEXT = "text"
 TURNS = "turns"  # list of {from, value} or {role, content}
 TEXT_OR_TURNS = "text_or_turns"
 PAIRS = "pairs"  # alpaca history: list of [user, assistant]
+TURN = "turn"  # one {from, value} object (sharegpt preference chosen / rejected)
 
 
 @dataclass(frozen=True)
@@ -54,8 +55,9 @@ SPECS: dict[str, FormatSpec] = {
         FormatSpec(
             "sharegpt",
             {"conversations": TURNS},
-            {"system": TEXT},
-            "conversations: [{from: human|gpt|system|observation, value}], optional system",
+            {"system": TEXT, "chosen": TURN, "rejected": TURN},
+            "conversations: [{from: human|gpt|system|observation, value}], optional system; "
+            "chosen / rejected {from, value} make it a preference pair (LLaMA-Factory)",
         ),
         FormatSpec(
             "openai",
@@ -68,6 +70,12 @@ SPECS: dict[str, FormatSpec] = {
             {"chosen": TEXT_OR_TURNS, "rejected": TEXT_OR_TURNS},
             {"prompt": TEXT_OR_TURNS, "system": TEXT},
             "prompt / chosen / rejected, as strings or as message lists (TRL preference)",
+        ),
+        FormatSpec(
+            "rows",
+            {"instruction": TEXT, "output": TEXT},
+            {"input": TEXT, "system": TEXT, "messages": TURNS, "rejected": TEXT},
+            "the warehouse's own rows columns (a plain Parquet export)",
         ),
         FormatSpec(
             "prompt_completion",
@@ -99,6 +107,8 @@ PROBLEM_SCHEMA = {"_idx": pl.UInt32, "field": pl.String, "code": pl.String, "mes
 
 def detect(fields: set[str]) -> str | None:
     """Guess the format from the field names of the first records."""
+    if {"id", "kind", "instruction", "output", "messages"} <= fields:
+        return "rows"
     if "conversations" in fields:
         return "sharegpt"
     if "chosen" in fields and "rejected" in fields:
@@ -141,6 +151,8 @@ def record_problem(record: dict[str, Any], spec: FormatSpec) -> tuple[str, str, 
             continue
         if kind == TEXT and not isinstance(value, str):
             return field, "non_string", f"must be a string, got {_type_name(value)}"
+        if kind == TURN and (problem := _turn_problem([value], field)):
+            return problem
         if kind == TURNS and (problem := _turn_problem(value, field)):
             return problem
         if kind == TEXT_OR_TURNS and not isinstance(value, str) and (problem := _turn_problem(value, field)):
@@ -162,6 +174,8 @@ def uniform_record(record: dict[str, Any], spec: FormatSpec) -> dict[str, Any]:
         if kind == TEXT_OR_TURNS and isinstance(value, str):
             role = "user" if field == "prompt" else "assistant"
             out[field] = [{"role": role, "content": value}]
+        elif kind == TURN and isinstance(value, dict):
+            out[field] = [{"role": value.get("role", value.get("from")), "content": value.get("content", value.get("value"))}]
         elif kind in (TURNS, TEXT_OR_TURNS) and isinstance(value, list):
             out[field] = [
                 {"role": t.get("role", t.get("from")), "content": t.get("content", t.get("value"))} for t in value
@@ -182,6 +196,8 @@ def typed_columns_ok(schema: pa.Schema, spec: FormatSpec) -> bool:
         if kind in (TURNS, TEXT_OR_TURNS) and not (
             (kind == TEXT_OR_TURNS and (pa.types.is_string(t) or pa.types.is_large_string(t))) or _is_turn_list(t)
         ):
+            return False
+        if kind == TURN and not (pa.types.is_struct(t) and _is_turn_list(pa.list_(t))) and not _is_turn_list(t):
             return False
         if kind == PAIRS and not (_is_list(t) and _is_list(t.value_type) and pa.types.is_string(t.value_type.value_type)):
             return False
@@ -391,6 +407,12 @@ def normalise(frame: pl.DataFrame, fmt: str) -> tuple[pl.DataFrame, pl.DataFrame
 
     if fmt == "alpaca":
         rows, more = _alpaca(frame)
+    elif fmt == "sharegpt" and "chosen" in frame.columns and "rejected" in frame.columns:
+        as_list = {c: _as_turn_list(frame, c) for c in ("chosen", "rejected")}
+        rows, more = _pairwise(frame.with_columns(pl.col("conversations").alias("prompt"), **as_list), "preference")
+        rows = rows.with_columns(pl.lit("preference").alias("kind"))
+    elif fmt == "rows":
+        rows, more = _rows_format(frame)
     elif fmt in ("sharegpt", "openai"):
         field = "conversations" if fmt == "sharegpt" else "messages"
         turns, more = _turns_long(frame, field, 1)
@@ -399,13 +421,42 @@ def normalise(frame: pl.DataFrame, fmt: str) -> tuple[pl.DataFrame, pl.DataFrame
     else:
         rows, more = _pairwise(frame, fmt)
     problems += more
-    if "kind" in rows.columns and fmt != "preference":
+    if "kind" in rows.columns and fmt not in ("preference", "rows") and "rejected" not in rows.columns:
         rows = rows.with_columns(
             pl.when(pl.col("messages").is_null()).then(pl.lit("instruction")).otherwise(pl.lit("conversation"))
             .alias("kind")
         )
     all_problems = pl.concat([p.cast(PROBLEM_SCHEMA) for p in problems]) if problems else pl.DataFrame(schema=PROBLEM_SCHEMA)
     return rows, all_problems
+
+
+def _as_turn_list(frame: pl.DataFrame, column: str) -> pl.Expr:
+    """A single {from, value} column (or an already uniform list) as a one-turn list."""
+    if isinstance(frame.schema[column], pl.List):
+        return pl.col(column)
+    return pl.when(pl.col(column).is_not_null()).then(pl.concat_list([pl.col(column)]))
+
+
+def _rows_format(frame: pl.DataFrame) -> tuple[pl.DataFrame, list[pl.DataFrame]]:
+    """The warehouse's own columns back into rows: single exchanges as alpaca, the rest as turns."""
+    has_messages = "messages" in frame.columns and frame.schema["messages"] != pl.Null
+    single = frame.filter(pl.col("messages").is_null()) if has_messages else frame
+    rows, problems = _alpaca(single.drop("messages", strict=False))
+    parts = [rows]
+    if has_messages:
+        multi = frame.filter(pl.col("messages").is_not_null())
+        turns, more = _turns_long(multi, "messages", 1)
+        conv, extra = _from_turns(multi, turns, "conversation")
+        parts.append(conv.select(rows.columns))
+        problems += more + extra
+    rows = pl.concat(parts).sort("_idx")
+    rejected = _clean(pl.col("rejected")) if "rejected" in frame.columns else pl.lit(None, pl.String)
+    rows = rows.join(frame.select("_idx", rejected.alias("rejected")), on="_idx", how="left")
+    kind = (
+        pl.when(pl.col("rejected").is_not_null()).then(pl.lit("preference"))
+        .when(pl.col("messages").is_null()).then(pl.lit("instruction")).otherwise(pl.lit("conversation"))
+    )
+    return rows.with_columns(kind.alias("kind")), problems
 
 
 def _alpaca(frame: pl.DataFrame) -> tuple[pl.DataFrame, list[pl.DataFrame]]:

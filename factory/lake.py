@@ -29,6 +29,7 @@ import polars as pl
 import pyarrow as pa
 
 T = TypeVar("T")
+Params = list[Any] | dict[str, Any] | None
 ALIAS = "lake"
 
 Error = duckdb.Error
@@ -125,6 +126,14 @@ def _retry(fn: Callable[[], T], what: str, attempts: int = 10, base_delay: float
     raise AssertionError("unreachable")  # pragma: no cover
 
 
+def single_statement(sql: str) -> bool:
+    """Whether a SQL text is exactly one statement (guards user-given SQL fragments)."""
+    try:
+        return len(duckdb.extract_statements(sql)) == 1
+    except duckdb.Error:
+        return True  # a syntax error: let the real query report it with its position
+
+
 def default_author() -> str:
     """Who a commit is attributed to: $FACTORY_AUTHOR, else the login name."""
     try:
@@ -145,18 +154,18 @@ class Lake:
         self.con.close()
 
     # -- reading -------------------------------------------------------------------------------
-    def frame(self, sql: str, params: list[Any] | None = None) -> pl.DataFrame:
+    def frame(self, sql: str, params: Params = None) -> pl.DataFrame:
         """Run a query and return a polars frame (retrying while the catalog is locked)."""
         return _retry(lambda: self.con.execute(sql, params or []).pl(), what="read")
 
-    def arrow(self, sql: str, params: list[Any] | None = None) -> pa.Table:
+    def arrow(self, sql: str, params: Params = None) -> pa.Table:
         return _retry(lambda: self.con.execute(sql, params or []).to_arrow_table(), what="read")
 
-    def scalar(self, sql: str, params: list[Any] | None = None) -> Any:
+    def scalar(self, sql: str, params: Params = None) -> Any:
         row = _retry(lambda: self.con.execute(sql, params or []).fetchone(), what="read")
         return None if row is None else row[0]
 
-    def batches(self, sql: str, params: list[Any] | None = None, rows: int = 100_000):
+    def batches(self, sql: str, params: Params = None, rows: int = 100_000):
         """Stream a query's result as Arrow record batches."""
         reader = self.con.execute(sql, params or []).to_arrow_reader(rows)
         yield from reader
@@ -175,7 +184,7 @@ class Lake:
     def unregister(self, name: str) -> None:
         self.con.unregister(name)
 
-    def execute(self, sql: str, params: list[Any] | None = None) -> None:
+    def execute(self, sql: str, params: Params = None) -> None:
         self.con.execute(sql, params or [])
 
     def history(self) -> pl.DataFrame:

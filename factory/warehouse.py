@@ -160,7 +160,7 @@ class Warehouse:
         return self.lake.read_only
 
     # -- reading -------------------------------------------------------------------------------
-    def sql(self, query: str, params: list[Any] | None = None) -> pl.DataFrame:
+    def sql(self, query: str, params: lake.Params = None) -> pl.DataFrame:
         """Run SQL over the warehouse; `snapshot('name')` reads a snapshot's rows."""
         self._define_macros()
         return self.lake.frame(query, params)

@@ -1,0 +1,354 @@
+"""The `factory` command line: parses arguments, calls the Python API, prints.
+
+Every command takes --warehouse (default $FACTORY_WAREHOUSE, else ./warehouse).
+Heavy modules are imported inside the commands so `factory --help` is instant.
+"""
+
+from __future__ import annotations
+
+import sys
+from pathlib import Path
+from typing import TYPE_CHECKING, Annotated, Any
+
+import typer
+
+if TYPE_CHECKING:
+    import polars as pl
+
+app = typer.Typer(
+    help="instruction-factory: import, inspect, snapshot and export instruction-tuning data.",
+    no_args_is_help=True,
+    add_completion=False,
+    pretty_exceptions_enable=False,
+)
+snapshot_app = typer.Typer(help="Named, immutable selections of rows.", no_args_is_help=True)
+app.add_typer(snapshot_app, name="snapshot")
+
+Warehouse = Annotated[
+    str | None,
+    typer.Option("--warehouse", "-w", help="warehouse folder [default: $FACTORY_WAREHOUSE or ./warehouse]"),
+]
+
+
+def _err(message: str, code: int = 1) -> None:
+    from rich.console import Console
+
+    Console(stderr=True).print(f"[bold red]error:[/] {message}", highlight=False, markup=True, soft_wrap=True)
+    raise typer.Exit(code)
+
+
+def _console() -> Any:
+    from rich.console import Console
+
+    console = Console(highlight=False, soft_wrap=True)
+    if not console.is_terminal:
+        console.width = 160
+    return console
+
+
+def _open(path: str | None, read_only: bool = False) -> Any:
+    import factory
+
+    try:
+        return factory.open(path, read_only=read_only)
+    except Exception as exc:  # every open error has a message that says what to do
+        _err(str(exc))
+
+
+def _table(frame: pl.DataFrame, title: str | None = None, width: int = 60) -> Any:
+    from rich.table import Table
+
+    table = Table(title=title, title_justify="left", show_lines=False)
+    for column, dtype in frame.schema.items():
+        table.add_column(f"{column}\n[dim]{dtype}[/]", overflow="fold")
+    for row in frame.iter_rows():
+        cells = []
+        for value in row:
+            text = "NULL" if value is None else str(value)
+            cells.append(text if len(text) <= width else text[: width - 1] + "…")
+        table.add_row(*cells)
+    return table
+
+
+def _print_frame(frame: pl.DataFrame, title: str | None = None) -> None:
+    console = _console()
+    console.print(_table(frame, title))
+    console.print(f"[dim]{frame.height} row(s)[/]")
+
+
+@app.command()
+def init(
+    warehouse: Warehouse = None,
+    catalog: Annotated[str | None, typer.Option(help="DuckLake catalog URL, e.g. postgres:dbname=factory host=db")] = None,
+    data_path: Annotated[str | None, typer.Option(help="data files folder or URL, e.g. s3://bucket/factory/")] = None,
+) -> None:
+    """Create a warehouse (SQLite catalog and Parquet files in the folder by default).
+
+    Examples:
+      factory init
+      factory init --warehouse /data/wh --catalog "postgres:dbname=factory host=db" --data-path s3://bucket/wh/
+    """
+    import factory
+
+    try:
+        wh = factory.init(warehouse, catalog=catalog, data_path=data_path)
+    except Exception as exc:
+        _err(str(exc))
+    _console().print(f"warehouse ready at [bold]{wh.folder}[/] (catalog {wh.lake.location.catalog}, "
+                     f"data {wh.lake.location.data_path}); {wh.count()} rows")
+
+
+@app.command("import")
+def import_(
+    path: Annotated[Path, typer.Argument(help="file or folder: .jsonl .json .csv .parquet, or an HF datasets folder")],
+    warehouse: Warehouse = None,
+    format: Annotated[str, typer.Option("--format", "-f", help="auto|alpaca|sharegpt|openai|preference|prompt_completion")] = "auto",
+    source: Annotated[str | None, typer.Option(help="source name stored on every row [default: file name]")] = None,
+    map: Annotated[str | None, typer.Option("--map", help="rename fields: target=field,... e.g. prompt=question")] = None,
+    on_error: Annotated[str, typer.Option(help="fail (commit nothing) or skip (import good rows, write rejects)")] = "fail",
+    rejects: Annotated[Path | None, typer.Option(help="rejects report path (CSV) with --on-error skip")] = None,
+    encoding: Annotated[str, typer.Option(help="text encoding of the file")] = "utf-8",
+    max_row_bytes: Annotated[int, typer.Option(help="largest accepted record in bytes")] = 4 << 20,
+    templates: Annotated[Path | None, typer.Option(help="FLAN-style task file (YAML) of Jinja templates")] = None,
+    template_mode: Annotated[str, typer.Option(help="random (one template per record) or all")] = "random",
+    seed: Annotated[int, typer.Option(help="seed for the random template choice")] = 0,
+    domain: Annotated[str | None, typer.Option(help="domain label stored on every row")] = None,
+    progress: Annotated[bool, typer.Option(help="show a progress bar")] = True,
+) -> None:
+    """Import instruction data; the format is detected from the fields unless given.
+
+    Examples:
+      factory import data/tasks.jsonl --source seeds
+      factory import chats.json --format sharegpt --source forum
+      factory import prefs.parquet --format preference --map prompt=question,chosen=good,rejected=bad
+      factory import nli.csv --templates data/templates/nli.yaml --template-mode all
+    """
+    from pydantic import ValidationError
+
+    from factory import plugins
+
+    plugin = plugins.get("generator", "human")
+    try:
+        config = plugin.config(
+            format=format, source=source, map=map or {}, on_error=on_error, rejects=rejects, encoding=encoding,
+            max_row_bytes=max_row_bytes, templates=templates, template_mode=template_mode, seed=seed, domain=domain,
+        )
+    except (ValidationError, ValueError) as exc:
+        _err(_validation_message(exc))
+    wh = _open(warehouse)
+    try:
+        summary = plugin.run(wh, path, config, progress=progress and sys.stderr.isatty())
+    except Exception as exc:
+        _err(str(exc))
+    console = _console()
+    for warning in summary.warnings:
+        console.print(f"[yellow]warning:[/] {warning}")
+    console.print(f"detected format: [bold]{summary.format}[/]" if format == "auto" else f"format: {summary.format}")
+    new = f"[bold green]{summary.inserted:,}[/] new row(s)"
+    dup = f"{summary.duplicates:,} already in the warehouse" if summary.duplicates else "no duplicates"
+    console.print(f"{path}: {summary.offered:,} record(s) read -> {new}; {dup}; source={summary.source}; "
+                  f"job {summary.job_id}")
+    if summary.inserted == 0 and summary.offered:
+        console.print("nothing new: every record was already imported")
+    if summary.rejected:
+        console.print(f"[yellow]{summary.rejected:,} record(s) rejected[/]; report: {summary.rejects_path}")
+
+
+def _validation_message(exc: Exception) -> str:
+    from pydantic import ValidationError
+
+    if isinstance(exc, ValidationError):
+        first = exc.errors()[0]
+        field = ".".join(str(p) for p in first["loc"]).replace("_", "-")
+        return f"--{field}: {first['msg']}"
+    return str(exc)
+
+
+@app.command()
+def sql(
+    query: Annotated[str, typer.Argument(help="SQL; snapshot('NAME') reads a snapshot's rows")],
+    warehouse: Warehouse = None,
+    format: Annotated[str, typer.Option("--format", "-f", help="table, csv, json or parquet")] = "table",
+    out: Annotated[Path | None, typer.Option("--out", "-o", help="write the result to this file")] = None,
+) -> None:
+    """Run read-only SQL over the warehouse.
+
+    Tables: rows, verdicts, snapshots, snapshot_rows, jobs, llm_calls, runs.
+    Examples:
+      factory sql "SELECT source, generator, count(*) FROM rows GROUP BY ALL"
+      factory sql "SELECT * FROM snapshot('short') LIMIT 5"
+      factory sql "SELECT count(*) FROM rows AT (VERSION => 3)"      # time travel; see `factory log`
+      factory sql "SELECT * FROM rows" --format parquet --out rows.parquet
+    """
+    if format not in ("table", "csv", "json", "parquet"):
+        _err(f"--format must be table, csv, json or parquet, got '{format}'")
+    if format == "parquet" and out is None:
+        _err("--format parquet needs --out FILE")
+    wh = _open(warehouse, read_only=True)
+    try:
+        frame = wh.sql(query)
+    except Exception as exc:
+        text = str(exc)
+        if "read-only" in text:
+            _err("factory sql is read-only: write through `factory import`, filters, snapshots or the Python API "
+                 f"({text.splitlines()[0]})")
+        _err(text)
+    if format == "table":
+        if out is not None:
+            _err("--out needs --format csv, json or parquet")
+        _print_frame(frame)
+        return
+    if format == "parquet":
+        frame.write_parquet(out)
+    elif format == "csv":
+        frame.write_csv(out) if out else sys.stdout.write(frame.write_csv())
+    else:
+        text = frame.write_json()
+        Path(out).write_text(text) if out else sys.stdout.write(text + "\n")
+    if out:
+        _console().print(f"wrote {frame.height} row(s) to {out}")
+
+
+@snapshot_app.command("create")
+def snapshot_create(
+    name: Annotated[str, typer.Argument(help="new snapshot name (names are never reused)")],
+    warehouse: Warehouse = None,
+    from_: Annotated[str | None, typer.Option("--from", help="start from this snapshot's rows")] = None,
+    where: Annotated[str | None, typer.Option(help="SQL condition over rows columns")] = None,
+    message: Annotated[str, typer.Option("--message", "-m", help="what this snapshot is for")] = "",
+    ignore_verdicts: Annotated[bool, typer.Option(help="keep rows that filters rejected")] = False,
+) -> None:
+    """Freeze every row that no filter rejected (or a narrower selection) under a name.
+
+    Examples:
+      factory snapshot create base -m "first cut"
+      factory snapshot create short --from base --where "length(output) < 2000"
+    """
+    wh = _open(warehouse)
+    try:
+        record = wh.create_snapshot(name, parent=from_, where=where, message=message,
+                                    honour_verdicts=not ignore_verdicts)
+    except Exception as exc:
+        _err(str(exc))
+    parent = f" from {from_}" if from_ else ""
+    _console().print(f"snapshot [bold]{name}[/]{parent}: {record['row_count']:,} rows, digest {record['digest'][:12]}")
+
+
+@snapshot_app.command("list")
+def snapshot_list(warehouse: Warehouse = None) -> None:
+    """List snapshots, oldest first."""
+    _print_frame(_open(warehouse, read_only=True).snapshots())
+
+
+@snapshot_app.command("show")
+def snapshot_show(name: str, warehouse: Warehouse = None) -> None:
+    """Counts by source, generator, kind and language, and length statistics of one snapshot."""
+    wh = _open(warehouse, read_only=True)
+    try:
+        info = wh.show_snapshot(name)
+    except Exception as exc:
+        _err(str(exc))
+    record = info["snapshot"]
+    console = _console()
+    console.print(f"[bold]{name}[/]: {record['row_count']:,} rows, digest {record['digest']}, parent "
+                  f"{record['parent'] or '-'}, created {record['created_at']:%Y-%m-%d %H:%M:%S} by {record['author']}")
+    if record["message"]:
+        console.print(f"message: {record['message']}")
+    if record["where_sql"]:
+        console.print(f"where: {record['where_sql']}")
+    for column, frame in info["counts"].items():
+        console.print(_table(frame, title=f"by {column}"))
+    lengths = info["lengths_chars"]
+    console.print(_table(lengths.with_columns(lengths[c].round(1) for c in ("p50", "mean", "p95")),
+                         title="length in characters"))
+
+
+@snapshot_app.command("diff")
+def snapshot_diff(
+    a: str, b: str, warehouse: Warehouse = None,
+    sample: Annotated[int, typer.Option(help="rows to show of each side")] = 5,
+) -> None:
+    """Rows added and removed going from snapshot A to snapshot B."""
+    wh = _open(warehouse, read_only=True)
+    try:
+        result = wh.diff(a, b, sample=sample)
+    except Exception as exc:
+        _err(str(exc))
+    console = _console()
+    console.print(f"{a} -> {b}: [green]+{result['added']['count']:,}[/] added, "
+                  f"[red]-{result['removed']['count']:,}[/] removed")
+    for side in ("added", "removed"):
+        if result[side]["count"]:
+            console.print(_table(result[side]["sample"], title=f"{side} (sample)"))
+
+
+@app.command()
+def export(
+    snapshot: Annotated[str, typer.Argument(help="snapshot to export")],
+    out: Annotated[Path, typer.Option("--out", "-o", help="output folder")],
+    format: Annotated[str, typer.Option("--format", "-f", help="alpaca, alpaca_jsonl, sharegpt, openai, trl, preference, llamafactory, hf, parquet")] = "sharegpt",
+    eval_split: Annotated[float, typer.Option(help="share of rows (by id hash) in the eval split")] = 0.0,
+    seed: Annotated[int, typer.Option(help="seed of the split hash")] = 0,
+    name: Annotated[str | None, typer.Option(help="dataset name in dataset_info.json [default: snapshot]")] = None,
+    warehouse: Warehouse = None,
+) -> None:
+    """Write a snapshot in a trainer's format, with a deterministic train/eval split.
+
+    Examples:
+      factory export short --format sharegpt --out out/ --eval-split 0.05 --seed 0
+      factory export short --format llamafactory --out lf/
+    """
+    wh = _open(warehouse, read_only=True)
+    try:
+        result = wh.export(snapshot, out, format, eval_split=eval_split, seed=seed, name=name)
+    except Exception as exc:
+        _err(str(exc))
+    counts = ", ".join(f"{split} {n:,}" for split, n in result["counts"].items())
+    files = ", ".join(str(out / f) for f in result["files"].values())
+    _console().print(f"exported {snapshot} as {format}: {counts} -> {files}")
+    for reason, n in result["skipped"].items():
+        _console().print(f"[yellow]skipped {n:,} row(s): {reason.removeprefix('skipped_').replace('_', ' ')}[/]")
+
+
+@app.command()
+def plugins() -> None:
+    """List the registered generator, filter and trainer plugins and where they come from."""
+    import polars as pl
+
+    from factory import plugins as registry
+
+    _print_frame(pl.DataFrame(registry.listing()))
+
+
+@app.command()
+def jobs(warehouse: Warehouse = None, limit: int = 20) -> None:
+    """Recent jobs with their status."""
+    wh = _open(warehouse, read_only=True)
+    _print_frame(wh.sql(f"SELECT id, kind, plugin, status, started_at, finished_at, error FROM jobs "
+                        f"ORDER BY started_at DESC LIMIT {int(limit)}"))
+
+
+@app.command()
+def log(warehouse: Warehouse = None, limit: int = 30) -> None:
+    """The warehouse's commit history (versions for time travel: `... FROM rows AT (VERSION => N)`)."""
+    wh = _open(warehouse, read_only=True)
+    _print_frame(wh.history().sort("version", descending=True).head(limit))
+
+
+@app.command()
+def why(row_id: Annotated[str, typer.Argument(help="row id or a unique prefix of it")], warehouse: Warehouse = None) -> None:
+    """Every verdict on one row: which filter kept or dropped it, and why."""
+    wh = _open(warehouse, read_only=True)
+    frame = wh.why(row_id)
+    if frame.height == 0:
+        _console().print(f"no verdicts on rows starting with {row_id}: no filter has judged it")
+        return
+    _print_frame(frame)
+
+
+def main() -> None:
+    app()
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,148 @@
+"""Snapshots: named, immutable selections of row ids, with a digest and a parent.
+
+A snapshot freezes what a trainer will see. `create` selects rows (by default
+every row that no filter's latest verdict rejected; optionally only rows of a
+parent snapshot, narrowed by a SQL condition), stores the ids in
+`snapshot_rows` and a record in `snapshots` (parent, selection, count, sha256
+digest over the sorted ids, message, time, author) in one commit. A name
+cannot be reused. `diff` is a set difference on ids.
+"""
+
+from __future__ import annotations
+
+import re
+from typing import Any
+
+import polars as pl
+
+from factory import lake
+from factory.warehouse import Warehouse
+
+NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.\-]{0,127}$")
+
+
+class SnapshotError(ValueError):
+    pass
+
+
+def get(wh: Warehouse, name: str) -> dict[str, Any]:
+    """A snapshot's record; a clear error naming the known snapshots if it does not exist."""
+    found = wh.sql("SELECT * FROM snapshots WHERE name = ?", [name])
+    if found.height == 0:
+        known = wh.sql("SELECT name FROM snapshots ORDER BY created_at")["name"].to_list()
+        hint = f"known snapshots: {', '.join(known)}" if known else "there are none yet; make one with `factory snapshot create NAME`"
+        raise SnapshotError(f"no snapshot named '{name}' ({hint})")
+    return found.row(0, named=True)
+
+
+def _latest_rejections() -> str:
+    """Ids whose latest verdict from some filter says drop (a later keep=true verdict overrides)."""
+    return (
+        "SELECT id FROM verdicts GROUP BY id, filter "
+        "HAVING NOT arg_max(keep, (created_at, run_id))"
+    )
+
+
+def create(
+    wh: Warehouse,
+    name: str,
+    parent: str | None = None,
+    where: str | None = None,
+    message: str = "",
+    honour_verdicts: bool = True,
+) -> dict[str, Any]:
+    """Freeze a selection of rows under a new name and return the snapshot's record."""
+    if not NAME.match(name):
+        raise SnapshotError(
+            f"snapshot name '{name}' is not allowed: use letters, digits, '_', '-' and '.', starting with a letter or digit"
+        )
+    if wh.sql("SELECT count(*) AS n FROM snapshots WHERE name = ?", [name])["n"][0]:
+        raise SnapshotError(f"a snapshot named '{name}' exists; snapshots are immutable, so pick a new name")
+    if parent is not None:
+        get(wh, parent)
+    base = "SELECT DISTINCT id FROM rows" if parent is None else "SELECT id FROM snapshot_rows WHERE snapshot = $parent"
+    conditions = []
+    if honour_verdicts:
+        conditions.append(f"id NOT IN ({_latest_rejections()})")
+    if where:
+        if not lake.single_statement(f"SELECT 1 FROM rows WHERE ({where})"):
+            raise SnapshotError(f"--where must be one SQL condition, got: {where}")
+        conditions.append(f"id IN (SELECT id FROM rows WHERE ({where}))")
+    selection = f"SELECT id FROM ({base})" + (" WHERE " + " AND ".join(conditions) if conditions else "")
+    params = {"name": name} | ({"parent": parent} if parent is not None else {})
+
+    def work(lk: lake.Lake) -> dict[str, Any]:
+        version = lk.version()
+        try:
+            lk.execute(f"INSERT INTO snapshot_rows SELECT $name, id FROM ({selection})", params)
+        except lake.Error as exc:
+            if where:
+                raise SnapshotError(f"--where {where!r}: {exc}") from exc
+            raise
+        stats = lk.frame(
+            "SELECT count(*) AS row_count, sha256(coalesce(string_agg(id, ',' ORDER BY id), '')) AS digest "
+            "FROM snapshot_rows WHERE snapshot = $name",
+            {"name": name},
+        ).row(0, named=True)
+        runs = lk.frame("SELECT DISTINCT run_id FROM verdicts ORDER BY run_id")["run_id"].to_list() if honour_verdicts else []
+        lk.execute(
+            "INSERT INTO snapshots VALUES ($name, $parent, $message, $where, $honour, $runs, $count, $digest, "
+            "$author, now(), $version)",
+            {
+                "name": name, "parent": parent, "message": message, "where": where, "honour": honour_verdicts,
+                "runs": runs, "count": stats["row_count"], "digest": stats["digest"],
+                "author": lake.default_author(), "version": version,
+            },
+        )
+        return {"name": name, "parent": parent, "row_count": stats["row_count"], "digest": stats["digest"],
+                "filter_runs": runs, "where_sql": where, "message": message}
+
+    detail = f" from {parent}" if parent else ""
+    return wh.lake.write(f"snapshot: create {name}{detail} ({message or 'no message'})", work)
+
+
+def list_snapshots(wh: Warehouse) -> pl.DataFrame:
+    return wh.sql(
+        "SELECT name, parent, row_count, left(digest, 12) AS digest, message, where_sql, author, created_at "
+        "FROM snapshots ORDER BY created_at"
+    )
+
+
+def show(wh: Warehouse, name: str) -> dict[str, Any]:
+    """A snapshot's record with counts by source, generator, kind and language, and length statistics."""
+    record = get(wh, name)
+    counts = {
+        column: wh.sql(
+            f"SELECT coalesce({column}, '(none)') AS value, count(*) AS rows FROM snapshot(?) "
+            "GROUP BY ALL ORDER BY rows DESC, value",
+            [name],
+        )
+        for column in ("source", "generator", "kind", "language")
+    }
+    lengths = wh.sql(
+        "SELECT field, min(n) AS min, quantile_cont(n, 0.5) AS p50, avg(n) AS mean, quantile_cont(n, 0.95) AS p95, "
+        "max(n) AS max FROM (SELECT UNNEST(['instruction', 'output']) AS field, "
+        "UNNEST([length(instruction), length(output)]) AS n FROM snapshot(?)) GROUP BY field ORDER BY field",
+        [name],
+    )
+    return {"snapshot": record, "counts": counts, "lengths_chars": lengths}
+
+
+def diff(wh: Warehouse, a: str, b: str, sample: int = 5) -> dict[str, Any]:
+    """Rows added and removed going from snapshot a to snapshot b, with a sample of each."""
+    get(wh, a)
+    get(wh, b)
+    sides = {}
+    for label, left, right in (("added", b, a), ("removed", a, b)):
+        ids = (
+            "SELECT id FROM snapshot_rows WHERE snapshot = $left "
+            "EXCEPT SELECT id FROM snapshot_rows WHERE snapshot = $right"
+        )
+        count = wh.sql(f"SELECT count(*) AS n FROM ({ids})", {"left": left, "right": right})["n"][0]
+        rows = wh.sql(
+            f"SELECT d.id, left(r.instruction, 80) AS instruction, r.source FROM ({ids}) d "
+            "JOIN (SELECT DISTINCT ON (id) id, instruction, source FROM rows) r USING (id) ORDER BY d.id LIMIT $n",
+            {"left": left, "right": right, "n": sample},
+        )
+        sides[label] = {"count": int(count), "sample": rows}
+    return {"from": a, "to": b, **sides}
