@@ -199,7 +199,7 @@ def _parse_chunk(chunk: bytes, label: str, first_line: int, options: ReadOptions
     starts, ends, blank = _lines(chunk)
     lengths = ends - starts
     numbers = np.arange(first_line, first_line + len(starts))
-    if not (lengths > options.max_row_bytes).any():
+    if not (lengths > options.max_row_bytes).any() and _is_utf8(chunk):
         try:
             block = max(1 << 20, int(lengths.max(initial=0)) + 2)
             table = pj.read_json(io.BytesIO(chunk), read_options=pj.ReadOptions(block_size=block))
@@ -216,6 +216,15 @@ def _parse_chunk(chunk: bytes, label: str, first_line: int, options: ReadOptions
                 )
             return
     yield _parse_lines_slowly(chunk, starts, ends, blank, numbers, label, options)
+
+
+def _is_utf8(chunk: bytes) -> bool:
+    """pyarrow's JSON reader does not validate UTF-8 inside strings, so check the bytes first."""
+    try:
+        chunk.decode("utf-8")
+    except UnicodeDecodeError:
+        return False
+    return True
 
 
 def _parse_lines_slowly(

@@ -87,6 +87,7 @@ def render(
     problems: list[Problem] = []
     for record in records.iter_rows(named=True):
         origin = record.pop("_origin")
+        record = {k: v for k, v in record.items() if v is not None}  # a null field is a missing field
         if mode == "all":
             chosen = compiled
         else:

@@ -1,0 +1,27 @@
+"""Shared fixtures: a real DuckLake warehouse in a temp folder, and small data-file writers."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+
+import factory
+
+
+@pytest.fixture
+def wh(tmp_path: Path):
+    warehouse = factory.init(tmp_path / "wh")
+    yield warehouse
+    warehouse.close()
+
+
+def write_jsonl(path: Path, records: list) -> Path:
+    path.write_text("".join(json.dumps(r, ensure_ascii=False) + "\n" for r in records), encoding="utf-8")
+    return path
+
+
+def alpaca(n: int, prefix: str = "task") -> list[dict]:
+    return [{"instruction": f"{prefix} {i}: say the number", "input": "" if i % 2 else f"n={i}",
+             "output": f"The number is {i}."} for i in range(n)]
