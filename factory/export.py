@@ -9,7 +9,7 @@
 | trl           | train.jsonl, eval.jsonl                 | prompt, completion (conversational)                 |
 | preference    | train.jsonl, eval.jsonl                 | prompt, chosen, rejected (conversational)           |
 | llamafactory  | train.json, eval.json, dataset_info.json| sharegpt records, registered for LLaMA-Factory      |
-| hf            | data/train-00000-of-00001.parquet, ...  | id + messages, or id + prompt/chosen/rejected       |
+| hf            | data/train-00000-of-00001.parquet, data/test-... | id + messages, or id + prompt/chosen/rejected       |
 | parquet       | train.parquet, eval.parquet             | the rows table's columns                            |
 
 A row goes to eval when md5(seed:id), read as a number, falls under the eval
@@ -173,8 +173,8 @@ def _write(frame: pl.DataFrame, path: Path, kind: str) -> None:
 
 
 def _file_name(kind: str, split: str) -> str:
-    if kind == "hf":
-        return f"data/{split}-00000-of-00001.parquet"
+    if kind == "hf":  # `datasets` names splits by file name; it knows "test", not "eval"
+        return f"data/{'test' if split == 'eval' else split}-00000-of-00001.parquet"
     return f"{split}.{kind}"
 
 

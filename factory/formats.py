@@ -199,7 +199,10 @@ def typed_columns_ok(schema: pa.Schema, spec: FormatSpec) -> bool:
             return False
         if kind == TURN and not (pa.types.is_struct(t) and _is_turn_list(pa.list_(t))) and not _is_turn_list(t):
             return False
-        if kind == PAIRS and not (_is_list(t) and _is_list(t.value_type) and pa.types.is_string(t.value_type.value_type)):
+        if kind == PAIRS and not (
+            _is_list(t)
+            and (pa.types.is_null(t.value_type) or (_is_list(t.value_type) and pa.types.is_string(t.value_type.value_type)))
+        ):
             return False
     return True
 
@@ -319,7 +322,7 @@ def _history_long(frame: pl.DataFrame) -> pl.DataFrame:
     if "history" not in frame.columns or frame.schema["history"] == pl.Null:
         return _empty_turns()
     pairs = (
-        frame.select("_idx", "history")
+        frame.select("_idx", pl.col("history").cast(pl.List(pl.List(pl.String))))
         .filter(pl.col("history").is_not_null())
         .explode("history")
         .filter(pl.col("history").is_not_null())
