@@ -231,6 +231,17 @@ def _clean(expr: pl.Expr) -> pl.Expr:
     return expr.str.replace_all("\r\n", "\n", literal=True).str.strip_chars()
 
 
+def _clean_columns(frame: pl.DataFrame, columns: list[str]) -> pl.DataFrame:
+    """`_clean` on whole text columns, skipping the CRLF pass where a column has no CR (the common case)."""
+    present = [c for c in columns if c in frame.columns and frame.schema[c] == pl.String]
+    if not present:
+        return frame
+    has_cr = frame.select(pl.col(c).str.contains("\r", literal=True).any() for c in present).row(0)
+    return frame.with_columns(
+        (_clean(pl.col(c)) if cr else pl.col(c).str.strip_chars()).alias(c) for c, cr in zip(present, has_cr, strict=True)
+    )
+
+
 def _problems(frame: pl.DataFrame, mask: pl.Expr, field: str, code: str, message: str | pl.Expr) -> pl.DataFrame:
     msg = pl.lit(message) if isinstance(message, str) else message
     return frame.filter(mask).select(
@@ -252,7 +263,7 @@ def _text_checks(frame: pl.DataFrame, field: str, required: bool, allow_empty: b
         out.append(_problems(frame, col.is_null(), field, "missing_field", "is missing"))
     if not allow_empty:
         out.append(
-            _problems(frame, col.is_not_null() & (_clean(col).str.len_bytes() == 0), field, "empty_field", "is empty")
+            _problems(frame, col.is_not_null() & (col.str.len_bytes() == 0), field, "empty_field", "is empty")
         )
     return out
 
@@ -363,7 +374,7 @@ def _from_turns(frame: pl.DataFrame, turns: pl.DataFrame, kind: str) -> tuple[pl
     base = frame.select("_idx", *[c for c in ("system", "domain", "language") if c in frame.columns])
     rows = base.join(agg, on="_idx", how="left").join(sys_text, on="_idx", how="left")
     system = pl.coalesce(
-        [_clean(pl.col("system")) if "system" in rows.columns else pl.lit(None, pl.String), pl.col("_turn_system")]
+        [pl.col("system") if "system" in rows.columns else pl.lit(None, pl.String), pl.col("_turn_system")]
     ).fill_null("")
     single = (pl.col("_turns") == 2) & (pl.col("_first_role") == "user")
     rows = rows.with_columns(system.alias("system"))
@@ -396,6 +407,7 @@ def normalise(frame: pl.DataFrame, fmt: str) -> tuple[pl.DataFrame, pl.DataFrame
     still in the rows frame, and the caller drops or reports them by `_idx`.
     """
     spec = SPECS[fmt]
+    frame = _clean_columns(frame, [f for f, kind in spec.fields.items() if kind in (TEXT, TEXT_OR_TURNS)])
     problems: list[pl.DataFrame] = []
     for field, kind in spec.required.items():
         if field not in frame.columns:
@@ -453,7 +465,7 @@ def _rows_format(frame: pl.DataFrame) -> tuple[pl.DataFrame, list[pl.DataFrame]]
         parts.append(conv.select(rows.columns))
         problems += more + extra
     rows = pl.concat(parts).sort("_idx")
-    rejected = _clean(pl.col("rejected")) if "rejected" in frame.columns else pl.lit(None, pl.String)
+    rejected = pl.col("rejected") if "rejected" in frame.columns else pl.lit(None, pl.String)
     rows = rows.join(frame.select("_idx", rejected.alias("rejected")), on="_idx", how="left")
     kind = (
         pl.when(pl.col("rejected").is_not_null()).then(pl.lit("preference"))
@@ -465,15 +477,14 @@ def _rows_format(frame: pl.DataFrame) -> tuple[pl.DataFrame, list[pl.DataFrame]]
 def _alpaca(frame: pl.DataFrame) -> tuple[pl.DataFrame, list[pl.DataFrame]]:
     problems = _text_checks(frame, "instruction", True, False) + _text_checks(frame, "output", True, False)
     history = _history_long(frame)
-    user = _clean(pl.col("instruction"))
-    inp = _clean(pl.col("input")).fill_null("") if "input" in frame.columns else pl.lit("")
+    inp = pl.col("input").fill_null("") if "input" in frame.columns else pl.lit("")
     rows = frame.select(
         "_idx",
         pl.lit("instruction").alias("kind"),
-        (_clean(pl.col("system")).fill_null("") if "system" in frame.columns else pl.lit("")).alias("system"),
-        user.fill_null("").alias("instruction"),
+        (pl.col("system").fill_null("") if "system" in frame.columns else pl.lit("")).alias("system"),
+        pl.col("instruction").fill_null(""),
         inp.alias("input"),
-        _clean(pl.col("output")).fill_null("").alias("output"),
+        pl.col("output").fill_null(""),
         *[pl.col(c) for c in ("domain", "language") if c in frame.columns],
     )
     if history.height == 0:

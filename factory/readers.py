@@ -64,6 +64,7 @@ class Raw:
     problems: list[Problem] = field(default_factory=list)
     bytes_read: int = 0
     warnings: list[str] = field(default_factory=list)
+    lines_in_chunk: int = 0  # JSONL: how many lines the chunk this batch came from had
 
     @property
     def fields(self) -> set[str]:
@@ -124,12 +125,18 @@ def read(path: Path, options: ReadOptions) -> Iterator[Raw]:
 # -- JSONL ---------------------------------------------------------------------------------------
 def _lines(chunk: bytes) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """Start, end and blank flag of every line in a chunk (without its newline)."""
+    if not chunk:
+        empty = np.array([], dtype=np.int64)
+        return empty, empty, np.array([], dtype=bool)
     arr = np.frombuffer(chunk, dtype=np.uint8)
     newlines = np.flatnonzero(arr == 10)
     ends = newlines if chunk.endswith(b"\n") else np.append(newlines, len(arr))
     starts = np.concatenate(([0], ends[:-1] + 1)) if len(ends) else np.array([], dtype=np.int64)
-    solid = np.concatenate(([0], np.cumsum(~np.isin(arr, _WHITESPACE))))
-    blank = (solid[ends] - solid[starts]) == 0
+    blank = ends == starts
+    # A line whose first byte is whitespace is rare: look at those few one by one.
+    maybe = np.flatnonzero(~blank & np.isin(arr[np.minimum(starts, len(arr) - 1)], _WHITESPACE))
+    for k in maybe.tolist():
+        blank[k] = not chunk[starts[k] : ends[k]].strip()
     return starts, ends, blank
 
 
@@ -171,28 +178,29 @@ def _jsonl_stream(handle: io.BufferedIOBase, label: str, options: ReadOptions) -
     first = True
     while True:
         block = handle.read(CHUNK_BYTES)
-        data = carry + block
-        if not data:
-            return
         if block:
-            cut = data.rfind(b"\n") + 1
-            if cut == 0 and len(data) <= options.max_row_bytes:
-                carry = data
+            cut = block.rfind(b"\n") + 1
+            if cut == 0 and len(carry) + len(block) <= options.max_row_bytes:
+                carry += block
                 continue
-            if cut == 0:  # one line longer than the limit: read past it in the slow path
-                cut = len(data)
-            chunk, carry = data[:cut], data[cut:]
+            if cut == 0:  # one line longer than the limit: hand it to the slow path, which names it
+                cut = len(block)
+            chunk, carry = carry + block[:cut], block[cut:]
         else:
-            chunk, carry = data, b""
+            chunk, carry = carry, b""
+        if not chunk:
+            return
         warnings: list[str] = []
         if first:
             chunk, warnings = _check_start(chunk, label, options.encoding)
             first = False
+        lines = 0
         for raw in _parse_chunk(chunk, label, line, options):
             raw.warnings = warnings + raw.warnings
             warnings = []
+            lines = raw.lines_in_chunk or lines
             yield raw
-        line += chunk.count(b"\n")
+        line += lines
 
 
 def _parse_chunk(chunk: bytes, label: str, first_line: int, options: ReadOptions) -> Iterator[Raw]:
@@ -213,6 +221,7 @@ def _parse_chunk(chunk: bytes, label: str, first_line: int, options: ReadOptions
                     origins=_origins(label, kept[start : start + part.num_rows]),
                     table=part,
                     bytes_read=len(chunk) if start == 0 else 0,
+                    lines_in_chunk=len(starts),
                 )
             return
     yield _parse_lines_slowly(chunk, starts, ends, blank, numbers, label, options)
@@ -270,7 +279,7 @@ def _parse_lines_slowly(
         records.append(record)
         kept.append(number)
     return Raw(origins=_origins(label, np.array(kept, dtype=np.int64)), records=records, problems=problems,
-               bytes_read=len(chunk))
+               bytes_read=len(chunk), lines_in_chunk=len(starts))
 
 
 # -- JSON array ----------------------------------------------------------------------------------

@@ -15,18 +15,20 @@ from __future__ import annotations
 
 import json
 import os
+import shutil
 import socket
 import uuid
-from collections.abc import Callable, Iterable, Iterator
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import polars as pl
 
-from factory import lake, schema
+from factory import formats, lake, schema
 
 CONFIG_FILE = "factory.json"
+STAGING = ".staging"
 ENV_WAREHOUSE = "FACTORY_WAREHOUSE"
 DEFAULT_PATH = "warehouse"
 
@@ -119,8 +121,20 @@ class InsertResult:
         return self.offered - self.inserted
 
 
+_POLARS_TYPES = {"VARCHAR": pl.String, "VARCHAR[]": pl.List(pl.String), schema.MESSAGE_TYPE: formats.MESSAGE_DTYPE}
+_STAGED = {name: kind for name, kind in schema.ROWS.items() if name not in ("id", "job_id", "created_at")}
+
+
+def _staging_frame(frame: pl.DataFrame) -> pl.DataFrame:
+    """A batch with exactly the rows columns a generator may set, in their types (missing ones NULL)."""
+    return frame.select(
+        (pl.col(name) if name in frame.columns else pl.lit(None)).cast(_POLARS_TYPES[kind]).alias(name)
+        for name, kind in _STAGED.items()
+    )
+
+
 def _select_for_rows(frame_columns: set[str]) -> str:
-    """The SELECT list that turns a staged batch `b` into rows columns (id computed in DuckDB)."""
+    """The SELECT list that turns a staged batch `b` into rows columns."""
     parts = []
     for name, kind in schema.ROWS.items():
         if name == "id":
@@ -189,42 +203,46 @@ class Warehouse:
     ) -> InsertResult:
         """Insert batches of normalised rows in one commit, skipping ids the warehouse already has.
 
-        `batches` is a callable returning the batches, so the whole insert can be re-run
-        if the commit meets a conflict. Each frame holds rows columns except `id`,
-        `job_id` and `created_at`, plus an optional `_seq` giving first-wins order for
-        duplicates inside the batch. `on_commit` runs inside the same transaction
-        (e.g. to mark the job done), so rows and bookkeeping land together.
+        Each frame holds rows columns except `id`, `job_id` and `created_at`. Batches are
+        checked, hashed and staged as local Parquet files first, so an error in any batch
+        (raised by the `batches` iterator) commits nothing, memory stays bounded whatever
+        the input size, and a commit that meets a conflict is retried from the staged
+        files without reading the input again. Within the input the first copy of a row
+        wins. `on_commit` runs inside the same transaction (e.g. to mark the job done),
+        so rows and bookkeeping land together.
         """
-
-        def work(lk: lake.Lake) -> InsertResult:
+        staging = self.folder / STAGING / (job_id or new_id("stage"))
+        staging.mkdir(parents=True, exist_ok=True)
+        try:
             result = InsertResult()
-            for frame in batches():
+            seen = pl.Series("id", [], dtype=pl.String)
+            for k, frame in enumerate(batches()):
                 if frame.height == 0:
                     continue
                 result.offered += frame.height
-                result.inserted += self._insert_batch(lk, frame, job_id)
-            if on_commit is not None:
-                on_commit(lk, result)
-            return result
+                frame = _staging_frame(frame).with_columns(self.row_ids(frame))
+                first = frame.filter(frame["id"].is_first_distinct() & ~frame["id"].is_in(seen.implode()))
+                seen = pl.concat([seen, first["id"]])
+                first.write_parquet(staging / f"{k:06d}.parquet", compression="uncompressed")
+            files = sorted(staging.glob("*.parquet"))
 
-        return self.lake.write(message, work)
+            def commit(lk: lake.Lake) -> InsertResult:
+                result.inserted = 0
+                if files:
+                    listing = ", ".join(f"'{f}'" for f in files)
+                    result.inserted = int(lk.scalar(
+                        f"INSERT INTO rows ({schema.column_list('rows')}) "
+                        f"SELECT {_select_for_rows(set(schema.ROWS))} FROM read_parquet([{listing}]) b "
+                        "ANTI JOIN rows r ON r.id = b.id",
+                        {"job_id": job_id},
+                    ) or 0)
+                if on_commit is not None:
+                    on_commit(lk, result)
+                return result
 
-    @staticmethod
-    def _insert_batch(lk: lake.Lake, frame: pl.DataFrame, job_id: str | None) -> int:
-        if "_seq" not in frame.columns:
-            frame = frame.with_row_index("_seq")
-        lk.register("staged_batch", frame)
-        try:
-            inserted = lk.scalar(
-                f"INSERT INTO rows ({schema.column_list('rows')}) "
-                f"WITH b AS (SELECT {schema.row_id_sql()} AS id, * FROM staged_batch "
-                f"QUALIFY row_number() OVER (PARTITION BY id ORDER BY _seq) = 1) "
-                f"SELECT {_select_for_rows(set(frame.columns))} FROM b ANTI JOIN rows r ON r.id = b.id",
-                {"job_id": job_id},
-            )
+            return self.lake.write(message, commit)
         finally:
-            lk.unregister("staged_batch")
-        return int(inserted or 0)
+            shutil.rmtree(staging, ignore_errors=True)
 
     def row_ids(self, frame: pl.DataFrame) -> pl.Series:
         """The ids the warehouse gives these normalised rows (without storing them)."""
@@ -287,6 +305,8 @@ class Warehouse:
         def work(lk: lake.Lake) -> None:
             stale = lk.frame("SELECT id, pid FROM jobs WHERE status = 'running' AND host = ?", [host])
             dead = [row["id"] for row in stale.iter_rows(named=True) if not _alive(row["pid"])]
+            for job_id in dead:
+                shutil.rmtree(self.folder / STAGING / job_id, ignore_errors=True)
             if dead:
                 lk.execute(
                     "UPDATE jobs SET status = 'interrupted', finished_at = now() WHERE list_contains(?, id)",
@@ -366,8 +386,3 @@ def _alive(pid: int | None) -> bool:
     except PermissionError:
         return True
     return True
-
-
-def iter_chunks(frame: pl.DataFrame, size: int) -> Iterator[pl.DataFrame]:
-    for start in range(0, frame.height, size):
-        yield frame.slice(start, size)

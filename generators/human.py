@@ -185,7 +185,6 @@ def _rows_from(
         pl.lit(source).alias("source"),
         pl.lit("templated" if config.templates else "human").alias("generator"),
         pl.col("_origin").alias("origin"),
-        pl.col("_idx").alias("_seq"),
     ]
     if not extra:
         lineage.append(pl.lit(json.dumps({"format": fmt}, sort_keys=True)).alias("generator_params"))
