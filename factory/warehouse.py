@@ -215,24 +215,25 @@ class Warehouse:
         staging.mkdir(parents=True, exist_ok=True)
         try:
             result = InsertResult()
-            seen = pl.Series("id", [], dtype=pl.String)
             for k, frame in enumerate(batches()):
                 if frame.height == 0:
                     continue
                 result.offered += frame.height
-                frame = _staging_frame(frame).with_columns(self.row_ids(frame))
-                first = frame.filter(frame["id"].is_first_distinct() & ~frame["id"].is_in(seen.implode()))
-                seen = pl.concat([seen, first["id"]])
-                first.write_parquet(staging / f"{k:06d}.parquet", compression="uncompressed")
-            files = sorted(staging.glob("*.parquet"))
+                staged = _staging_frame(frame).with_columns(self.row_ids(frame))
+                staged.write_parquet(staging / f"{k:06d}.parquet", compression="uncompressed")
+            files = ", ".join(f"'{f}'" for f in sorted(staging.glob("*.parquet")))
 
             def commit(lk: lake.Lake) -> InsertResult:
                 result.inserted = 0
                 if files:
-                    listing = ", ".join(f"'{f}'" for f in files)
+                    source = f"read_parquet([{files}], filename = true, file_row_number = true)"
+                    if lk.scalar(f"SELECT count(*) > count(DISTINCT id) FROM {source}"):
+                        # The input repeats rows: keep each id's first copy, in input order.
+                        source = (f"(SELECT * FROM {source} QUALIFY row_number() OVER "
+                                  "(PARTITION BY id ORDER BY filename, file_row_number) = 1)")
                     result.inserted = int(lk.scalar(
                         f"INSERT INTO rows ({schema.column_list('rows')}) "
-                        f"SELECT {_select_for_rows(set(schema.ROWS))} FROM read_parquet([{listing}]) b "
+                        f"SELECT {_select_for_rows(set(schema.ROWS))} FROM {source} b "
                         "ANTI JOIN rows r ON r.id = b.id",
                         {"job_id": job_id},
                     ) or 0)
