@@ -1,4 +1,4 @@
-"""Synthetic alpaca data for benchmarks and the large-file tests (fast, vectorised, seeded)."""
+"""Synthetic alpaca data for benchmarks and large-file tests: fast, vectorised, seeded, every row distinct."""
 
 from __future__ import annotations
 
@@ -7,31 +7,33 @@ from pathlib import Path
 import numpy as np
 import polars as pl
 
-WORDS = (
-    "data model train token prompt answer explain write list compare summarise translate code bug test "
-    "river mountain city history science music garden recipe budget travel language number story poem"
-).split()
+WORDS = pl.Series(
+    (
+        "data model train token prompt answer explain write list compare summarise translate code bug test "
+        "river mountain city history science music garden recipe budget travel language number story poem "
+        "quickly carefully simple complex short long first last every other small large new old good bad"
+    ).split()
+)
 
 
-def alpaca_frame(n: int, seed: int = 0, words: int = 60) -> pl.DataFrame:
-    """n distinct alpaca rows of roughly 600 bytes each."""
+def _text(rng: np.random.Generator, n: int, words: int) -> pl.Series:
+    columns = [WORDS.gather(rng.integers(0, len(WORDS), size=n)) for _ in range(words)]
+    return pl.select(pl.concat_str(columns, separator=" ")).to_series()
+
+
+def alpaca_frame(n: int, seed: int = 0, words: int = 60, prefix: str = "") -> pl.DataFrame:
+    """n distinct alpaca rows of roughly 600 bytes each (the row number makes each one unique)."""
     rng = np.random.default_rng(seed)
-    vocab = np.array(WORDS)
-
-    def text(count: int) -> list[str]:
-        picks = vocab[rng.integers(0, len(vocab), size=(n, count))]
-        return [" ".join(row) for row in picks]
-
-    ids = np.arange(n).astype(str)
+    number = pl.Series(np.arange(n)).cast(pl.String)
     return pl.DataFrame(
         {
-            "instruction": pl.Series(text(12)) + " #" + pl.Series(ids),
-            "input": pl.Series(text(8)),
-            "output": pl.Series(text(words)),
+            "instruction": _text(rng, n, 12) + f" {prefix}#" + number,
+            "input": _text(rng, n, 8),
+            "output": _text(rng, n, words),
         }
     )
 
 
-def write_alpaca_jsonl(path: Path, n: int, seed: int = 0) -> Path:
-    alpaca_frame(n, seed).write_ndjson(path)
+def write_alpaca_jsonl(path: Path, n: int, seed: int = 0, prefix: str = "") -> Path:
+    alpaca_frame(n, seed, prefix=prefix).write_ndjson(path)
     return path

@@ -71,8 +71,17 @@ def _table(frame: pl.DataFrame, title: str | None = None, width: int = 60) -> An
 
 
 def _print_frame(frame: pl.DataFrame, title: str | None = None) -> None:
+    """A table; results too wide for one (like SELECT * FROM rows) print one record per block, as psql's \\x."""
     console = _console()
-    console.print(_table(frame, title))
+    if frame.width <= 8:
+        console.print(_table(frame, title))
+    else:
+        pad = max(len(c) for c in frame.columns)
+        for k, row in enumerate(frame.iter_rows(), start=1):
+            console.print(f"[bold]-[ record {k} ]{'-' * 30}[/]")
+            for column, value in zip(frame.columns, row, strict=True):
+                text = "NULL" if value is None else str(value)
+                console.print(f"{column:<{pad}} | {text if len(text) <= 300 else text[:299] + '…'}", markup=False)
     console.print(f"[dim]{frame.height} row(s)[/]")
 
 
@@ -113,6 +122,7 @@ def import_(
     template_mode: Annotated[str, typer.Option(help="random (one template per record) or all")] = "random",
     seed: Annotated[int, typer.Option(help="seed for the random template choice")] = 0,
     domain: Annotated[str | None, typer.Option(help="domain label stored on every row")] = None,
+    batch_rows: Annotated[int, typer.Option(help="records per batch (bounds memory)")] = 100_000,
     progress: Annotated[bool, typer.Option(help="show a progress bar")] = True,
 ) -> None:
     """Import instruction data; the format is detected from the fields unless given.
@@ -132,6 +142,7 @@ def import_(
         config = plugin.config(
             format=format, source=source, map=map or {}, on_error=on_error, rejects=rejects, encoding=encoding,
             max_row_bytes=max_row_bytes, templates=templates, template_mode=template_mode, seed=seed, domain=domain,
+            batch_rows=batch_rows,
         )
     except (ValidationError, ValueError) as exc:
         _err(_validation_message(exc))
