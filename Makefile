@@ -24,7 +24,7 @@ test-fast: install
 	$(BIN)/python -m pytest -q -m 'not slow'
 
 bench: install
-	$(BIN)/python bench/run_all.py
+	$(BIN)/python -m bench.run_all
 
 lint: install
 	$(BIN)/ruff check .

@@ -211,8 +211,8 @@ def export(
     record = snapshots.get(wh, snapshot)
     frame = wh.sql(
         "SELECT *, ('0x' || left(md5($seed || ':' || id), 12))::BIGINT % $buckets < $cut AS _eval "
-        "FROM snapshot($name) ORDER BY id",
-        {"seed": str(seed), "buckets": EVAL_BUCKETS, "cut": int(round(eval_split * EVAL_BUCKETS)), "name": snapshot},
+        f"FROM snapshot('{snapshot}') ORDER BY id",
+        {"seed": str(seed), "buckets": EVAL_BUCKETS, "cut": int(round(eval_split * EVAL_BUCKETS))},
     )
     preference = frame.height > 0 and frame["rejected"].is_not_null().all()
     builder, kind = FORMATS[fmt]

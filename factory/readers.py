@@ -209,7 +209,7 @@ def _parse_chunk(chunk: bytes, label: str, first_line: int, options: ReadOptions
     numbers = np.arange(first_line, first_line + len(starts))
     if not (lengths > options.max_row_bytes).any() and _is_utf8(chunk):
         try:
-            block = max(1 << 20, int(lengths.max(initial=0)) + 2)
+            block = max(4 << 20, int(lengths.max(initial=0)) + 2)
             table = pj.read_json(io.BytesIO(chunk), read_options=pj.ReadOptions(block_size=block))
         except (pa.ArrowInvalid, UnicodeDecodeError):
             table = None

@@ -35,10 +35,18 @@ def get(wh: Warehouse, name: str) -> dict[str, Any]:
     return found.row(0, named=True)
 
 
-def _latest_rejections() -> str:
+def relation(wh: Warehouse, name: str) -> str:
+    """SQL for a snapshot's rows: time travel when it holds every row of its version, else a rowid semi-join."""
+    record = get(wh, name)
+    if record["complete"]:
+        return f"(SELECT * FROM rows AT (VERSION => {int(record['lake_version'])}))"
+    return f"(SELECT * FROM rows WHERE rowid IN (SELECT row FROM snapshot_rows WHERE snapshot = '{name}'))"
+
+
+def _latest_rejections(version: int) -> str:
     """Ids whose latest verdict from some filter says drop (a later keep=true verdict overrides)."""
     return (
-        "SELECT id FROM verdicts GROUP BY id, filter "
+        f"SELECT id FROM verdicts AT (VERSION => {int(version)}) GROUP BY id, filter "
         "HAVING NOT arg_max(keep, (created_at, run_id))"
     )
 
@@ -60,21 +68,27 @@ def create(
         raise SnapshotError(f"a snapshot named '{name}' exists; snapshots are immutable, so pick a new name")
     if parent is not None:
         get(wh, parent)
-    base = "SELECT DISTINCT id FROM rows" if parent is None else "SELECT id FROM snapshot_rows WHERE snapshot = $parent"
-    conditions = []
-    if honour_verdicts:
-        conditions.append(f"id NOT IN ({_latest_rejections()})")
-    if where:
-        if not lake.single_statement(f"SELECT 1 FROM rows WHERE ({where})"):
-            raise SnapshotError(f"--where must be one SQL condition, got: {where}")
-        conditions.append(f"id IN (SELECT id FROM rows WHERE ({where}))")
-    selection = f"SELECT id FROM ({base})" + (" WHERE " + " AND ".join(conditions) if conditions else "")
+    if where and not lake.single_statement(f"SELECT 1 FROM rows WHERE ({where})"):
+        raise SnapshotError(f"--where must be one SQL condition, got: {where}")
     params = {"name": name} | ({"parent": parent} if parent is not None else {})
 
     def work(lk: lake.Lake) -> dict[str, Any]:
+        # The selection reads one fixed version of the warehouse, recorded with the snapshot.
         version = lk.version()
+        rows_then = f"rows AT (VERSION => {int(version)})"
+        base = (
+            f"SELECT id, min(rowid) AS row FROM {rows_then} GROUP BY id"
+            if parent is None
+            else "SELECT id, row FROM snapshot_rows WHERE snapshot = $parent"
+        )
+        conditions = []
+        if honour_verdicts:
+            conditions.append(f"id NOT IN ({_latest_rejections(version)})")
+        if where:
+            conditions.append(f"row IN (SELECT rowid FROM {rows_then} WHERE ({where}))")
+        selection = f"SELECT id, row FROM ({base})" + (" WHERE " + " AND ".join(conditions) if conditions else "")
         try:
-            lk.execute(f"INSERT INTO snapshot_rows SELECT $name, id FROM ({selection})", params)
+            lk.execute(f"INSERT INTO snapshot_rows SELECT $name, id, row FROM ({selection})", params)
         except lake.Error as exc:
             if where:
                 raise SnapshotError(f"--where {where!r}: {exc}") from exc
@@ -84,14 +98,22 @@ def create(
             "FROM snapshot_rows WHERE snapshot = $name",
             {"name": name},
         ).row(0, named=True)
-        runs = lk.frame("SELECT DISTINCT run_id FROM verdicts ORDER BY run_id")["run_id"].to_list() if honour_verdicts else []
+        runs = (
+            lk.frame(f"SELECT DISTINCT run_id FROM verdicts AT (VERSION => {int(version)}) ORDER BY run_id")[
+                "run_id"
+            ].to_list()
+            if honour_verdicts
+            else []
+        )
+        # Members are rows of that version, so holding as many rows as it had means holding all of them.
+        complete = bool(lk.scalar(f"SELECT count(*) = $n FROM {rows_then}", {"n": stats["row_count"]}))
         lk.execute(
             "INSERT INTO snapshots VALUES ($name, $parent, $message, $where, $honour, $runs, $count, $digest, "
-            "$author, now(), $version)",
+            "$author, now(), $version, $complete)",
             {
                 "name": name, "parent": parent, "message": message, "where": where, "honour": honour_verdicts,
                 "runs": runs, "count": stats["row_count"], "digest": stats["digest"],
-                "author": lake.default_author(), "version": version,
+                "author": lake.default_author(), "version": version, "complete": complete,
             },
         )
         return {"name": name, "parent": parent, "row_count": stats["row_count"], "digest": stats["digest"],
@@ -113,17 +135,15 @@ def show(wh: Warehouse, name: str) -> dict[str, Any]:
     record = get(wh, name)
     counts = {
         column: wh.sql(
-            f"SELECT coalesce({column}, '(none)') AS value, count(*) AS rows FROM snapshot(?) "
+            f"SELECT coalesce({column}, '(none)') AS value, count(*) AS rows FROM snapshot('{name}') "
             "GROUP BY ALL ORDER BY rows DESC, value",
-            [name],
         )
         for column in ("source", "generator", "kind", "language")
     }
     lengths = wh.sql(
         "SELECT field, min(n) AS min, quantile_cont(n, 0.5) AS p50, avg(n) AS mean, quantile_cont(n, 0.95) AS p95, "
         "max(n) AS max FROM (SELECT UNNEST(['instruction', 'output']) AS field, "
-        "UNNEST([length(instruction), length(output)]) AS n FROM snapshot(?)) GROUP BY field ORDER BY field",
-        [name],
+        f"UNNEST([length(instruction), length(output)]) AS n FROM snapshot('{name}')) GROUP BY field ORDER BY field",
     )
     return {"snapshot": record, "counts": counts, "lengths_chars": lengths}
 
@@ -134,14 +154,14 @@ def diff(wh: Warehouse, a: str, b: str, sample: int = 5) -> dict[str, Any]:
     get(wh, b)
     sides = {}
     for label, left, right in (("added", b, a), ("removed", a, b)):
-        ids = (
-            "SELECT id FROM snapshot_rows WHERE snapshot = $left "
-            "EXCEPT SELECT id FROM snapshot_rows WHERE snapshot = $right"
+        rows_only = (
+            "SELECT row FROM snapshot_rows WHERE snapshot = $left "
+            "EXCEPT SELECT row FROM snapshot_rows WHERE snapshot = $right"
         )
-        count = wh.sql(f"SELECT count(*) AS n FROM ({ids})", {"left": left, "right": right})["n"][0]
+        count = wh.sql(f"SELECT count(*) AS n FROM ({rows_only})", {"left": left, "right": right})["n"][0]
         rows = wh.sql(
-            f"SELECT d.id, left(r.instruction, 80) AS instruction, r.source FROM ({ids}) d "
-            "JOIN (SELECT DISTINCT ON (id) id, instruction, source FROM rows) r USING (id) ORDER BY d.id LIMIT $n",
+            "SELECT id, left(instruction, 80) AS instruction, source FROM rows "
+            f"WHERE rowid IN (SELECT row FROM ({rows_only}) ORDER BY row LIMIT $n) ORDER BY id",
             {"left": left, "right": right, "n": sample},
         )
         sides[label] = {"count": int(count), "sample": rows}

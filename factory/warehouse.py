@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import shutil
 import socket
 import uuid
@@ -27,6 +28,7 @@ import polars as pl
 
 from factory import formats, lake, schema
 
+SNAPSHOT_CALL = re.compile(r"\bsnapshot\(\s*'([A-Za-z0-9][A-Za-z0-9_.\-]*)'\s*\)", re.IGNORECASE)
 CONFIG_FILE = "factory.json"
 STAGING = ".staging"
 ENV_WAREHOUSE = "FACTORY_WAREHOUSE"
@@ -175,16 +177,21 @@ class Warehouse:
 
     # -- reading -------------------------------------------------------------------------------
     def sql(self, query: str, params: lake.Params = None) -> pl.DataFrame:
-        """Run SQL over the warehouse; `snapshot('name')` reads a snapshot's rows."""
-        self._define_macros()
-        return self.lake.frame(query, params)
+        """Run SQL over the warehouse; `snapshot('name')` reads a snapshot's rows.
 
-    def _define_macros(self) -> None:
+        A literal `snapshot('name')` is expanded to the snapshot's fastest form (time
+        travel for a snapshot of every row, a rowid semi-join otherwise); the table macro
+        `snapshot(name)` serves the parametrised form.
+        """
+        from factory import snapshots
+
         self.lake.execute(
             "CREATE OR REPLACE TEMP MACRO snapshot(snapshot_name) AS TABLE "
-            "SELECT r.* FROM lake.rows r SEMI JOIN lake.snapshot_rows s "
-            "ON s.id = r.id AND s.snapshot = snapshot_name"
+            "SELECT r.* FROM lake.rows r WHERE r.rowid IN "
+            "(SELECT s.row FROM lake.snapshot_rows s WHERE s.snapshot = snapshot_name)"
         )
+        expanded = SNAPSHOT_CALL.sub(lambda m: snapshots.relation(self, m.group(1)), query)
+        return self.lake.frame(expanded, params)
 
     def count(self, table: str = "rows") -> int:
         return int(self.lake.scalar(f"SELECT count(*) FROM {table}"))
@@ -355,7 +362,7 @@ class Warehouse:
         from factory import snapshots
 
         snapshots.get(self, name)
-        return self.sql("SELECT * FROM snapshot(?) ORDER BY id", [name])
+        return self.sql(f"SELECT * FROM snapshot('{name}') ORDER BY id")
 
     def show_snapshot(self, name: str) -> dict[str, Any]:
         from factory import snapshots

@@ -107,6 +107,24 @@ def test_time_travel_reads_an_earlier_state(loaded, tmp_path):
     assert set(log["author"].drop_nulls()) == {factory.warehouse.lake.default_author()}
 
 
+def test_fast_and_general_snapshot_reads_agree(loaded, tmp_path):
+    wh = loaded
+    ids = wh.sql("SELECT id FROM rows ORDER BY id")["id"]
+    wh.create_snapshot("everything")
+    wh.add_verdicts(pl.DataFrame({"id": ids[:2], "keep": [False, False]}), "length")
+    wh.create_snapshot("kept")
+    factory.import_file(wh, str(write_jsonl(tmp_path / "n.jsonl", alpaca(4, prefix="later"))))
+    complete = wh.sql("SELECT name, complete FROM snapshots ORDER BY name").rows()
+    assert complete == [("everything", True), ("kept", False)]
+    for name, size in (("everything", 30), ("kept", 28)):
+        fast = wh.sql(f"SELECT id FROM snapshot('{name}') ORDER BY id")["id"].to_list()
+        general = wh.sql("SELECT id FROM snapshot(?) ORDER BY id", [name])["id"].to_list()
+        members = wh.sql("SELECT id FROM snapshot_rows WHERE snapshot = ? ORDER BY id", [name])["id"].to_list()
+        assert fast == general == members and len(fast) == size
+    with pytest.raises(SnapshotError, match="no snapshot named 'missing'"):
+        wh.sql("SELECT * FROM snapshot('missing')")
+
+
 def test_schema_version_checked_on_open(wh):
     wh.lake.write("test: bump schema", lambda lk: lk.execute("UPDATE meta SET value = '999' WHERE key = 'schema_version'"))
     folder = wh.folder

@@ -1,0 +1,13 @@
+"""`make bench`: every benchmark, each printing its figures against its peer."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+
+BENCHES = ["bench.warehouse_bench"]
+
+if __name__ == "__main__":
+    for module in BENCHES:
+        print(f"== {module}", flush=True)
+        subprocess.run([sys.executable, "-m", module, *sys.argv[1:]], check=True)
