@@ -8,11 +8,53 @@ import numpy as np
 import polars as pl
 
 WORDS = pl.Series(
-    (
-        "data model train token prompt answer explain write list compare summarise translate code bug test "
-        "river mountain city history science music garden recipe budget travel language number story poem "
-        "quickly carefully simple complex short long first last every other small large new old good bad"
-    ).split()
+    [
+        "data",
+        "model",
+        "train",
+        "token",
+        "prompt",
+        "answer",
+        "explain",
+        "write",
+        "list",
+        "compare",
+        "summarise",
+        "translate",
+        "code",
+        "bug",
+        "test",
+        "river",
+        "mountain",
+        "city",
+        "history",
+        "science",
+        "music",
+        "garden",
+        "recipe",
+        "budget",
+        "travel",
+        "language",
+        "number",
+        "story",
+        "poem",
+        "quickly",
+        "carefully",
+        "simple",
+        "complex",
+        "short",
+        "long",
+        "first",
+        "last",
+        "every",
+        "other",
+        "small",
+        "large",
+        "new",
+        "old",
+        "good",
+        "bad",
+    ]
 )
 
 

@@ -68,12 +68,14 @@ def sql_queries(warehouse: str, repeats: int = 5) -> dict:
     files = wh.sql("SELECT data_file FROM ducklake_list_files('lake', 'rows')")["data_file"].to_list()
     direct = duckdb.connect()
     queries = {
-        "group_by": ("SELECT source, kind, count(*) AS n, avg(length(output)) AS avg_len FROM {t} GROUP BY ALL"),
+        "group_by": (
+            "SELECT source, kind, count(*) AS n, avg(length(output)) AS avg_len FROM {t} GROUP BY ALL"
+        ),
         "top_k": "SELECT id, length(output) AS n FROM {t} ORDER BY n DESC, id LIMIT 10",
     }
     parquet = "read_parquet([" + ", ".join(f"'{f}'" for f in files) + "])"
     out = {}
-    half = "(SELECT * FROM {p} WHERE id < '8')".format(p=parquet)
+    half = f"(SELECT * FROM {parquet} WHERE id < '8')"
     cases = [(name, sql, "all", parquet) for name, sql in queries.items()]
     cases += [(name + "_subset", sql, "half", half) for name, sql in queries.items()]
     for name, sql, snapshot, peer in cases:
@@ -89,7 +91,11 @@ def sql_queries(warehouse: str, repeats: int = 5) -> dict:
             start = time.perf_counter()
             direct.execute(theirs).fetchall()
             t_theirs.append(time.perf_counter() - start)
-        out[name] = {"ours": min(t_ours), "duckdb_parquet": min(t_theirs), "ratio": min(t_ours) / min(t_theirs)}
+        out[name] = {
+            "ours": min(t_ours),
+            "duckdb_parquet": min(t_theirs),
+            "ratio": min(t_ours) / min(t_theirs),
+        }
     return out
 
 
@@ -106,12 +112,20 @@ def snapshot_ops(warehouse: str) -> dict:
     start = time.perf_counter()
     diff = wh.diff("all", "half")
     diff_s = time.perf_counter() - start
-    return {"create_s": create, "create_where_s": create_where, "diff_s": diff_s, "rows": record["row_count"],
-            "half_rows": half["row_count"], "removed": diff["removed"]["count"]}
+    return {
+        "create_s": create,
+        "create_where_s": create_where,
+        "diff_s": diff_s,
+        "rows": record["row_count"],
+        "half_rows": half["row_count"],
+        "removed": diff["removed"]["count"],
+    }
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
     parser.add_argument("--rows", type=int, default=1_000_000)
     args = parser.parse_args()
     OUT.mkdir(exist_ok=True)
@@ -128,26 +142,40 @@ def main() -> None:
     ours = isolated(factory_import, str(data), str(warehouse))
     ratio = floor["seconds"] / ours["seconds"]
     print(f"import {args.rows:,} alpaca rows ({size_mb:.0f} MB JSONL)")
-    print(f"  floor (polars read_ndjson + zstd parquet): {floor['seconds']:.2f} s, "
-          f"{args.rows / floor['seconds']:,.0f} rows/s, peak {floor['peak_mb']:.0f} MB")
-    print(f"  factory import (validate, normalise, hash, dedup, commit): {ours['seconds']:.2f} s, "
-          f"{args.rows / ours['seconds']:,.0f} rows/s, peak {ours['peak_mb']:.0f} MB")
+    print(
+        f"  floor (polars read_ndjson + zstd parquet): {floor['seconds']:.2f} s, "
+        f"{args.rows / floor['seconds']:,.0f} rows/s, peak {floor['peak_mb']:.0f} MB"
+    )
+    print(
+        f"  factory import (validate, normalise, hash, dedup, commit): {ours['seconds']:.2f} s, "
+        f"{args.rows / ours['seconds']:,.0f} rows/s, peak {ours['peak_mb']:.0f} MB"
+    )
     print(f"  throughput ratio factory/floor: {ratio:.2f} (target >= 0.8); peak memory target < 2000 MB")
 
     snaps = isolated(snapshot_ops, str(warehouse))
-    print(f"snapshots at {snaps['rows']:,} rows: create {snaps['create_s']:.2f} s, create --from --where "
-          f"{snaps['create_where_s']:.2f} s ({snaps['half_rows']:,} rows), diff {snaps['diff_s']:.2f} s "
-          f"({snaps['removed']:,} removed); target < 2 s each")
+    print(
+        f"snapshots at {snaps['rows']:,} rows: create {snaps['create_s']:.2f} s, create --from --where "
+        f"{snaps['create_where_s']:.2f} s ({snaps['half_rows']:,} rows), diff {snaps['diff_s']:.2f} s "
+        f"({snaps['removed']:,} removed); target < 2 s each"
+    )
 
     queries = isolated(sql_queries, str(warehouse))
     queries.pop("peak_mb")
     for name, q in queries.items():
-        what = ("snapshot('half') (membership semi-join) vs duckdb filtering the same files by the same predicate"
-                if name.endswith("_subset") else "snapshot('all') vs duckdb read_parquet of the same files")
-        print(f"sql {name} over {what}: {q['ours']:.3f} s vs {q['duckdb_parquet']:.3f} s, ratio {q['ratio']:.2f} "
-              "(target <= 1.1)")
-    (OUT / "warehouse_bench.json").write_text(json.dumps(
-        {"rows": args.rows, "floor": floor, "import": ours, "snapshots": snaps, "sql": queries}, indent=2))
+        what = (
+            "snapshot('half') (membership semi-join) vs duckdb filtering the same files by the same predicate"
+            if name.endswith("_subset")
+            else "snapshot('all') vs duckdb read_parquet of the same files"
+        )
+        print(
+            f"sql {name} over {what}: {q['ours']:.3f} s vs {q['duckdb_parquet']:.3f} s, ratio {q['ratio']:.2f} "
+            "(target <= 1.1)"
+        )
+    (OUT / "warehouse_bench.json").write_text(
+        json.dumps(
+            {"rows": args.rows, "floor": floor, "import": ours, "snapshots": snaps, "sql": queries}, indent=2
+        )
+    )
 
 
 if __name__ == "__main__":

@@ -1,11 +1,11 @@
 """instruction-factory: instruction-tuning data in one DuckLake warehouse.
 
-    import factory
-    wh = factory.init("warehouse")          # or factory.open("warehouse")
-    factory.import_file(wh, "data/seed_tasks.jsonl", source="seeds")
-    wh.create_snapshot("base", message="first cut")
-    wh.sql("SELECT source, count(*) FROM snapshot('base') GROUP BY ALL")
-    wh.export("base", "out/", "sharegpt", eval_split=0.05)
+import factory
+wh = factory.init("warehouse")          # or factory.open("warehouse")
+factory.import_file(wh, "data/seed_tasks.jsonl", source="seeds")
+wh.create_snapshot("base", message="first cut")
+wh.sql("SELECT source, count(*) FROM snapshot('base') GROUP BY ALL")
+wh.export("base", "out/", "sharegpt", eval_split=0.05)
 """
 
 from __future__ import annotations
@@ -17,7 +17,7 @@ from factory.warehouse import Warehouse, init, open_warehouse
 __version__ = "0.1.0"
 
 
-def open(path: str | None = None, read_only: bool = False) -> Warehouse:  # noqa: A001 - mirrors duckdb.connect
+def open(path: str | None = None, read_only: bool = False) -> Warehouse:
     """Open the warehouse at path ($FACTORY_WAREHOUSE or ./warehouse by default)."""
     return open_warehouse(path, read_only=read_only)
 

@@ -81,15 +81,21 @@ def _print_frame(frame: pl.DataFrame, title: str | None = None) -> None:
             console.print(f"[bold]-[ record {k} ]{'-' * 30}[/]")
             for column, value in zip(frame.columns, row, strict=True):
                 text = "NULL" if value is None else str(value)
-                console.print(f"{column:<{pad}} | {text if len(text) <= 300 else text[:299] + '…'}", markup=False)
+                console.print(
+                    f"{column:<{pad}} | {text if len(text) <= 300 else text[:299] + '…'}", markup=False
+                )
     console.print(f"[dim]{frame.height} row(s)[/]")
 
 
 @app.command()
 def init(
     warehouse: Warehouse = None,
-    catalog: Annotated[str | None, typer.Option(help="DuckLake catalog URL, e.g. postgres:dbname=factory host=db")] = None,
-    data_path: Annotated[str | None, typer.Option(help="data files folder or URL, e.g. s3://bucket/factory/")] = None,
+    catalog: Annotated[
+        str | None, typer.Option(help="DuckLake catalog URL, e.g. postgres:dbname=factory host=db")
+    ] = None,
+    data_path: Annotated[
+        str | None, typer.Option(help="data files folder or URL, e.g. s3://bucket/factory/")
+    ] = None,
 ) -> None:
     """Create a warehouse (SQLite catalog and Parquet files in the folder by default).
 
@@ -103,22 +109,38 @@ def init(
         wh = factory.init(warehouse, catalog=catalog, data_path=data_path)
     except Exception as exc:
         _err(str(exc))
-    _console().print(f"warehouse ready at [bold]{wh.folder}[/] (catalog {wh.lake.location.catalog}, "
-                     f"data {wh.lake.location.data_path}); {wh.count()} rows")
+    _console().print(
+        f"warehouse ready at [bold]{wh.folder}[/] (catalog {wh.lake.location.catalog}, "
+        f"data {wh.lake.location.data_path}); {wh.count()} rows"
+    )
 
 
 @app.command("import")
 def import_(
-    path: Annotated[Path, typer.Argument(help="file or folder: .jsonl .json .csv .parquet, or an HF datasets folder")],
+    path: Annotated[
+        Path, typer.Argument(help="file or folder: .jsonl .json .csv .parquet, or an HF datasets folder")
+    ],
     warehouse: Warehouse = None,
-    format: Annotated[str, typer.Option("--format", "-f", help="auto|alpaca|sharegpt|openai|preference|prompt_completion")] = "auto",
-    source: Annotated[str | None, typer.Option(help="source name stored on every row [default: file name]")] = None,
-    map: Annotated[str | None, typer.Option("--map", help="rename fields: target=field,... e.g. prompt=question")] = None,
-    on_error: Annotated[str, typer.Option(help="fail (commit nothing) or skip (import good rows, write rejects)")] = "fail",
-    rejects: Annotated[Path | None, typer.Option(help="rejects report path (CSV) with --on-error skip")] = None,
+    format: Annotated[
+        str, typer.Option("--format", "-f", help="auto|alpaca|sharegpt|openai|preference|prompt_completion")
+    ] = "auto",
+    source: Annotated[
+        str | None, typer.Option(help="source name stored on every row [default: file name]")
+    ] = None,
+    map: Annotated[
+        str | None, typer.Option("--map", help="rename fields: target=field,... e.g. prompt=question")
+    ] = None,
+    on_error: Annotated[
+        str, typer.Option(help="fail (commit nothing) or skip (import good rows, write rejects)")
+    ] = "fail",
+    rejects: Annotated[
+        Path | None, typer.Option(help="rejects report path (CSV) with --on-error skip")
+    ] = None,
     encoding: Annotated[str, typer.Option(help="text encoding of the file")] = "utf-8",
     max_row_bytes: Annotated[int, typer.Option(help="largest accepted record in bytes")] = 4 << 20,
-    templates: Annotated[Path | None, typer.Option(help="FLAN-style task file (YAML) of Jinja templates")] = None,
+    templates: Annotated[
+        Path | None, typer.Option(help="FLAN-style task file (YAML) of Jinja templates")
+    ] = None,
     template_mode: Annotated[str, typer.Option(help="random (one template per record) or all")] = "random",
     seed: Annotated[int, typer.Option(help="seed for the random template choice")] = 0,
     domain: Annotated[str | None, typer.Option(help="domain label stored on every row")] = None,
@@ -140,8 +162,17 @@ def import_(
     plugin = plugins.get("generator", "human")
     try:
         config = plugin.config(
-            format=format, source=source, map=map or {}, on_error=on_error, rejects=rejects, encoding=encoding,
-            max_row_bytes=max_row_bytes, templates=templates, template_mode=template_mode, seed=seed, domain=domain,
+            format=format,
+            source=source,
+            map=map or {},
+            on_error=on_error,
+            rejects=rejects,
+            encoding=encoding,
+            max_row_bytes=max_row_bytes,
+            templates=templates,
+            template_mode=template_mode,
+            seed=seed,
+            domain=domain,
             batch_rows=batch_rows,
         )
     except (ValidationError, ValueError) as exc:
@@ -154,11 +185,15 @@ def import_(
     console = _console()
     for warning in summary.warnings:
         console.print(f"[yellow]warning:[/] {warning}")
-    console.print(f"detected format: [bold]{summary.format}[/]" if format == "auto" else f"format: {summary.format}")
+    console.print(
+        f"detected format: [bold]{summary.format}[/]" if format == "auto" else f"format: {summary.format}"
+    )
     new = f"[bold green]{summary.inserted:,}[/] new row(s)"
     dup = f"{summary.duplicates:,} already in the warehouse" if summary.duplicates else "no duplicates"
-    console.print(f"{path}: {summary.offered:,} record(s) read -> {new}; {dup}; source={summary.source}; "
-                  f"job {summary.job_id}")
+    console.print(
+        f"{path}: {summary.offered:,} record(s) read -> {new}; {dup}; source={summary.source}; "
+        f"job {summary.job_id}"
+    )
     if summary.inserted == 0 and summary.offered:
         console.print("nothing new: every record was already imported")
     if summary.rejected:
@@ -201,8 +236,10 @@ def sql(
     except Exception as exc:
         text = str(exc)
         if "read-only" in text:
-            _err("factory sql is read-only: write through `factory import`, filters, snapshots or the Python API "
-                 f"({text.splitlines()[0]})")
+            _err(
+                "factory sql is read-only: write through `factory import`, filters, snapshots or the Python API "
+                f"({text.splitlines()[0]})"
+            )
         _err(text)
     if format == "table":
         if out is not None:
@@ -237,12 +274,15 @@ def snapshot_create(
     """
     wh = _open(warehouse)
     try:
-        record = wh.create_snapshot(name, parent=from_, where=where, message=message,
-                                    honour_verdicts=not ignore_verdicts)
+        record = wh.create_snapshot(
+            name, parent=from_, where=where, message=message, honour_verdicts=not ignore_verdicts
+        )
     except Exception as exc:
         _err(str(exc))
     parent = f" from {from_}" if from_ else ""
-    _console().print(f"snapshot [bold]{name}[/]{parent}: {record['row_count']:,} rows, digest {record['digest'][:12]}")
+    _console().print(
+        f"snapshot [bold]{name}[/]{parent}: {record['row_count']:,} rows, digest {record['digest'][:12]}"
+    )
 
 
 @snapshot_app.command("list")
@@ -261,8 +301,10 @@ def snapshot_show(name: str, warehouse: Warehouse = None) -> None:
         _err(str(exc))
     record = info["snapshot"]
     console = _console()
-    console.print(f"[bold]{name}[/]: {record['row_count']:,} rows, digest {record['digest']}, parent "
-                  f"{record['parent'] or '-'}, created {record['created_at']:%Y-%m-%d %H:%M:%S} by {record['author']}")
+    console.print(
+        f"[bold]{name}[/]: {record['row_count']:,} rows, digest {record['digest']}, parent "
+        f"{record['parent'] or '-'}, created {record['created_at']:%Y-%m-%d %H:%M:%S} by {record['author']}"
+    )
     if record["message"]:
         console.print(f"message: {record['message']}")
     if record["where_sql"]:
@@ -270,13 +312,19 @@ def snapshot_show(name: str, warehouse: Warehouse = None) -> None:
     for column, frame in info["counts"].items():
         console.print(_table(frame, title=f"by {column}"))
     lengths = info["lengths_chars"]
-    console.print(_table(lengths.with_columns(lengths[c].round(1) for c in ("p50", "mean", "p95")),
-                         title="length in characters"))
+    console.print(
+        _table(
+            lengths.with_columns(lengths[c].round(1) for c in ("p50", "mean", "p95")),
+            title="length in characters",
+        )
+    )
 
 
 @snapshot_app.command("diff")
 def snapshot_diff(
-    a: str, b: str, warehouse: Warehouse = None,
+    a: str,
+    b: str,
+    warehouse: Warehouse = None,
     sample: Annotated[int, typer.Option(help="rows to show of each side")] = 5,
 ) -> None:
     """Rows added and removed going from snapshot A to snapshot B."""
@@ -286,8 +334,10 @@ def snapshot_diff(
     except Exception as exc:
         _err(str(exc))
     console = _console()
-    console.print(f"{a} -> {b}: [green]+{result['added']['count']:,}[/] added, "
-                  f"[red]-{result['removed']['count']:,}[/] removed")
+    console.print(
+        f"{a} -> {b}: [green]+{result['added']['count']:,}[/] added, "
+        f"[red]-{result['removed']['count']:,}[/] removed"
+    )
     for side in ("added", "removed"):
         if result[side]["count"]:
             console.print(_table(result[side]["sample"], title=f"{side} (sample)"))
@@ -297,10 +347,19 @@ def snapshot_diff(
 def export(
     snapshot: Annotated[str, typer.Argument(help="snapshot to export")],
     out: Annotated[Path, typer.Option("--out", "-o", help="output folder")],
-    format: Annotated[str, typer.Option("--format", "-f", help="alpaca, alpaca_jsonl, sharegpt, openai, trl, preference, llamafactory, hf, parquet")] = "sharegpt",
+    format: Annotated[
+        str,
+        typer.Option(
+            "--format",
+            "-f",
+            help="alpaca, alpaca_jsonl, sharegpt, openai, trl, preference, llamafactory, hf, parquet",
+        ),
+    ] = "sharegpt",
     eval_split: Annotated[float, typer.Option(help="share of rows (by id hash) in the eval split")] = 0.0,
     seed: Annotated[int, typer.Option(help="seed of the split hash")] = 0,
-    name: Annotated[str | None, typer.Option(help="dataset name in dataset_info.json [default: snapshot]")] = None,
+    name: Annotated[
+        str | None, typer.Option(help="dataset name in dataset_info.json [default: snapshot]")
+    ] = None,
     warehouse: Warehouse = None,
 ) -> None:
     """Write a snapshot in a trainer's format, with a deterministic train/eval split.
@@ -318,7 +377,9 @@ def export(
     files = ", ".join(str(out / f) for f in result["files"].values())
     _console().print(f"exported {snapshot} as {format}: {counts} -> {files}")
     for reason, n in result["skipped"].items():
-        _console().print(f"[yellow]skipped {n:,} row(s): {reason.removeprefix('skipped_').replace('_', ' ')}[/]")
+        _console().print(
+            f"[yellow]skipped {n:,} row(s): {reason.removeprefix('skipped_').replace('_', ' ')}[/]"
+        )
 
 
 @app.command()
@@ -335,8 +396,12 @@ def plugins() -> None:
 def jobs(warehouse: Warehouse = None, limit: int = 20) -> None:
     """Recent jobs with their status."""
     wh = _open(warehouse, read_only=True)
-    _print_frame(wh.sql(f"SELECT id, kind, plugin, status, started_at, finished_at, error FROM jobs "
-                        f"ORDER BY started_at DESC LIMIT {int(limit)}"))
+    _print_frame(
+        wh.sql(
+            f"SELECT id, kind, plugin, status, started_at, finished_at, error FROM jobs "
+            f"ORDER BY started_at DESC LIMIT {int(limit)}"
+        )
+    )
 
 
 @app.command()
@@ -347,7 +412,10 @@ def log(warehouse: Warehouse = None, limit: int = 30) -> None:
 
 
 @app.command()
-def why(row_id: Annotated[str, typer.Argument(help="row id or a unique prefix of it")], warehouse: Warehouse = None) -> None:
+def why(
+    row_id: Annotated[str, typer.Argument(help="row id or a unique prefix of it")],
+    warehouse: Warehouse = None,
+) -> None:
     """Every verdict on one row: which filter kept or dropped it, and why."""
     wh = _open(warehouse, read_only=True)
     frame = wh.why(row_id)

@@ -25,8 +25,14 @@ IMPORTS = [
     ("chats_sharegpt.json", {"source": "chats"}),
     ("support_openai.jsonl", {"source": "support"}),
     ("glossary.csv", {"source": "glossary", "domain": "glossary"}),
-    ("preferences.parquet", {"source": "prefs", "format": "preference", "map": "prompt=question,chosen=good,rejected=bad"}),
-    ("nli_pairs.jsonl", {"source": "nli", "templates": str(DATA / "templates" / "nli.yaml"), "template_mode": "all"}),
+    (
+        "preferences.parquet",
+        {"source": "prefs", "format": "preference", "map": "prompt=question,chosen=good,rejected=bad"},
+    ),
+    (
+        "nli_pairs.jsonl",
+        {"source": "nli", "templates": str(DATA / "templates" / "nli.yaml"), "template_mode": "all"},
+    ),
 ]
 
 
@@ -50,21 +56,38 @@ def main(out: Path = OUT) -> None:
         imports.add_column(column)
     for name, options in IMPORTS:
         summary = factory.import_file(wh, str(DATA / name), **options)
-        imports.add_row(name, summary.format, str(summary.offered), str(summary.inserted), str(summary.duplicates))
+        imports.add_row(
+            name, summary.format, str(summary.offered), str(summary.inserted), str(summary.duplicates)
+        )
     again = factory.import_file(wh, str(DATA / "seed_tasks.jsonl"), source="seeds")
-    imports.add_row("seed_tasks.jsonl (again)", again.format, str(again.offered), str(again.inserted),
-                    str(again.duplicates))
+    imports.add_row(
+        "seed_tasks.jsonl (again)",
+        again.format,
+        str(again.offered),
+        str(again.inserted),
+        str(again.duplicates),
+    )
     console.print(imports)
 
     base = wh.create_snapshot("base", message="everything imported")
-    short = wh.create_snapshot("short", parent="base", where="length(output) < 200 AND kind <> 'preference'",
-                               message="short answers for a first SFT run")
+    short = wh.create_snapshot(
+        "short",
+        parent="base",
+        where="length(output) < 200 AND kind <> 'preference'",
+        message="short answers for a first SFT run",
+    )
     prefs = wh.create_snapshot("prefs", parent="base", where="kind = 'preference'", message="DPO pairs")
-    console.print(f"[bold]2. snapshots[/]  base {base['row_count']} rows ({base['digest'][:12]}), "
-                  f"short {short['row_count']} rows, prefs {prefs['row_count']} rows")
+    console.print(
+        f"[bold]2. snapshots[/]  base {base['row_count']} rows ({base['digest'][:12]}), "
+        f"short {short['row_count']} rows, prefs {prefs['row_count']} rows"
+    )
 
-    by_source = wh.sql("SELECT source, generator, kind, count(*) AS rows FROM rows GROUP BY ALL ORDER BY rows DESC")
-    console.print(_frame_table(by_source, "3. SQL: SELECT source, generator, kind, count(*) FROM rows GROUP BY ALL"))
+    by_source = wh.sql(
+        "SELECT source, generator, kind, count(*) AS rows FROM rows GROUP BY ALL ORDER BY rows DESC"
+    )
+    console.print(
+        _frame_table(by_source, "3. SQL: SELECT source, generator, kind, count(*) FROM rows GROUP BY ALL")
+    )
     by_domain = wh.sql(
         "SELECT domain, count(*) AS rows, round(avg(length(output))) AS avg_output_chars FROM snapshot('short') "
         "WHERE domain IS NOT NULL GROUP BY domain ORDER BY rows DESC LIMIT 6"
@@ -73,14 +96,20 @@ def main(out: Path = OUT) -> None:
 
     sharegpt = wh.export("short", out / "export-sharegpt", "sharegpt", eval_split=0.05, seed=0)
     llamafactory = wh.export("prefs", out / "export-llamafactory", "llamafactory")
-    console.print(f"[bold]4. export[/]  short -> sharegpt train {sharegpt['counts']['train']} / eval "
-                  f"{sharegpt['counts']['eval']} in {out / 'export-sharegpt'}; prefs -> llamafactory "
-                  f"{llamafactory['counts']['train']} pairs + dataset_info.json in {out / 'export-llamafactory'}")
+    console.print(
+        f"[bold]4. export[/]  short -> sharegpt train {sharegpt['counts']['train']} / eval "
+        f"{sharegpt['counts']['eval']} in {out / 'export-sharegpt'}; prefs -> llamafactory "
+        f"{llamafactory['counts']['train']} pairs + dataset_info.json in {out / 'export-llamafactory'}"
+    )
     diff = wh.diff("base", "short")
-    console.print(f"[bold]5. diff[/]  base -> short: +{diff['added']['count']} / -{diff['removed']['count']} rows; "
-                  f"warehouse has {wh.count()} rows in {wh.lake.version()} commits; done in {time.time() - started:.1f} s")
-    console.print(f"Explore it: [bold]factory sql --warehouse {out / 'warehouse'} \"SELECT * FROM snapshot('short') "
-                  "LIMIT 3\"[/]")
+    console.print(
+        f"[bold]5. diff[/]  base -> short: +{diff['added']['count']} / -{diff['removed']['count']} rows; "
+        f"warehouse has {wh.count()} rows in {wh.lake.version()} commits; done in {time.time() - started:.1f} s"
+    )
+    console.print(
+        f"Explore it: [bold]factory sql --warehouse {out / 'warehouse'} \"SELECT * FROM snapshot('short') "
+        'LIMIT 3"[/]'
+    )
     wh.close()
 
 

@@ -39,22 +39,28 @@ Builder = Callable[[pl.DataFrame, bool], tuple[pl.DataFrame, dict[str, int]]]
 
 
 def _turn(role: str | pl.Expr, content: pl.Expr) -> pl.Expr:
-    return pl.struct((pl.lit(role) if isinstance(role, str) else role).alias("role"), content.alias("content"))
+    return pl.struct(
+        (pl.lit(role) if isinstance(role, str) else role).alias("role"), content.alias("content")
+    )
 
 
 def _conversation() -> pl.Expr:
     """The whole conversation of a row (without system) as [{role, content}]."""
-    user = pl.when(pl.col("input") != "").then(pl.col("instruction") + "\n\n" + pl.col("input")).otherwise(
-        pl.col("instruction")
+    user = (
+        pl.when(pl.col("input") != "")
+        .then(pl.col("instruction") + "\n\n" + pl.col("input"))
+        .otherwise(pl.col("instruction"))
     )
     single = pl.concat_list([_turn("user", user), _turn("assistant", pl.col("output"))])
     return pl.when(pl.col("messages").is_null()).then(single).otherwise(pl.col("messages"))
 
 
 def _with_system(turns: pl.Expr) -> pl.Expr:
-    return pl.when(pl.col("system") != "").then(
-        pl.concat_list([pl.concat_list([_turn("system", pl.col("system"))]), turns])
-    ).otherwise(turns)
+    return (
+        pl.when(pl.col("system") != "")
+        .then(pl.concat_list([pl.concat_list([_turn("system", pl.col("system"))]), turns]))
+        .otherwise(turns)
+    )
 
 
 def _prompt_turns() -> pl.Expr:
@@ -86,8 +92,10 @@ def build_alpaca(frame: pl.DataFrame, preference: bool) -> tuple[pl.DataFrame, d
         .select("id", "messages")
         .explode("messages")
         .with_columns(pl.int_range(pl.len()).over("id").alias("pos"), pl.len().over("id").alias("n"))
-        .with_columns(pl.col("messages").struct.field("role").alias("role"),
-                      pl.col("messages").struct.field("content").alias("content"))
+        .with_columns(
+            pl.col("messages").struct.field("role").alias("role"),
+            pl.col("messages").struct.field("content").alias("content"),
+        )
     )
     expected = pl.when(pl.col("pos") % 2 == 0).then(pl.lit("user")).otherwise(pl.lit("assistant"))
     bad = long.filter((pl.col("role") != expected) | (pl.col("n") % 2 == 1)).select("id").unique()
@@ -103,7 +111,10 @@ def build_alpaca(frame: pl.DataFrame, preference: bool) -> tuple[pl.DataFrame, d
     )
     kept = frame.join(bad, on="id", how="anti").join(history, on="id", how="left")
     out = kept.select(
-        "instruction", "input", "output", "system",
+        "instruction",
+        "input",
+        "output",
+        "system",
         pl.col("history").fill_null(pl.lit([], dtype=pl.List(pl.List(pl.String)))),
     )
     return out, {"skipped_not_user_assistant_turns": bad.height}
@@ -112,8 +123,10 @@ def build_alpaca(frame: pl.DataFrame, preference: bool) -> tuple[pl.DataFrame, d
 def build_sharegpt(frame: pl.DataFrame, preference: bool) -> tuple[pl.DataFrame, dict[str, int]]:
     if preference:
         out = frame.select(
-            _sharegpt_turns(_prompt_turns()).alias("conversations"), "system",
-            _gpt("output").alias("chosen"), _gpt("rejected").alias("rejected"),
+            _sharegpt_turns(_prompt_turns()).alias("conversations"),
+            "system",
+            _gpt("output").alias("chosen"),
+            _gpt("rejected").alias("rejected"),
         )
     else:
         out = frame.select(_sharegpt_turns(_conversation()).alias("conversations"), "system")
@@ -133,8 +146,11 @@ def build_trl(frame: pl.DataFrame, preference: bool) -> tuple[pl.DataFrame, dict
 
 def build_preference(frame: pl.DataFrame, preference: bool) -> tuple[pl.DataFrame, dict[str, int]]:
     pairs = frame.filter(pl.col("rejected").is_not_null())
-    out = pairs.select(_with_system(_prompt_turns()).alias("prompt"), _answer("output").alias("chosen"),
-                       _answer("rejected").alias("rejected"))
+    out = pairs.select(
+        _with_system(_prompt_turns()).alias("prompt"),
+        _answer("output").alias("chosen"),
+        _answer("rejected").alias("rejected"),
+    )
     return out, {"skipped_no_rejected_answer": frame.height - pairs.height}
 
 
@@ -183,11 +199,22 @@ def _dataset_info(name: str, files: dict[str, str], preference: bool) -> dict[st
     columns = {"messages": "conversations", "system": "system"}
     if preference:
         columns |= {"chosen": "chosen", "rejected": "rejected"}
-    tags = {"role_tag": "from", "content_tag": "value", "user_tag": "human", "assistant_tag": "gpt",
-            "observation_tag": "observation", "system_tag": "system"}
+    tags = {
+        "role_tag": "from",
+        "content_tag": "value",
+        "user_tag": "human",
+        "assistant_tag": "gpt",
+        "observation_tag": "observation",
+        "system_tag": "system",
+    }
     info = {}
     for split, file in files.items():
-        entry: dict[str, Any] = {"file_name": file, "formatting": "sharegpt", "columns": columns, "tags": tags}
+        entry: dict[str, Any] = {
+            "file_name": file,
+            "formatting": "sharegpt",
+            "columns": columns,
+            "tags": tags,
+        }
         if preference:
             entry["ranking"] = True
         info[name if split == "train" else f"{name}_{split}"] = entry
@@ -212,7 +239,7 @@ def export(
     frame = wh.sql(
         "SELECT *, ('0x' || left(md5($seed || ':' || id), 12))::BIGINT % $buckets < $cut AS _eval "
         f"FROM snapshot('{snapshot}') ORDER BY id",
-        {"seed": str(seed), "buckets": EVAL_BUCKETS, "cut": int(round(eval_split * EVAL_BUCKETS))},
+        {"seed": str(seed), "buckets": EVAL_BUCKETS, "cut": round(eval_split * EVAL_BUCKETS)},
     )
     preference = frame.height > 0 and frame["rejected"].is_not_null().all()
     builder, kind = FORMATS[fmt]
@@ -232,11 +259,20 @@ def export(
         counts[split] = records.height
     if fmt == "llamafactory":
         dataset = name or snapshot
-        (out / "dataset_info.json").write_text(json.dumps(_dataset_info(dataset, files, preference), indent=2) + "\n")
+        (out / "dataset_info.json").write_text(
+            json.dumps(_dataset_info(dataset, files, preference), indent=2) + "\n"
+        )
         files["dataset_info"] = "dataset_info.json"
     manifest = {
-        "snapshot": snapshot, "digest": record["digest"], "format": fmt, "eval_split": eval_split, "seed": seed,
-        "preference": preference, "files": files, "counts": counts, "skipped": {k: v for k, v in skipped.items() if v},
+        "snapshot": snapshot,
+        "digest": record["digest"],
+        "format": fmt,
+        "eval_split": eval_split,
+        "seed": seed,
+        "preference": preference,
+        "files": files,
+        "counts": counts,
+        "skipped": {k: v for k, v in skipped.items() if v},
     }
     (out / "export.json").write_text(json.dumps(manifest, indent=2) + "\n")
     return {**manifest, "out": str(out)}

@@ -124,7 +124,9 @@ def detect(fields: set[str]) -> str | None:
 
 # -- per-record type checks (only for batches whose columns did not come out typed) --------------
 def _type_name(value: Any) -> str:
-    return {bool: "boolean", int: "number", float: "number", list: "list", dict: "object"}.get(type(value), "value")
+    return {bool: "boolean", int: "number", float: "number", list: "list", dict: "object"}.get(
+        type(value), "value"
+    )
 
 
 def _turn_problem(turns: Any, field: str) -> tuple[str, str, str] | None:
@@ -175,10 +177,16 @@ def uniform_record(record: dict[str, Any], spec: FormatSpec) -> dict[str, Any]:
             role = "user" if field == "prompt" else "assistant"
             out[field] = [{"role": role, "content": value}]
         elif kind == TURN and isinstance(value, dict):
-            out[field] = [{"role": value.get("role", value.get("from")), "content": value.get("content", value.get("value"))}]
+            out[field] = [
+                {
+                    "role": value.get("role", value.get("from")),
+                    "content": value.get("content", value.get("value")),
+                }
+            ]
         elif kind in (TURNS, TEXT_OR_TURNS) and isinstance(value, list):
             out[field] = [
-                {"role": t.get("role", t.get("from")), "content": t.get("content", t.get("value"))} for t in value
+                {"role": t.get("role", t.get("from")), "content": t.get("content", t.get("value"))}
+                for t in value
             ]
     return out
 
@@ -194,14 +202,22 @@ def typed_columns_ok(schema: pa.Schema, spec: FormatSpec) -> bool:
         if kind == TEXT and not (pa.types.is_string(t) or pa.types.is_large_string(t)):
             return False
         if kind in (TURNS, TEXT_OR_TURNS) and not (
-            (kind == TEXT_OR_TURNS and (pa.types.is_string(t) or pa.types.is_large_string(t))) or _is_turn_list(t)
+            (kind == TEXT_OR_TURNS and (pa.types.is_string(t) or pa.types.is_large_string(t)))
+            or _is_turn_list(t)
         ):
             return False
-        if kind == TURN and not (pa.types.is_struct(t) and _is_turn_list(pa.list_(t))) and not _is_turn_list(t):
+        if (
+            kind == TURN
+            and not (pa.types.is_struct(t) and _is_turn_list(pa.list_(t)))
+            and not _is_turn_list(t)
+        ):
             return False
         if kind == PAIRS and not (
             _is_list(t)
-            and (pa.types.is_null(t.value_type) or (_is_list(t.value_type) and pa.types.is_string(t.value_type.value_type)))
+            and (
+                pa.types.is_null(t.value_type)
+                or (_is_list(t.value_type) and pa.types.is_string(t.value_type.value_type))
+            )
         ):
             return False
     return True
@@ -238,11 +254,14 @@ def _clean_columns(frame: pl.DataFrame, columns: list[str]) -> pl.DataFrame:
         return frame
     has_cr = frame.select(pl.col(c).str.contains("\r", literal=True).any() for c in present).row(0)
     return frame.with_columns(
-        (_clean(pl.col(c)) if cr else pl.col(c).str.strip_chars()).alias(c) for c, cr in zip(present, has_cr, strict=True)
+        (_clean(pl.col(c)) if cr else pl.col(c).str.strip_chars()).alias(c)
+        for c, cr in zip(present, has_cr, strict=True)
     )
 
 
-def _problems(frame: pl.DataFrame, mask: pl.Expr, field: str, code: str, message: str | pl.Expr) -> pl.DataFrame:
+def _problems(
+    frame: pl.DataFrame, mask: pl.Expr, field: str, code: str, message: str | pl.Expr
+) -> pl.DataFrame:
     msg = pl.lit(message) if isinstance(message, str) else message
     return frame.filter(mask).select(
         pl.col("_idx").cast(pl.UInt32),
@@ -274,7 +293,10 @@ def _turns_long(frame: pl.DataFrame, field: str, part: int) -> tuple[pl.DataFram
     if col_type == pl.String:
         role = "user" if field == "prompt" else "assistant"
         long = frame.select(
-            "_idx", pl.lit(part).alias("_part"), pl.lit(0).alias("_pos"), pl.lit(role).alias("raw_role"),
+            "_idx",
+            pl.lit(part).alias("_part"),
+            pl.lit(0).alias("_pos"),
+            pl.lit(role).alias("raw_role"),
             pl.col(field).alias("content"),
         ).filter(pl.col("content").is_not_null())
     elif col_type == pl.Null:
@@ -289,7 +311,9 @@ def _turns_long(frame: pl.DataFrame, field: str, part: int) -> tuple[pl.DataFram
             .with_columns(pl.int_range(pl.len()).over("_idx").alias("_pos"), pl.lit(part).alias("_part"))
             .filter(pl.col(field).is_not_null())
             .select(
-                "_idx", "_part", "_pos",
+                "_idx",
+                "_part",
+                "_pos",
                 pl.col(field).struct.field(role_key).alias("raw_role"),
                 pl.col(field).struct.field(content_key).alias("content"),
             )
@@ -306,17 +330,22 @@ def _turns_long(frame: pl.DataFrame, field: str, part: int) -> tuple[pl.DataFram
             pl.format("{}.{}", where, pl.lit(role_name)).alias("field"),
             pl.lit("unknown_role").alias("code"),
             pl.format(
-                "unknown role '{}'; known roles: {}", pl.col("raw_role").fill_null("<missing>"),
+                "unknown role '{}'; known roles: {}",
+                pl.col("raw_role").fill_null("<missing>"),
                 pl.lit(", ".join(sorted(ROLE_ALIASES))),
             ).alias("message"),
         ),
         long.filter(pl.col("content").is_null()).select(
-            pl.col("_idx").cast(pl.UInt32), pl.format("{}.{}", where, pl.lit(content_name)).alias("field"),
-            pl.lit("missing_field").alias("code"), pl.lit("is missing").alias("message"),
+            pl.col("_idx").cast(pl.UInt32),
+            pl.format("{}.{}", where, pl.lit(content_name)).alias("field"),
+            pl.lit("missing_field").alias("code"),
+            pl.lit("is missing").alias("message"),
         ),
         long.filter(pl.col("content").str.contains("\x00", literal=True)).select(
-            pl.col("_idx").cast(pl.UInt32), pl.format("{}.{}", where, pl.lit(content_name)).alias("field"),
-            pl.lit("nul_byte").alias("code"), pl.lit("contains a NUL byte").alias("message"),
+            pl.col("_idx").cast(pl.UInt32),
+            pl.format("{}.{}", where, pl.lit(content_name)).alias("field"),
+            pl.lit("nul_byte").alias("code"),
+            pl.lit("contains a NUL byte").alias("message"),
         ),
     ]
     return long.select("_idx", "_part", "_pos", "role", _clean(pl.col("content")).alias("content")), problems
@@ -324,7 +353,13 @@ def _turns_long(frame: pl.DataFrame, field: str, part: int) -> tuple[pl.DataFram
 
 def _empty_turns() -> pl.DataFrame:
     return pl.DataFrame(
-        schema={"_idx": pl.UInt32, "_part": pl.Int32, "_pos": pl.Int64, "role": pl.String, "content": pl.String}
+        schema={
+            "_idx": pl.UInt32,
+            "_part": pl.Int32,
+            "_pos": pl.Int64,
+            "role": pl.String,
+            "content": pl.String,
+        }
     )
 
 
@@ -339,23 +374,38 @@ def _history_long(frame: pl.DataFrame) -> pl.DataFrame:
         .filter(pl.col("history").is_not_null())
         .with_columns(pl.int_range(pl.len()).over("_idx").alias("_pair"))
     )
-    user = pairs.select("_idx", (pl.col("_pair") * 2).alias("_pos"), pl.lit("user").alias("role"),
-                        pl.col("history").list.get(0).alias("content"))
-    assistant = pairs.select("_idx", (pl.col("_pair") * 2 + 1).alias("_pos"), pl.lit("assistant").alias("role"),
-                             pl.col("history").list.get(1).alias("content"))
+    user = pairs.select(
+        "_idx",
+        (pl.col("_pair") * 2).alias("_pos"),
+        pl.lit("user").alias("role"),
+        pl.col("history").list.get(0).alias("content"),
+    )
+    assistant = pairs.select(
+        "_idx",
+        (pl.col("_pair") * 2 + 1).alias("_pos"),
+        pl.lit("assistant").alias("role"),
+        pl.col("history").list.get(1).alias("content"),
+    )
     return pl.concat([user, assistant]).select(
-        pl.col("_idx").cast(pl.UInt32), pl.lit(0, pl.Int32).alias("_part"), pl.col("_pos").cast(pl.Int64), "role",
+        pl.col("_idx").cast(pl.UInt32),
+        pl.lit(0, pl.Int32).alias("_part"),
+        pl.col("_pos").cast(pl.Int64),
+        "role",
         _clean(pl.col("content")).alias("content"),
     )
 
 
-def _from_turns(frame: pl.DataFrame, turns: pl.DataFrame, kind: str) -> tuple[pl.DataFrame, list[pl.DataFrame]]:
+def _from_turns(
+    frame: pl.DataFrame, turns: pl.DataFrame, kind: str
+) -> tuple[pl.DataFrame, list[pl.DataFrame]]:
     """Rows (and problems) from long turns: system out, conversation checks, single vs multi-turn."""
     turns = turns.sort("_idx", "_part", "_pos").with_columns(pl.int_range(pl.len()).over("_idx").alias("_n"))
     system_turns = turns.filter(pl.col("role") == "system")
     problems = [
         system_turns.filter(pl.col("_n") > 0).select(
-            pl.col("_idx").cast(pl.UInt32), pl.lit("system").alias("field"), pl.lit("misplaced_system").alias("code"),
+            pl.col("_idx").cast(pl.UInt32),
+            pl.lit("system").alias("field"),
+            pl.lit("misplaced_system").alias("code"),
             pl.lit("a system message may only come first").alias("message"),
         )
     ]
@@ -379,13 +429,34 @@ def _from_turns(frame: pl.DataFrame, turns: pl.DataFrame, kind: str) -> tuple[pl
     single = (pl.col("_turns") == 2) & (pl.col("_first_role") == "user")
     rows = rows.with_columns(system.alias("system"))
     problems += [
-        _problems(rows, pl.col("_turns").is_null(), "conversation", "empty_conversation", "has no user or assistant turn"),
-        _problems(rows, pl.col("_turns").is_not_null() & (pl.col("_users") == 0), "conversation", "no_user_turn",
-                  "has no user turn"),
-        _problems(rows, pl.col("_turns").is_not_null() & (pl.col("_last_role") != "assistant"), "conversation",
-                  "no_final_answer", "must end with an assistant turn"),
-        _problems(rows, pl.col("_has_empty").fill_null(False), "conversation", "empty_field",
-                  "has a turn with empty content"),
+        _problems(
+            rows,
+            pl.col("_turns").is_null(),
+            "conversation",
+            "empty_conversation",
+            "has no user or assistant turn",
+        ),
+        _problems(
+            rows,
+            pl.col("_turns").is_not_null() & (pl.col("_users") == 0),
+            "conversation",
+            "no_user_turn",
+            "has no user turn",
+        ),
+        _problems(
+            rows,
+            pl.col("_turns").is_not_null() & (pl.col("_last_role") != "assistant"),
+            "conversation",
+            "no_final_answer",
+            "must end with an assistant turn",
+        ),
+        _problems(
+            rows,
+            pl.col("_has_empty").fill_null(False),
+            "conversation",
+            "empty_field",
+            "has a turn with empty content",
+        ),
     ]
     rows = rows.select(
         "_idx",
@@ -424,7 +495,9 @@ def normalise(frame: pl.DataFrame, fmt: str) -> tuple[pl.DataFrame, pl.DataFrame
         rows, more = _alpaca(frame)
     elif fmt == "sharegpt" and "chosen" in frame.columns and "rejected" in frame.columns:
         as_list = {c: _as_turn_list(frame, c) for c in ("chosen", "rejected")}
-        rows, more = _pairwise(frame.with_columns(pl.col("conversations").alias("prompt"), **as_list), "preference")
+        rows, more = _pairwise(
+            frame.with_columns(pl.col("conversations").alias("prompt"), **as_list), "preference"
+        )
         rows = rows.with_columns(pl.lit("preference").alias("kind"))
     elif fmt == "rows":
         rows, more = _rows_format(frame)
@@ -438,10 +511,16 @@ def normalise(frame: pl.DataFrame, fmt: str) -> tuple[pl.DataFrame, pl.DataFrame
     problems += more
     if "kind" in rows.columns and fmt not in ("preference", "rows") and "rejected" not in rows.columns:
         rows = rows.with_columns(
-            pl.when(pl.col("messages").is_null()).then(pl.lit("instruction")).otherwise(pl.lit("conversation"))
+            pl.when(pl.col("messages").is_null())
+            .then(pl.lit("instruction"))
+            .otherwise(pl.lit("conversation"))
             .alias("kind")
         )
-    all_problems = pl.concat([p.cast(PROBLEM_SCHEMA) for p in problems]) if problems else pl.DataFrame(schema=PROBLEM_SCHEMA)
+    all_problems = (
+        pl.concat([p.cast(PROBLEM_SCHEMA) for p in problems])
+        if problems
+        else pl.DataFrame(schema=PROBLEM_SCHEMA)
+    )
     return rows, all_problems
 
 
@@ -468,8 +547,11 @@ def _rows_format(frame: pl.DataFrame) -> tuple[pl.DataFrame, list[pl.DataFrame]]
     rejected = pl.col("rejected") if "rejected" in frame.columns else pl.lit(None, pl.String)
     rows = rows.join(frame.select("_idx", rejected.alias("rejected")), on="_idx", how="left")
     kind = (
-        pl.when(pl.col("rejected").is_not_null()).then(pl.lit("preference"))
-        .when(pl.col("messages").is_null()).then(pl.lit("instruction")).otherwise(pl.lit("conversation"))
+        pl.when(pl.col("rejected").is_not_null())
+        .then(pl.lit("preference"))
+        .when(pl.col("messages").is_null())
+        .then(pl.lit("instruction"))
+        .otherwise(pl.lit("conversation"))
     )
     return rows.with_columns(kind.alias("kind")), problems
 
@@ -491,18 +573,28 @@ def _alpaca(frame: pl.DataFrame) -> tuple[pl.DataFrame, list[pl.DataFrame]]:
         return rows.with_columns(pl.lit(None, MESSAGE_DTYPE).alias("messages")), problems
     # Rows with history become conversations: history turns, then the current exchange.
     current_user = rows.select(
-        "_idx", pl.lit(1, pl.Int32).alias("_part"), pl.lit(0, pl.Int64).alias("_pos"), pl.lit("user").alias("role"),
-        pl.when(pl.col("input") != "").then(pl.col("instruction") + "\n\n" + pl.col("input"))
-        .otherwise(pl.col("instruction")).alias("content"),
+        "_idx",
+        pl.lit(1, pl.Int32).alias("_part"),
+        pl.lit(0, pl.Int64).alias("_pos"),
+        pl.lit("user").alias("role"),
+        pl.when(pl.col("input") != "")
+        .then(pl.col("instruction") + "\n\n" + pl.col("input"))
+        .otherwise(pl.col("instruction"))
+        .alias("content"),
     )
     current_out = rows.select(
-        "_idx", pl.lit(1, pl.Int32).alias("_part"), pl.lit(1, pl.Int64).alias("_pos"),
-        pl.lit("assistant").alias("role"), pl.col("output").alias("content"),
+        "_idx",
+        pl.lit(1, pl.Int32).alias("_part"),
+        pl.lit(1, pl.Int64).alias("_pos"),
+        pl.lit("assistant").alias("role"),
+        pl.col("output").alias("content"),
     )
     with_history = history.select("_idx").unique()
     turns = pl.concat([history, current_user, current_out]).join(with_history, on="_idx", how="semi")
     conv, more = _from_turns(frame.join(with_history, on="_idx", how="semi"), turns, "conversation")
-    plain = rows.join(with_history, on="_idx", how="anti").with_columns(pl.lit(None, MESSAGE_DTYPE).alias("messages"))
+    plain = rows.join(with_history, on="_idx", how="anti").with_columns(
+        pl.lit(None, MESSAGE_DTYPE).alias("messages")
+    )
     return pl.concat([plain, conv.select(plain.columns)]).sort("_idx"), problems + more
 
 
@@ -530,27 +622,50 @@ def _pairwise(frame: pl.DataFrame, fmt: str) -> tuple[pl.DataFrame, list[pl.Data
     if fmt == "preference":
         rejected, more = _turns_long(frame, "rejected", 1)
         problems += more
-        rej = rejected.sort("_idx", "_pos").group_by("_idx").agg(
-            pl.col("content").last().alias("rejected"),
-            pl.col("role").last().alias("_rej_role"),
-            pl.struct("role", "content").slice(0, pl.len() - 1).alias("_rej_prefix"),
+        rej = (
+            rejected.sort("_idx", "_pos")
+            .group_by("_idx")
+            .agg(
+                pl.col("content").last().alias("rejected"),
+                pl.col("role").last().alias("_rej_role"),
+                pl.struct("role", "content").slice(0, pl.len() - 1).alias("_rej_prefix"),
+            )
         )
-        prefix = implicit.filter(pl.col("_part") == 0).sort("_idx", "_pos").group_by("_idx").agg(
-            pl.struct("role", "content").alias("_prefix")
+        prefix = (
+            implicit.filter(pl.col("_part") == 0)
+            .sort("_idx", "_pos")
+            .group_by("_idx")
+            .agg(pl.struct("role", "content").alias("_prefix"))
         )
         rej = rej.join(prefix, on="_idx", how="left")
-        checked = frame.select("_idx").join(rej, on="_idx", how="left").join(has_prompt.with_columns(
-            pl.lit(True).alias("_explicit")), on="_idx", how="left")
+        checked = (
+            frame.select("_idx")
+            .join(rej, on="_idx", how="left")
+            .join(has_prompt.with_columns(pl.lit(True).alias("_explicit")), on="_idx", how="left")
+        )
         problems += [
-            _problems(checked, pl.col("rejected").is_not_null() & (pl.col("_rej_role") != "assistant"), "rejected",
-                      "no_final_answer", "must end with an assistant turn"),
-            _problems(checked, pl.col("rejected").is_not_null() & (pl.col("rejected").str.len_bytes() == 0),
-                      "rejected", "empty_field", "is empty"),
             _problems(
                 checked,
-                pl.col("_explicit").is_null() & pl.col("_prefix").is_not_null()
+                pl.col("rejected").is_not_null() & (pl.col("_rej_role") != "assistant"),
+                "rejected",
+                "no_final_answer",
+                "must end with an assistant turn",
+            ),
+            _problems(
+                checked,
+                pl.col("rejected").is_not_null() & (pl.col("rejected").str.len_bytes() == 0),
+                "rejected",
+                "empty_field",
+                "is empty",
+            ),
+            _problems(
+                checked,
+                pl.col("_explicit").is_null()
+                & pl.col("_prefix").is_not_null()
                 & (pl.col("_rej_prefix") != pl.col("_prefix")).fill_null(True),
-                "rejected", "prompt_mismatch", "differs from chosen before the last turn",
+                "rejected",
+                "prompt_mismatch",
+                "differs from chosen before the last turn",
             ),
         ]
         rows = rows.join(rej.select("_idx", "rejected"), on="_idx", how="left")

@@ -13,6 +13,7 @@ there first (a commit conflict, or SQLite's "database is locked").
 
 from __future__ import annotations
 
+import contextlib
 import getpass
 import importlib.util
 import os
@@ -172,9 +173,11 @@ class Lake:
 
     def copy_to(self, sql: str, path: str, fmt: str) -> None:
         """Write a query's result to a file with DuckDB's COPY (csv, json, parquet)."""
-        options = {"parquet": "FORMAT parquet, COMPRESSION zstd", "csv": "FORMAT csv, HEADER", "json": "FORMAT json"}[
-            fmt
-        ]
+        options = {
+            "parquet": "FORMAT parquet, COMPRESSION zstd",
+            "csv": "FORMAT csv, HEADER",
+            "json": "FORMAT json",
+        }[fmt]
         self.con.execute(f"COPY ({sql}) TO {_quote(path)} ({options})")
 
     def register(self, name: str, data: pa.Table | pl.DataFrame) -> None:
@@ -226,10 +229,8 @@ class Lake:
                 self.con.execute("COMMIT")
                 return result
             except BaseException:
-                try:
+                with contextlib.suppress(duckdb.Error):
                     self.con.execute("ROLLBACK")
-                except duckdb.Error:
-                    pass
                 raise
 
         return _retry(attempt, what=message, attempts=attempts)

@@ -62,6 +62,13 @@ def listing() -> list[dict[str, str]]:
                 summary = ep.load().summary
             except Exception as exc:  # a broken third-party plugin must not hide the others
                 summary = f"failed to load: {exc}"
-            out.append({"kind": kind, "name": ep.name, "module": ep.value, "package": f"{dist} {version}",
-                        "summary": summary})
+            out.append(
+                {
+                    "kind": kind,
+                    "name": ep.name,
+                    "module": ep.value,
+                    "package": f"{dist} {version}",
+                    "summary": summary,
+                }
+            )
     return out

@@ -102,11 +102,15 @@ def data_files(path: Path) -> tuple[str, list[Path]]:
             )
         kind = kinds.pop()
         if kind not in KINDS.values():
-            raise ReadError(f"{path}: no readable data files (found {kind}); expected {', '.join(sorted(KINDS))}")
+            raise ReadError(
+                f"{path}: no readable data files (found {kind}); expected {', '.join(sorted(KINDS))}"
+            )
         return kind, files
     kind = KINDS.get(path.suffix.lower())
     if kind is None:
-        raise ReadError(f"{path}: unknown file type '{path.suffix}'; expected one of {', '.join(sorted(KINDS))}")
+        raise ReadError(
+            f"{path}: unknown file type '{path.suffix}'; expected one of {', '.join(sorted(KINDS))}"
+        )
     if path.stat().st_size == 0:
         raise ReadError(f"{path}: the file is empty; nothing to import")
     return kind, [path]
@@ -118,7 +122,13 @@ def read(path: Path, options: ReadOptions) -> Iterator[Raw]:
     for file in files:
         if file.is_file() and file.stat().st_size == 0:
             raise ReadError(f"{file}: the file is empty; nothing to import")
-        reader = {"jsonl": read_jsonl, "json": read_json, "csv": read_csv, "parquet": read_parquet, "hf": read_hf}
+        reader = {
+            "jsonl": read_jsonl,
+            "json": read_json,
+            "csv": read_csv,
+            "parquet": read_parquet,
+            "hf": read_hf,
+        }
         yield from reader[kind](file, options)
 
 
@@ -141,7 +151,11 @@ def _lines(chunk: bytes) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
 
 
 def _origins(label: str, numbers: np.ndarray, sep: str = ":") -> pl.Series:
-    return pl.select(pl.format("{}" + sep + "{}", pl.lit(label), pl.Series(numbers))).to_series().alias("_origin")
+    return (
+        pl.select(pl.format("{}" + sep + "{}", pl.lit(label), pl.Series(numbers)))
+        .to_series()
+        .alias("_origin")
+    )
 
 
 def _check_start(data: bytes, label: str, encoding: str) -> tuple[bytes, list[str]]:
@@ -237,49 +251,81 @@ def _is_utf8(chunk: bytes) -> bool:
 
 
 def _parse_lines_slowly(
-    chunk: bytes, starts: np.ndarray, ends: np.ndarray, blank: np.ndarray, numbers: np.ndarray, label: str,
+    chunk: bytes,
+    starts: np.ndarray,
+    ends: np.ndarray,
+    blank: np.ndarray,
+    numbers: np.ndarray,
+    label: str,
     options: ReadOptions,
 ) -> Raw:
     """Line-by-line parse of a chunk the fast path refused, naming each bad line."""
     records: list[dict] = []
     kept: list[int] = []
     problems: list[Problem] = []
-    for start, end, is_blank, number in zip(starts.tolist(), ends.tolist(), blank.tolist(), numbers.tolist(),
-                                            strict=True):
+    for start, end, is_blank, number in zip(
+        starts.tolist(), ends.tolist(), blank.tolist(), numbers.tolist(), strict=True
+    ):
         if is_blank:
             continue
         origin = f"{label}:{number}"
         if end - start > options.max_row_bytes:
             size = (end - start) / (1 << 20)
-            problems.append(Problem(origin, None, "row_too_large",
-                                    f"the line is {size:.1f} MiB, over the limit of "
-                                    f"{options.max_row_bytes / (1 << 20):.1f} MiB (raise it with --max-row-bytes)"))
+            problems.append(
+                Problem(
+                    origin,
+                    None,
+                    "row_too_large",
+                    f"the line is {size:.1f} MiB, over the limit of "
+                    f"{options.max_row_bytes / (1 << 20):.1f} MiB (raise it with --max-row-bytes)",
+                )
+            )
             continue
         raw = chunk[start:end]
         if raw.startswith(UTF8_BOM):
-            problems.append(Problem(origin, None, "bom", "a byte-order mark inside the file "
-                                    "(were files concatenated?); remove it"))
+            problems.append(
+                Problem(
+                    origin,
+                    None,
+                    "bom",
+                    "a byte-order mark inside the file (were files concatenated?); remove it",
+                )
+            )
             continue
         try:
             text = raw.decode("utf-8")
         except UnicodeDecodeError as exc:
-            problems.append(Problem(origin, None, "bad_encoding",
-                                    f"not valid UTF-8 (byte 0x{raw[exc.start]:02x} at column {exc.start + 1}); "
-                                    "convert the file to UTF-8 or pass --encoding (e.g. latin-1)"))
+            problems.append(
+                Problem(
+                    origin,
+                    None,
+                    "bad_encoding",
+                    f"not valid UTF-8 (byte 0x{raw[exc.start]:02x} at column {exc.start + 1}); "
+                    "convert the file to UTF-8 or pass --encoding (e.g. latin-1)",
+                )
+            )
             continue
         try:
             record = json.loads(text)
         except json.JSONDecodeError as exc:
-            problems.append(Problem(origin, None, "malformed_json", f"malformed JSON: {exc.msg} at column {exc.colno}"))
+            problems.append(
+                Problem(origin, None, "malformed_json", f"malformed JSON: {exc.msg} at column {exc.colno}")
+            )
             continue
         if not isinstance(record, dict):
-            problems.append(Problem(origin, None, "not_an_object",
-                                    f"expected a JSON object, got {type(record).__name__}"))
+            problems.append(
+                Problem(origin, None, "not_an_object", f"expected a JSON object, got {type(record).__name__}")
+            )
             continue
         records.append(record)
         kept.append(number)
-    return Raw(origins=_origins(label, np.array(kept, dtype=np.int64)), records=records, problems=problems,
-               bytes_read=len(chunk), lines_in_chunk=len(starts))
+    return Raw(
+        origins=_origins(label, np.array(kept, dtype=np.int64)),
+        records=records,
+        problems=problems,
+        bytes_read=len(chunk),
+        lines_in_chunk=len(starts),
+    )
 
 
 # -- JSON array ----------------------------------------------------------------------------------
@@ -290,16 +336,20 @@ def read_json(path: Path, options: ReadOptions) -> Iterator[Raw]:
         text = data.decode(options.encoding)
     except UnicodeDecodeError as exc:
         line = data[: exc.start].count(b"\n") + 1
-        raise ReadError(f"{label}:{line}: not valid {options.encoding} (byte 0x{data[exc.start]:02x}); "
-                        "convert the file or pass --encoding") from exc
+        raise ReadError(
+            f"{label}:{line}: not valid {options.encoding} (byte 0x{data[exc.start]:02x}); "
+            "convert the file or pass --encoding"
+        ) from exc
     if not text.strip():
         raise ReadError(f"{label}: the file is empty; nothing to import")
     try:
         parsed = json.loads(text)
     except json.JSONDecodeError as exc:
         if exc.pos == 0 or "Extra data" in exc.msg:
-            raise ReadError(f"{label}:{exc.lineno}: malformed JSON: {exc.msg} at column {exc.colno} "
-                            "(is this JSON Lines? name it .jsonl)") from exc
+            raise ReadError(
+                f"{label}:{exc.lineno}: malformed JSON: {exc.msg} at column {exc.colno} "
+                "(is this JSON Lines? name it .jsonl)"
+            ) from exc
         raise ReadError(f"{label}:{exc.lineno}: malformed JSON: {exc.msg} at column {exc.colno}") from exc
     if isinstance(parsed, dict):
         parsed = [parsed]
@@ -313,10 +363,21 @@ def read_json(path: Path, options: ReadOptions) -> Iterator[Raw]:
                 records.append(item)
                 kept.append(k)
             else:
-                problems.append(Problem(f"{label}#{k}", None, "not_an_object",
-                                        f"expected a JSON object, got {type(item).__name__}"))
-        yield Raw(origins=_origins(label, np.array(kept, dtype=np.int64), sep="#"), records=records,
-                  problems=problems, bytes_read=len(data) if start == 0 else 0, warnings=warnings)
+                problems.append(
+                    Problem(
+                        f"{label}#{k}",
+                        None,
+                        "not_an_object",
+                        f"expected a JSON object, got {type(item).__name__}",
+                    )
+                )
+        yield Raw(
+            origins=_origins(label, np.array(kept, dtype=np.int64), sep="#"),
+            records=records,
+            problems=problems,
+            bytes_read=len(data) if start == 0 else 0,
+            warnings=warnings,
+        )
         warnings = []
 
 
@@ -346,30 +407,51 @@ def read_csv(path: Path, options: ReadOptions) -> Iterator[Raw]:
             except StopIteration:
                 break
             except csv.Error as exc:
-                problems.append(Problem(f"{label}:{start}", None, "broken_csv",
-                                        f"{exc} (an unclosed or stray quote?)"))
+                problems.append(
+                    Problem(f"{label}:{start}", None, "broken_csv", f"{exc} (an unclosed or stray quote?)")
+                )
                 if "end of data" in str(exc):
                     break
                 continue
             except UnicodeDecodeError as exc:
-                problems.append(Problem(f"{label}:{start}", None, "bad_encoding",
-                                        f"not valid {options.encoding} ({exc.reason}); convert the file or "
-                                        "pass --encoding"))
+                problems.append(
+                    Problem(
+                        f"{label}:{start}",
+                        None,
+                        "bad_encoding",
+                        f"not valid {options.encoding} ({exc.reason}); convert the file or pass --encoding",
+                    )
+                )
                 break
             if not any(v.strip() for v in values):
                 continue
             if len(values) != len(header):
-                problems.append(Problem(f"{label}:{start}", None, "wrong_field_count",
-                                        f"has {len(values)} fields, the header has {len(header)}"))
+                problems.append(
+                    Problem(
+                        f"{label}:{start}",
+                        None,
+                        "wrong_field_count",
+                        f"has {len(values)} fields, the header has {len(header)}",
+                    )
+                )
                 continue
             records.append(dict(zip(header, values, strict=True)))
             kept.append(start)
             if len(records) >= options.batch_rows:
-                yield Raw(origins=_origins(label, np.array(kept)), records=records, problems=problems,
-                          warnings=warnings)
+                yield Raw(
+                    origins=_origins(label, np.array(kept)),
+                    records=records,
+                    problems=problems,
+                    warnings=warnings,
+                )
                 records, kept, problems, warnings = [], [], [], []
-        yield Raw(origins=_origins(label, np.array(kept, dtype=np.int64)), records=records, problems=problems,
-                  warnings=warnings, bytes_read=path.stat().st_size)
+        yield Raw(
+            origins=_origins(label, np.array(kept, dtype=np.int64)),
+            records=records,
+            problems=problems,
+            warnings=warnings,
+            bytes_read=path.stat().st_size,
+        )
 
 
 # -- Parquet and HF datasets folders --------------------------------------------------------------

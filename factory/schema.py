@@ -71,7 +71,11 @@ TABLES: dict[str, dict[str, str]] = {
         "lake_version": "BIGINT",  # DuckLake snapshot the selection was read from
         "complete": "BOOLEAN",  # every row of `rows` at lake_version: read by time travel, no join
     },
-    "snapshot_rows": {"snapshot": "VARCHAR", "id": "VARCHAR", "row": "BIGINT"},  # row: DuckLake rowid of the row
+    "snapshot_rows": {
+        "snapshot": "VARCHAR",
+        "id": "VARCHAR",
+        "row": "BIGINT",
+    },  # row: DuckLake rowid of the row
     "llm_calls": {
         "key": "VARCHAR",  # hash of (backend, model, params, prompt, sample index)
         "backend": "VARCHAR",

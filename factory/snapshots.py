@@ -30,7 +30,11 @@ def get(wh: Warehouse, name: str) -> dict[str, Any]:
     found = wh.sql("SELECT * FROM snapshots WHERE name = ?", [name])
     if found.height == 0:
         known = wh.sql("SELECT name FROM snapshots ORDER BY created_at")["name"].to_list()
-        hint = f"known snapshots: {', '.join(known)}" if known else "there are none yet; make one with `factory snapshot create NAME`"
+        hint = (
+            f"known snapshots: {', '.join(known)}"
+            if known
+            else "there are none yet; make one with `factory snapshot create NAME`"
+        )
         raise SnapshotError(f"no snapshot named '{name}' ({hint})")
     return found.row(0, named=True)
 
@@ -86,7 +90,9 @@ def create(
             conditions.append(f"id NOT IN ({_latest_rejections(version)})")
         if where:
             conditions.append(f"row IN (SELECT rowid FROM {rows_then} WHERE ({where}))")
-        selection = f"SELECT id, row FROM ({base})" + (" WHERE " + " AND ".join(conditions) if conditions else "")
+        selection = f"SELECT id, row FROM ({base})" + (
+            " WHERE " + " AND ".join(conditions) if conditions else ""
+        )
         try:
             lk.execute(f"INSERT INTO snapshot_rows SELECT $name, id, row FROM ({selection})", params)
         except lake.Error as exc:
@@ -111,13 +117,28 @@ def create(
             "INSERT INTO snapshots VALUES ($name, $parent, $message, $where, $honour, $runs, $count, $digest, "
             "$author, now(), $version, $complete)",
             {
-                "name": name, "parent": parent, "message": message, "where": where, "honour": honour_verdicts,
-                "runs": runs, "count": stats["row_count"], "digest": stats["digest"],
-                "author": lake.default_author(), "version": version, "complete": complete,
+                "name": name,
+                "parent": parent,
+                "message": message,
+                "where": where,
+                "honour": honour_verdicts,
+                "runs": runs,
+                "count": stats["row_count"],
+                "digest": stats["digest"],
+                "author": lake.default_author(),
+                "version": version,
+                "complete": complete,
             },
         )
-        return {"name": name, "parent": parent, "row_count": stats["row_count"], "digest": stats["digest"],
-                "filter_runs": runs, "where_sql": where, "message": message}
+        return {
+            "name": name,
+            "parent": parent,
+            "row_count": stats["row_count"],
+            "digest": stats["digest"],
+            "filter_runs": runs,
+            "where_sql": where,
+            "message": message,
+        }
 
     detail = f" from {parent}" if parent else ""
     return wh.lake.write(f"snapshot: create {name}{detail} ({message or 'no message'})", work)

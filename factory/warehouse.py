@@ -123,7 +123,11 @@ class InsertResult:
         return self.offered - self.inserted
 
 
-_POLARS_TYPES = {"VARCHAR": pl.String, "VARCHAR[]": pl.List(pl.String), schema.MESSAGE_TYPE: formats.MESSAGE_DTYPE}
+_POLARS_TYPES = {
+    "VARCHAR": pl.String,
+    "VARCHAR[]": pl.List(pl.String),
+    schema.MESSAGE_TYPE: formats.MESSAGE_DTYPE,
+}
 _STAGED = {name: kind for name, kind in schema.ROWS.items() if name not in ("id", "job_id", "created_at")}
 
 
@@ -236,14 +240,19 @@ class Warehouse:
                     source = f"read_parquet([{files}], filename = true, file_row_number = true)"
                     if lk.scalar(f"SELECT count(*) > count(DISTINCT id) FROM {source}"):
                         # The input repeats rows: keep each id's first copy, in input order.
-                        source = (f"(SELECT * FROM {source} QUALIFY row_number() OVER "
-                                  "(PARTITION BY id ORDER BY filename, file_row_number) = 1)")
-                    result.inserted = int(lk.scalar(
-                        f"INSERT INTO rows ({schema.column_list('rows')}) "
-                        f"SELECT {_select_for_rows(set(schema.ROWS))} FROM {source} b "
-                        "ANTI JOIN rows r ON r.id = b.id",
-                        {"job_id": job_id},
-                    ) or 0)
+                        source = (
+                            f"(SELECT * FROM {source} QUALIFY row_number() OVER "
+                            "(PARTITION BY id ORDER BY filename, file_row_number) = 1)"
+                        )
+                    result.inserted = int(
+                        lk.scalar(
+                            f"INSERT INTO rows ({schema.column_list('rows')}) "
+                            f"SELECT {_select_for_rows(set(schema.ROWS))} FROM {source} b "
+                            "ANTI JOIN rows r ON r.id = b.id",
+                            {"job_id": job_id},
+                        )
+                        or 0
+                    )
                 if on_commit is not None:
                     on_commit(lk, result)
                 return result
@@ -274,8 +283,12 @@ class Warehouse:
         frame = verdicts.select(
             pl.col("id").cast(pl.String),
             pl.col("keep").cast(pl.Boolean),
-            (pl.col("score") if "score" in verdicts.columns else pl.lit(None)).cast(pl.Float64).alias("score"),
-            (pl.col("reason") if "reason" in verdicts.columns else pl.lit(None)).cast(pl.String).alias("reason"),
+            (pl.col("score") if "score" in verdicts.columns else pl.lit(None))
+            .cast(pl.Float64)
+            .alias("score"),
+            (pl.col("reason") if "reason" in verdicts.columns else pl.lit(None))
+            .cast(pl.String)
+            .alias("reason"),
         )
 
         def work(lk: lake.Lake) -> None:
@@ -323,14 +336,24 @@ class Warehouse:
             lk.execute(
                 "INSERT INTO jobs (id, kind, plugin, config, status, pid, host, author, started_at) "
                 "VALUES (?, ?, ?, ?, 'running', ?, ?, ?, now())",
-                [job, kind, plugin, json.dumps(config, default=str), os.getpid(), host, lake.default_author()],
+                [
+                    job,
+                    kind,
+                    plugin,
+                    json.dumps(config, default=str),
+                    os.getpid(),
+                    host,
+                    lake.default_author(),
+                ],
             )
 
         self.lake.write(f"job start: {kind} {plugin} {job}", work)
         return job
 
     @staticmethod
-    def finish_job(lk: lake.Lake, job_id: str, status: str, stats: dict[str, Any], error: str | None = None) -> None:
+    def finish_job(
+        lk: lake.Lake, job_id: str, status: str, stats: dict[str, Any], error: str | None = None
+    ) -> None:
         """Set a job's final status; call inside a write so it lands with the job's data."""
         lk.execute(
             "UPDATE jobs SET status = ?, stats = ?, error = ?, finished_at = now() WHERE id = ?",

@@ -42,14 +42,23 @@ class ImportConfig(BaseModel):
         default_factory=dict, description="rename fields: {target: field_in_file}, e.g. {prompt: question}"
     )
     on_error: Literal["fail", "skip"] = Field(
-        "fail", description="fail: any bad record stops the import, nothing is written; skip: import the good rows"
+        "fail",
+        description="fail: any bad record stops the import, nothing is written; skip: import the good rows",
     )
-    rejects: Path | None = Field(None, description="where to write the rejects report (default: beside the jobs)")
+    rejects: Path | None = Field(
+        None, description="where to write the rejects report (default: beside the jobs)"
+    )
     encoding: str = Field("utf-8", description="text encoding of JSON/JSONL/CSV files")
-    max_row_bytes: int = Field(readers.DEFAULT_MAX_ROW_BYTES, gt=0, description="largest accepted record, in bytes")
+    max_row_bytes: int = Field(
+        readers.DEFAULT_MAX_ROW_BYTES, gt=0, description="largest accepted record, in bytes"
+    )
     batch_rows: int = Field(100_000, gt=0, description="records per batch (bounds memory)")
-    templates: Path | None = Field(None, description="FLAN-style task file: Jinja templates that make the rows")
-    template_mode: Literal["random", "all"] = Field("random", description="one random template per record, or all")
+    templates: Path | None = Field(
+        None, description="FLAN-style task file: Jinja templates that make the rows"
+    )
+    template_mode: Literal["random", "all"] = Field(
+        "random", description="one random template per record, or all"
+    )
     seed: int = Field(0, description="seed of the random template choice")
     domain: str | None = Field(None, description="domain label for every imported row")
 
@@ -122,7 +131,9 @@ def _apply_map(raw: Raw, mapping: dict[str, str], label: str) -> Raw:
     fields = raw.fields
     for target, source in mapping.items():
         if source not in fields and target not in fields:
-            raise ReadError(f"--map {target}={source}: {label} has no field '{source}' (fields: {sorted(fields)})")
+            raise ReadError(
+                f"--map {target}={source}: {label} has no field '{source}' (fields: {sorted(fields)})"
+            )
     rename = {source: target for target, source in mapping.items() if source in fields}
     if raw.table is not None:
         raw.table = raw.table.rename_columns([rename.get(c, c) for c in raw.table.column_names])
@@ -175,7 +186,9 @@ def _rows_from(
     problems: list[Problem] = []
     if found.height:
         found = found.join(frame.select("_idx", "_origin"), on="_idx").sort("_idx")
-        problems = [Problem(r["_origin"], r["field"], r["code"], r["message"]) for r in found.iter_rows(named=True)]
+        problems = [
+            Problem(r["_origin"], r["field"], r["code"], r["message"]) for r in found.iter_rows(named=True)
+        ]
         rows = rows.join(found.select("_idx").unique(), on="_idx", how="anti")
     if rows.height == 0:
         return rows, problems
@@ -193,7 +206,9 @@ def _rows_from(
     return rows.with_columns(lineage).drop("_idx", "_origin"), problems
 
 
-def _batches(path: Path, config: ImportConfig, state: _State, source: str, progress: Any) -> Iterator[pl.DataFrame]:
+def _batches(
+    path: Path, config: ImportConfig, state: _State, source: str, progress: Any
+) -> Iterator[pl.DataFrame]:
     options = readers.ReadOptions(config.encoding, config.max_row_bytes, config.batch_rows)
     task = templated.load_task(config.templates) if config.templates else None
     seen_any = False
@@ -264,7 +279,11 @@ def import_file(
 
     def finish(lk: Lake, result: Any) -> None:
         state = states[-1]
-        summary.format, summary.offered, summary.inserted = state.fmt or config.format, result.offered, result.inserted
+        summary.format, summary.offered, summary.inserted = (
+            state.fmt or config.format,
+            result.offered,
+            result.inserted,
+        )
         summary.rejected, summary.warnings = state.rejected, state.warnings
         if state.rejects:
             target = config.rejects or wh.folder / "rejects" / f"{job}.csv"
@@ -289,17 +308,29 @@ class _progress:
 
     def __init__(self, path: Path, enabled: bool) -> None:
         self.enabled = enabled
-        self.total = sum(p.stat().st_size for p in ([path] if path.is_file() else path.rglob("*")) if p.is_file())
+        self.total = sum(
+            p.stat().st_size for p in ([path] if path.is_file() else path.rglob("*")) if p.is_file()
+        )
         self.path = path
 
     def __enter__(self) -> Any:
         if not self.enabled:
             return None
-        from rich.progress import BarColumn, DownloadColumn, Progress, TimeRemainingColumn, TransferSpeedColumn
+        from rich.progress import (
+            BarColumn,
+            DownloadColumn,
+            Progress,
+            TimeRemainingColumn,
+            TransferSpeedColumn,
+        )
 
         self.bar = Progress(
-            "[bold]importing[/] {task.description}", BarColumn(), DownloadColumn(), TransferSpeedColumn(),
-            TimeRemainingColumn(), transient=True,
+            "[bold]importing[/] {task.description}",
+            BarColumn(),
+            DownloadColumn(),
+            TransferSpeedColumn(),
+            TimeRemainingColumn(),
+            transient=True,
         )
         self.bar.__enter__()
         task = self.bar.add_task(self.path.name, total=self.total)

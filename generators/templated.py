@@ -80,23 +80,24 @@ def render(
     """Alpaca rows (instruction, input, output, lineage, _origin) from raw records."""
     env = _environment()
     compiled = [
-        (t, env.from_string(t.instruction), env.from_string(t.input), env.from_string(t.output)) for t in task.templates
+        (t, env.from_string(t.instruction), env.from_string(t.input), env.from_string(t.output))
+        for t in task.templates
     ]
-    out: dict[str, list] = {k: [] for k in ("instruction", "input", "output", "_origin", "generator_params",
-                                            "template_hash")}
+    out: dict[str, list] = {
+        k: [] for k in ("instruction", "input", "output", "_origin", "generator_params", "template_hash")
+    }
     problems: list[Problem] = []
     for record in records.iter_rows(named=True):
         origin = record.pop("_origin")
         record = {k: v for k, v in record.items() if v is not None}  # a null field is a missing field
-        if mode == "all":
-            chosen = compiled
-        else:
-            chosen = [random.Random(f"{seed}:{origin}").choice(compiled)]
+        chosen = compiled if mode == "all" else [random.Random(f"{seed}:{origin}").choice(compiled)]
         for template, instruction, inp, output in chosen:
             try:
                 values = [instruction.render(record), inp.render(record), output.render(record)]
             except jinja2.UndefinedError as exc:
-                problems.append(Problem(origin, None, "template_error", f"template '{template.name}': {exc.message}"))
+                problems.append(
+                    Problem(origin, None, "template_error", f"template '{template.name}': {exc.message}")
+                )
                 continue
             except Exception as exc:  # a template may fail on this record's values (index, filter)
                 problems.append(Problem(origin, None, "template_error", f"template '{template.name}': {exc}"))

@@ -23,5 +23,11 @@ def write_jsonl(path: Path, records: list) -> Path:
 
 
 def alpaca(n: int, prefix: str = "task") -> list[dict]:
-    return [{"instruction": f"{prefix} {i}: say the number", "input": "" if i % 2 else f"n={i}",
-             "output": f"The number is {i}."} for i in range(n)]
+    return [
+        {
+            "instruction": f"{prefix} {i}: say the number",
+            "input": "" if i % 2 else f"n={i}",
+            "output": f"The number is {i}.",
+        }
+        for i in range(n)
+    ]

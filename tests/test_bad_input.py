@@ -28,40 +28,110 @@ def _jsonl(lines: list[str | bytes]) -> bytes:
 
 CASES = {
     # name: (file name, bytes, expected message pattern, good rows)
-    "malformed_json": ("a.jsonl", _jsonl([json.dumps(GOOD), '{"instruction": "x", "output": ', json.dumps(GOOD2)]),
-                       r"a\.jsonl:2: malformed JSON", 2),
-    "wrong_encoding": ("a.jsonl", _jsonl([json.dumps(GOOD), '{"instruction": "caf'.encode() + b"\xe9" + b'", "output": "x"}',
-                                          json.dumps(GOOD2)]),
-                       r"a\.jsonl:2: not valid UTF-8 \(byte 0xe9", 2),
-    "bom_inside": ("a.jsonl", _jsonl([json.dumps(GOOD), b"\xef\xbb\xbf" + json.dumps(GOOD2).encode()]),
-                   r"a\.jsonl:2: a byte-order mark inside the file", 1),
-    "missing_field": ("a.jsonl", _jsonl([json.dumps(GOOD), json.dumps({"instruction": "Say hi"}), json.dumps(GOOD2)]),
-                      r"a\.jsonl:2: field 'output': is missing", 2),
-    "empty_instruction": ("a.jsonl", _jsonl([json.dumps(GOOD), json.dumps({"instruction": "  ", "output": "x"})]),
-                          r"a\.jsonl:2: field 'instruction': is empty", 1),
-    "empty_output": ("a.jsonl", _jsonl([json.dumps({"instruction": "Say", "output": ""}), json.dumps(GOOD)]),
-                     r"a\.jsonl:1: field 'output': is empty", 1),
-    "non_string": ("a.jsonl", _jsonl([json.dumps(GOOD), json.dumps({"instruction": "2+2", "output": 4})]),
-                   r"a\.jsonl:2: field 'output': must be a string, got number", 1),
-    "non_string_turn": ("c.jsonl", _jsonl([json.dumps({"messages": [{"role": "user", "content": "hi"},
-                                                                   {"role": "assistant", "content": ["x"]}]}),
-                                           json.dumps({"messages": [{"role": "user", "content": "a"},
-                                                                    {"role": "assistant", "content": "b"}]})]),
-                        r"c\.jsonl:1: field 'messages\[1\]\.content': must be a string, got list", 1),
-    "unknown_role": ("c.jsonl", _jsonl([json.dumps({"conversations": [{"from": "human", "value": "hi"},
-                                                                      {"from": "robot", "value": "beep"}]}),
-                                        json.dumps({"conversations": [{"from": "human", "value": "a"},
-                                                                      {"from": "gpt", "value": "b"}]})]),
-                     r"c\.jsonl:1: field 'conversations\[1\]\.from': unknown role 'robot'", 1),
-    "nul_byte": ("a.jsonl", _jsonl([json.dumps({"instruction": "a\u0000b", "output": "x"}), json.dumps(GOOD)]),
-                 r"a\.jsonl:1: field 'instruction': contains a NUL byte", 1),
-    "huge_row": ("a.jsonl", _jsonl([json.dumps(GOOD), json.dumps({"instruction": "x" * (10 << 20), "output": "y"}),
-                                    json.dumps(GOOD2)]),
-                 r"a\.jsonl:2: the line is 10\.0 MiB, over the limit", 2),
-    "csv_broken_quote": ("a.csv", b'instruction,input,output\n"Name a prime",,7\n"Say ""hi""",,"hi\nEven number,,4\n',
-                         r"a\.csv:3: .*(unclosed or stray quote)", 1),
-    "csv_field_count": ("a.csv", b"instruction,input,output\nName a prime,,7\nSay hi,,hi,extra\n",
-                        r"a\.csv:3: has 4 fields, the header has 3", 1),
+    "malformed_json": (
+        "a.jsonl",
+        _jsonl([json.dumps(GOOD), '{"instruction": "x", "output": ', json.dumps(GOOD2)]),
+        r"a\.jsonl:2: malformed JSON",
+        2,
+    ),
+    "wrong_encoding": (
+        "a.jsonl",
+        _jsonl(
+            [json.dumps(GOOD), b'{"instruction": "caf' + b"\xe9" + b'", "output": "x"}', json.dumps(GOOD2)]
+        ),
+        r"a\.jsonl:2: not valid UTF-8 \(byte 0xe9",
+        2,
+    ),
+    "bom_inside": (
+        "a.jsonl",
+        _jsonl([json.dumps(GOOD), b"\xef\xbb\xbf" + json.dumps(GOOD2).encode()]),
+        r"a\.jsonl:2: a byte-order mark inside the file",
+        1,
+    ),
+    "missing_field": (
+        "a.jsonl",
+        _jsonl([json.dumps(GOOD), json.dumps({"instruction": "Say hi"}), json.dumps(GOOD2)]),
+        r"a\.jsonl:2: field 'output': is missing",
+        2,
+    ),
+    "empty_instruction": (
+        "a.jsonl",
+        _jsonl([json.dumps(GOOD), json.dumps({"instruction": "  ", "output": "x"})]),
+        r"a\.jsonl:2: field 'instruction': is empty",
+        1,
+    ),
+    "empty_output": (
+        "a.jsonl",
+        _jsonl([json.dumps({"instruction": "Say", "output": ""}), json.dumps(GOOD)]),
+        r"a\.jsonl:1: field 'output': is empty",
+        1,
+    ),
+    "non_string": (
+        "a.jsonl",
+        _jsonl([json.dumps(GOOD), json.dumps({"instruction": "2+2", "output": 4})]),
+        r"a\.jsonl:2: field 'output': must be a string, got number",
+        1,
+    ),
+    "non_string_turn": (
+        "c.jsonl",
+        _jsonl(
+            [
+                json.dumps(
+                    {"messages": [{"role": "user", "content": "hi"}, {"role": "assistant", "content": ["x"]}]}
+                ),
+                json.dumps(
+                    {"messages": [{"role": "user", "content": "a"}, {"role": "assistant", "content": "b"}]}
+                ),
+            ]
+        ),
+        r"c\.jsonl:1: field 'messages\[1\]\.content': must be a string, got list",
+        1,
+    ),
+    "unknown_role": (
+        "c.jsonl",
+        _jsonl(
+            [
+                json.dumps(
+                    {"conversations": [{"from": "human", "value": "hi"}, {"from": "robot", "value": "beep"}]}
+                ),
+                json.dumps(
+                    {"conversations": [{"from": "human", "value": "a"}, {"from": "gpt", "value": "b"}]}
+                ),
+            ]
+        ),
+        r"c\.jsonl:1: field 'conversations\[1\]\.from': unknown role 'robot'",
+        1,
+    ),
+    "nul_byte": (
+        "a.jsonl",
+        _jsonl([json.dumps({"instruction": "a\u0000b", "output": "x"}), json.dumps(GOOD)]),
+        r"a\.jsonl:1: field 'instruction': contains a NUL byte",
+        1,
+    ),
+    "huge_row": (
+        "a.jsonl",
+        _jsonl(
+            [
+                json.dumps(GOOD),
+                json.dumps({"instruction": "x" * (10 << 20), "output": "y"}),
+                json.dumps(GOOD2),
+            ]
+        ),
+        r"a\.jsonl:2: the line is 10\.0 MiB, over the limit",
+        2,
+    ),
+    "csv_broken_quote": (
+        "a.csv",
+        b'instruction,input,output\n"Name a prime",,7\n"Say ""hi""",,"hi\nEven number,,4\n',
+        r"a\.csv:3: .*(unclosed or stray quote)",
+        1,
+    ),
+    "csv_field_count": (
+        "a.csv",
+        b"instruction,input,output\nName a prime,,7\nSay hi,,hi,extra\n",
+        r"a\.csv:3: has 4 fields, the header has 3",
+        1,
+    ),
     "parquet_non_string": ("a.parquet", None, r"a\.parquet#2: field 'output': is empty", 2),
 }
 
@@ -97,8 +167,12 @@ def test_skip_imports_good_rows_and_reports_rejects(wh, tmp_path, case):
     with open(tmp_path / "rejects.csv", newline="") as handle:
         rejects = list(csv.DictReader(handle))
     assert len(rejects) == summary.rejected >= 1
-    line = " ".join(f"{r['origin']}: field '{r['field']}': {r['message']}" if r["field"] else
-                    f"{r['origin']}: {r['message']}" for r in rejects)
+    line = " ".join(
+        f"{r['origin']}: field '{r['field']}': {r['message']}"
+        if r["field"]
+        else f"{r['origin']}: {r['message']}"
+        for r in rejects
+    )
     assert re.search(pattern, line), line
     assert all(r["code"] and r["code"] == r["code"].lower() for r in rejects)
 

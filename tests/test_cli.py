@@ -29,10 +29,12 @@ def session(tmp_path_factory):
     cwd = tmp_path_factory.mktemp("cli")
     run("init", cwd=cwd)
     write_jsonl(cwd / "tasks.jsonl", alpaca(40))
-    (cwd / "chats.json").write_text(json.dumps([
-        {"conversations": [{"from": "human", "value": "Hi"}, {"from": "gpt", "value": "Hello"}]}]))
-    pl.DataFrame({"question": ["Why?", "How?"], "good": ["Because.", "Carefully."], "bad": ["No.", "Badly."]}) \
-        .write_parquet(cwd / "prefs.parquet")
+    (cwd / "chats.json").write_text(
+        json.dumps([{"conversations": [{"from": "human", "value": "Hi"}, {"from": "gpt", "value": "Hello"}]}])
+    )
+    pl.DataFrame(
+        {"question": ["Why?", "How?"], "good": ["Because.", "Carefully."], "bad": ["No.", "Badly."]}
+    ).write_parquet(cwd / "prefs.parquet")
     return cwd
 
 
@@ -42,14 +44,28 @@ def test_walkthrough(session):
     assert "detected format: alpaca" in out and "40 new row(s)" in out
     again = run("import", "tasks.jsonl", "--source", "seeds", cwd=cwd).stdout
     assert "0 new row(s)" in again and "40 already in the warehouse" in again
-    assert "1 new row(s)" in run("import", "chats.json", "--format", "sharegpt", "--source", "forum", cwd=cwd).stdout
-    prefs = run("import", "prefs.parquet", "--format", "preference", "--map", "prompt=question,chosen=good,rejected=bad",
-                cwd=cwd).stdout
+    assert (
+        "1 new row(s)"
+        in run("import", "chats.json", "--format", "sharegpt", "--source", "forum", cwd=cwd).stdout
+    )
+    prefs = run(
+        "import",
+        "prefs.parquet",
+        "--format",
+        "preference",
+        "--map",
+        "prompt=question,chosen=good,rejected=bad",
+        cwd=cwd,
+    ).stdout
     assert "2 new row(s)" in prefs
-    table = run("sql", "SELECT source, generator, count(*) AS n FROM rows GROUP BY ALL ORDER BY n DESC", cwd=cwd).stdout
+    table = run(
+        "sql", "SELECT source, generator, count(*) AS n FROM rows GROUP BY ALL ORDER BY n DESC", cwd=cwd
+    ).stdout
     assert "seeds" in table and "40" in table and "forum" in table
     assert "43 rows" in run("snapshot", "create", "base", "-m", "first cut", cwd=cwd).stdout
-    short = run("snapshot", "create", "short", "--from", "base", "--where", "length(output) < 17", cwd=cwd).stdout
+    short = run(
+        "snapshot", "create", "short", "--from", "base", "--where", "length(output) < 17", cwd=cwd
+    ).stdout
     assert "snapshot short from base:" in short
     listing = run("snapshot", "list", cwd=cwd).stdout
     assert "base" in listing and "short" in listing and "first cut" in listing
@@ -58,8 +74,19 @@ def test_walkthrough(session):
     diff = run("snapshot", "diff", "base", "short", cwd=cwd).stdout
     assert "+0 added" in diff and "removed" in diff
     assert "instruction" in run("sql", "SELECT * FROM snapshot('short') LIMIT 5", cwd=cwd).stdout
-    exported = run("export", "short", "--format", "sharegpt", "--out", "out", "--eval-split", "0.05", "--seed", "0",
-                   cwd=cwd).stdout
+    exported = run(
+        "export",
+        "short",
+        "--format",
+        "sharegpt",
+        "--out",
+        "out",
+        "--eval-split",
+        "0.05",
+        "--seed",
+        "0",
+        cwd=cwd,
+    ).stdout
     assert "exported short as sharegpt" in exported and (cwd / "out" / "train.json").exists()
     run("export", "short", "--format", "llamafactory", "--out", "lf", cwd=cwd)
     assert json.loads((cwd / "lf" / "dataset_info.json").read_text())["short"]["formatting"] == "sharegpt"
@@ -71,11 +98,15 @@ def test_sql_is_read_only_and_writes_files(session):
     cwd = session
     bad = run("sql", "DELETE FROM rows", cwd=cwd, ok=False)
     assert bad.returncode == 1 and "factory sql is read-only" in bad.stderr
-    run("sql", "SELECT id, instruction FROM rows ORDER BY id", "--format", "csv", "--out", "rows.csv", cwd=cwd)
+    run(
+        "sql", "SELECT id, instruction FROM rows ORDER BY id", "--format", "csv", "--out", "rows.csv", cwd=cwd
+    )
     assert pl.read_csv(cwd / "rows.csv").height >= 40
     run("sql", "SELECT id FROM rows", "--format", "parquet", "--out", "rows.parquet", cwd=cwd)
     assert pl.read_parquet(cwd / "rows.parquet").height >= 40
-    as_json = run("sql", "SELECT count(*) AS n FROM rows WHERE source = 'seeds'", "--format", "json", cwd=cwd).stdout
+    as_json = run(
+        "sql", "SELECT count(*) AS n FROM rows WHERE source = 'seeds'", "--format", "json", cwd=cwd
+    ).stdout
     assert json.loads(as_json) == [{"n": 40}]
     wrong = run("sql", "SELECT nope FROM rows", cwd=cwd, ok=False)
     assert wrong.returncode == 1 and "nope" in wrong.stderr
@@ -93,8 +124,9 @@ def test_errors_are_one_clear_line(session):
     assert "--map: 'prompt' is not target=source" in bad_map.stderr
     missing = run("snapshot", "show", "nope", cwd=cwd, ok=False)
     assert "no snapshot named 'nope'" in missing.stderr
-    no_wh = subprocess.run([*FACTORY, "sql", "SELECT 1", "--warehouse", str(cwd / "elsewhere")], capture_output=True,
-                           text=True)
+    no_wh = subprocess.run(
+        [*FACTORY, "sql", "SELECT 1", "--warehouse", str(cwd / "elsewhere")], capture_output=True, text=True
+    )
     assert no_wh.returncode == 1 and "factory init --warehouse" in no_wh.stderr
 
 

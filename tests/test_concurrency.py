@@ -49,14 +49,23 @@ def test_two_writers_and_a_reader(tmp_path):
             write_alpaca_jsonl(tmp_path / f"{name}{k}.jsonl", size, seed=k, prefix=f"{name}{k}")
     reader = subprocess.Popen(
         [sys.executable, "-c", READER, str(wh_path), str(SECONDS), str(SIZE_A), str(SIZE_B), str(FILES)],
-        stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
     )
     script = "; ".join(
         f"{sys.executable} -m factory.cli import {tmp_path}/{{name}}{k}.jsonl --warehouse {wh_path} --no-progress"
         for k in range(FILES)
     )
-    writers = [subprocess.Popen(["bash", "-ec", script.format(name=name)], stdout=subprocess.PIPE,
-                                stderr=subprocess.PIPE, text=True) for name in batches]
+    writers = [
+        subprocess.Popen(
+            ["bash", "-ec", script.format(name=name)],
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
+            text=True,
+        )
+        for name in batches
+    ]
     for writer in writers:
         out, err = writer.communicate(timeout=300)
         assert writer.returncode == 0, err

@@ -17,8 +17,18 @@ PREFERENCE_FORMATS = ["preference", "sharegpt", "llamafactory", "hf", "parquet"]
 @pytest.fixture
 def mixed(wh, tmp_path):
     factory.import_file(wh, str(write_jsonl(tmp_path / "a.jsonl", alpaca(30))))
-    write_jsonl(tmp_path / "hist.jsonl", [{"instruction": "And now?", "input": "", "output": "Done.",
-                                           "system": "Be kind.", "history": [["Start", "Started."]]}])
+    write_jsonl(
+        tmp_path / "hist.jsonl",
+        [
+            {
+                "instruction": "And now?",
+                "input": "",
+                "output": "Done.",
+                "system": "Be kind.",
+                "history": [["Start", "Started."]],
+            }
+        ],
+    )
     factory.import_file(wh, str(tmp_path / "hist.jsonl"))
     (tmp_path / "s.json").write_text(json.dumps(SHAREGPT))
     factory.import_file(wh, str(tmp_path / "s.json"))
@@ -45,7 +55,9 @@ def test_sft_round_trip_gives_back_the_same_ids(mixed, tmp_path, fmt):
     skipped = sum(result["skipped"].values())
     if fmt.startswith("alpaca"):
         assert skipped == 1  # the conversation with a tool turn has no alpaca form
-        tool_row = mixed.sql("SELECT id FROM rows WHERE list_contains(list_transform(messages, lambda m: m.role), 'tool')")
+        tool_row = mixed.sql(
+            "SELECT id FROM rows WHERE list_contains(list_transform(messages, lambda m: m.role), 'tool')"
+        )
         expected -= set(tool_row["id"])
     else:
         assert skipped == 0
@@ -63,10 +75,12 @@ def test_preference_round_trip(mixed, tmp_path, fmt):
 
 def test_split_is_deterministic_disjoint_and_seeded(mixed, tmp_path):
     a = mixed.export("sft", tmp_path / "a", "openai", eval_split=0.3, seed=0)
-    b = mixed.export("sft", tmp_path / "b", "openai", eval_split=0.3, seed=0)
+    mixed.export("sft", tmp_path / "b", "openai", eval_split=0.3, seed=0)
     c = mixed.export("sft", tmp_path / "c", "openai", eval_split=0.3, seed=1)
     for split in ("train", "eval"):
-        assert (tmp_path / "a" / f"{split}.jsonl").read_bytes() == (tmp_path / "b" / f"{split}.jsonl").read_bytes()
+        assert (tmp_path / "a" / f"{split}.jsonl").read_bytes() == (
+            tmp_path / "b" / f"{split}.jsonl"
+        ).read_bytes()
     assert a["counts"]["eval"] > 0 and a["counts"]["train"] > a["counts"]["eval"]
     train = set((tmp_path / "a" / "train.jsonl").read_text().splitlines())
     evals = set((tmp_path / "a" / "eval.jsonl").read_text().splitlines())

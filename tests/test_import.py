@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import json
-from pathlib import Path
 
 import polars as pl
 import pytest
@@ -12,24 +11,50 @@ import factory
 from tests.conftest import alpaca, write_jsonl
 
 SHAREGPT = [
-    {"conversations": [{"from": "system", "value": "Be brief."}, {"from": "human", "value": "Hello"},
-                       {"from": "gpt", "value": "Hi"}, {"from": "human", "value": "Capital of France?"},
-                       {"from": "gpt", "value": "Paris."}]},
-    {"conversations": [{"from": "human", "value": "task 1: say the number"}, {"from": "gpt", "value": "The number is 1."}]},
+    {
+        "conversations": [
+            {"from": "system", "value": "Be brief."},
+            {"from": "human", "value": "Hello"},
+            {"from": "gpt", "value": "Hi"},
+            {"from": "human", "value": "Capital of France?"},
+            {"from": "gpt", "value": "Paris."},
+        ]
+    },
+    {
+        "conversations": [
+            {"from": "human", "value": "task 1: say the number"},
+            {"from": "gpt", "value": "The number is 1."},
+        ]
+    },
 ]
 OPENAI = [
-    {"messages": [{"role": "system", "content": "You are terse."}, {"role": "user", "content": "2+2?"},
-                  {"role": "assistant", "content": "4"}]},
-    {"messages": [{"role": "user", "content": "Name a colour"}, {"role": "assistant", "content": "Blue"},
-                  {"role": "user", "content": "Another"}, {"role": "tool", "content": "lookup: green"},
-                  {"role": "assistant", "content": "Green"}]},
+    {
+        "messages": [
+            {"role": "system", "content": "You are terse."},
+            {"role": "user", "content": "2+2?"},
+            {"role": "assistant", "content": "4"},
+        ]
+    },
+    {
+        "messages": [
+            {"role": "user", "content": "Name a colour"},
+            {"role": "assistant", "content": "Blue"},
+            {"role": "user", "content": "Another"},
+            {"role": "tool", "content": "lookup: green"},
+            {"role": "assistant", "content": "Green"},
+        ]
+    },
 ]
 PREFERENCE_MESSAGES = [
-    {"prompt": [{"role": "user", "content": "Best sorting algorithm for small arrays?"}],
-     "chosen": [{"role": "assistant", "content": "Insertion sort."}],
-     "rejected": [{"role": "assistant", "content": "Bogosort."}]},
-    {"chosen": [{"role": "user", "content": "Hi"}, {"role": "assistant", "content": "Hello!"}],
-     "rejected": [{"role": "user", "content": "Hi"}, {"role": "assistant", "content": "Go away."}]},
+    {
+        "prompt": [{"role": "user", "content": "Best sorting algorithm for small arrays?"}],
+        "chosen": [{"role": "assistant", "content": "Insertion sort."}],
+        "rejected": [{"role": "assistant", "content": "Bogosort."}],
+    },
+    {
+        "chosen": [{"role": "user", "content": "Hi"}, {"role": "assistant", "content": "Hello!"}],
+        "rejected": [{"role": "user", "content": "Hi"}, {"role": "assistant", "content": "Go away."}],
+    },
 ]
 
 
@@ -83,17 +108,37 @@ def test_openai_messages_with_system_and_tool(wh, tmp_path):
 def test_preference_with_map_plain_and_messages(wh, tmp_path):
     plain = pl.DataFrame({"question": ["Capital of Peru?"], "good": ["Lima."], "bad": ["Cusco."]})
     plain.write_parquet(tmp_path / "prefs.parquet")
-    summary = factory.import_file(wh, str(tmp_path / "prefs.parquet"), format="preference",
-                                  map="prompt=question,chosen=good,rejected=bad")
+    summary = factory.import_file(
+        wh,
+        str(tmp_path / "prefs.parquet"),
+        format="preference",
+        map="prompt=question,chosen=good,rejected=bad",
+    )
     assert summary.inserted == 1
     factory.import_file(wh, str(write_jsonl(tmp_path / "pm.jsonl", PREFERENCE_MESSAGES)))
     rows = wh.sql("SELECT instruction, output, rejected, kind, messages FROM rows ORDER BY instruction")
     assert rows.to_dicts() == [
-        {"instruction": "Best sorting algorithm for small arrays?", "output": "Insertion sort.", "rejected": "Bogosort.",
-         "kind": "preference", "messages": None},
-        {"instruction": "Capital of Peru?", "output": "Lima.", "rejected": "Cusco.", "kind": "preference",
-         "messages": None},
-        {"instruction": "Hi", "output": "Hello!", "rejected": "Go away.", "kind": "preference", "messages": None},
+        {
+            "instruction": "Best sorting algorithm for small arrays?",
+            "output": "Insertion sort.",
+            "rejected": "Bogosort.",
+            "kind": "preference",
+            "messages": None,
+        },
+        {
+            "instruction": "Capital of Peru?",
+            "output": "Lima.",
+            "rejected": "Cusco.",
+            "kind": "preference",
+            "messages": None,
+        },
+        {
+            "instruction": "Hi",
+            "output": "Hello!",
+            "rejected": "Go away.",
+            "kind": "preference",
+            "messages": None,
+        },
     ]
 
 
@@ -138,20 +183,25 @@ def test_templated_import_random_and_all(wh, tmp_path):
         "task: nli\n"
         "templates:\n"
         "  - name: implies\n"
-        "    instruction: \"{{ premise }}\\nDoes this imply: {{ hypothesis }}?\"\n"
+        '    instruction: "{{ premise }}\\nDoes this imply: {{ hypothesis }}?"\n'
         "    output: \"{{ ['yes', 'maybe', 'no'][label | int] }}\"\n"
         "  - name: options\n"
-        "    instruction: \"Premise: {{ premise }}\\nHypothesis: {{ hypothesis }}\\nAnswer yes, maybe or no.\"\n"
+        '    instruction: "Premise: {{ premise }}\\nHypothesis: {{ hypothesis }}\\nAnswer yes, maybe or no."\n'
         "    output: \"{{ ['yes', 'maybe', 'no'][label | int] }}\"\n"
     )
     rows = [{"premise": f"A dog runs {i}", "hypothesis": "An animal moves", "label": i % 3} for i in range(6)]
     data = write_jsonl(tmp_path / "nli.jsonl", rows)
     summary = factory.import_file(wh, str(data), templates=str(task), seed=1)
     assert summary.inserted == 6
-    out = wh.sql("SELECT generator, generator_params, template_hash, output, origin FROM rows ORDER BY origin")
+    out = wh.sql(
+        "SELECT generator, generator_params, template_hash, output, origin FROM rows ORDER BY origin"
+    )
     assert set(out["generator"]) == {"templated"}
     params = [json.loads(p) for p in out["generator_params"]]
-    assert {p["task"] for p in params} == {"nli"} and {p["template"] for p in params} <= {"implies", "options"}
+    assert {p["task"] for p in params} == {"nli"} and {p["template"] for p in params} <= {
+        "implies",
+        "options",
+    }
     assert out["output"].to_list() == ["yes", "maybe", "no", "yes", "maybe", "no"]
     wh2 = factory.init(tmp_path / "wh2")
     again = factory.import_file(wh2, str(data), templates=str(task), seed=1, batch_rows=2)
@@ -164,8 +214,12 @@ def test_templated_import_random_and_all(wh, tmp_path):
 
 def test_templated_import_names_a_missing_field(wh, tmp_path):
     task = tmp_path / "t.yaml"
-    task.write_text("task: t\ntemplates:\n  - name: a\n    instruction: '{{ question }}'\n    output: '{{ answer }}'\n")
-    data = write_jsonl(tmp_path / "q.jsonl", [{"question": "Why?", "answer": "Because."}, {"question": "How?"}])
+    task.write_text(
+        "task: t\ntemplates:\n  - name: a\n    instruction: '{{ question }}'\n    output: '{{ answer }}'\n"
+    )
+    data = write_jsonl(
+        tmp_path / "q.jsonl", [{"question": "Why?", "answer": "Because."}, {"question": "How?"}]
+    )
     with pytest.raises(Exception, match=r"q\.jsonl:2: template 'a': 'answer' is undefined"):
         factory.import_file(wh, str(data), templates=str(task))
     assert wh.count() == 0

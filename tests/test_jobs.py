@@ -21,8 +21,18 @@ def test_sigkill_halfway_then_rerun(tmp_path):
     data = write_alpaca_jsonl(tmp_path / "big.jsonl", ROWS, seed=7)
     wh_path = tmp_path / "wh"
     factory.init(wh_path).close()
-    command = [sys.executable, "-m", "factory.cli", "import", str(data), "--warehouse", str(wh_path),
-               "--batch-rows", "10000", "--no-progress"]
+    command = [
+        sys.executable,
+        "-m",
+        "factory.cli",
+        "import",
+        str(data),
+        "--warehouse",
+        str(wh_path),
+        "--batch-rows",
+        "10000",
+        "--no-progress",
+    ]
     proc = subprocess.Popen(command, stdout=subprocess.PIPE, stderr=subprocess.PIPE)
     staging = wh_path / ".staging"
     deadline = time.time() + 120
@@ -30,7 +40,9 @@ def test_sigkill_halfway_then_rerun(tmp_path):
         if staging.exists() and any(len(list(d.glob("*.parquet"))) >= 3 for d in staging.iterdir()):
             break
         time.sleep(0.02)
-    assert proc.poll() is None, "the import finished before it could be killed: " + proc.stderr.read().decode()
+    assert proc.poll() is None, (
+        "the import finished before it could be killed: " + proc.stderr.read().decode()
+    )
     os.kill(proc.pid, signal.SIGKILL)
     proc.wait()
 

@@ -13,7 +13,9 @@ from tests.conftest import alpaca, write_jsonl
 @pytest.fixture
 def loaded(wh, tmp_path):
     factory.import_file(wh, str(write_jsonl(tmp_path / "a.jsonl", alpaca(20))), source="seeds")
-    factory.import_file(wh, str(write_jsonl(tmp_path / "b.jsonl", alpaca(10, prefix="extra"))), source="extra")
+    factory.import_file(
+        wh, str(write_jsonl(tmp_path / "b.jsonl", alpaca(10, prefix="extra"))), source="extra"
+    )
     return wh
 
 
@@ -21,8 +23,12 @@ def test_default_snapshot_leaves_out_rows_a_filter_rejected(loaded):
     wh = loaded
     ids = wh.sql("SELECT id FROM rows ORDER BY id")["id"]
     wh.add_verdicts(pl.DataFrame({"id": ids[:3], "keep": [False] * 3, "reason": ["too_short"] * 3}), "length")
-    wh.add_verdicts(pl.DataFrame({"id": ids[3:5], "keep": [False, False], "score": [0.9, 0.8],
-                                  "reason": ["near_duplicate"] * 2}), "minhash")
+    wh.add_verdicts(
+        pl.DataFrame(
+            {"id": ids[3:5], "keep": [False, False], "score": [0.9, 0.8], "reason": ["near_duplicate"] * 2}
+        ),
+        "minhash",
+    )
     # A later run of the same filter changes its mind on one row: the latest verdict wins.
     wh.add_verdicts(pl.DataFrame({"id": ids[:1], "keep": [True]}), "length")
     record = wh.create_snapshot("base", message="first cut")
@@ -49,8 +55,9 @@ def test_names_are_never_reused_and_must_be_valid(loaded):
 def test_from_parent_with_where_and_sql_access(loaded):
     wh = loaded
     wh.create_snapshot("base")
-    child = wh.create_snapshot("seeds_only", parent="base", where="source = 'seeds' AND input <> ''",
-                               message="seed rows with input")
+    child = wh.create_snapshot(
+        "seeds_only", parent="base", where="source = 'seeds' AND input <> ''", message="seed rows with input"
+    )
     assert child["row_count"] == 10 and child["parent"] == "base"
     frame = wh.sql("SELECT source, count(*) AS n FROM snapshot('seeds_only') GROUP BY ALL")
     assert frame.to_dicts() == [{"source": "seeds", "n": 10}]
@@ -119,17 +126,24 @@ def test_fast_and_general_snapshot_reads_agree(loaded, tmp_path):
     for name, size in (("everything", 30), ("kept", 28)):
         fast = wh.sql(f"SELECT id FROM snapshot('{name}') ORDER BY id")["id"].to_list()
         general = wh.sql("SELECT id FROM snapshot(?) ORDER BY id", [name])["id"].to_list()
-        members = wh.sql("SELECT id FROM snapshot_rows WHERE snapshot = ? ORDER BY id", [name])["id"].to_list()
+        members = wh.sql("SELECT id FROM snapshot_rows WHERE snapshot = ? ORDER BY id", [name])[
+            "id"
+        ].to_list()
         assert fast == general == members and len(fast) == size
     with pytest.raises(SnapshotError, match="no snapshot named 'missing'"):
         wh.sql("SELECT * FROM snapshot('missing')")
 
 
 def test_schema_version_checked_on_open(wh):
-    wh.lake.write("test: bump schema", lambda lk: lk.execute("UPDATE meta SET value = '999' WHERE key = 'schema_version'"))
+    wh.lake.write(
+        "test: bump schema",
+        lambda lk: lk.execute("UPDATE meta SET value = '999' WHERE key = 'schema_version'"),
+    )
     folder = wh.folder
     wh.close()
-    with pytest.raises(factory.warehouse.WarehouseError, match="schema version 999, this instruction-factory expects 1"):
+    with pytest.raises(
+        factory.warehouse.WarehouseError, match="schema version 999, this instruction-factory expects 1"
+    ):
         factory.open(str(folder))
 
 
