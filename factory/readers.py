@@ -17,9 +17,11 @@ from __future__ import annotations
 import csv
 import io
 import json
+import threading
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
+from queue import Empty, Queue
 
 import numpy as np
 import polars as pl
@@ -114,6 +116,45 @@ def data_files(path: Path) -> tuple[str, list[Path]]:
     if path.stat().st_size == 0:
         raise ReadError(f"{path}: the file is empty; nothing to import")
     return kind, [path]
+
+
+def prefetched(batches: Iterator[Raw], depth: int = 2) -> Iterator[Raw]:
+    """Read ahead in a background thread, so parsing the next chunk overlaps work on this one.
+
+    pyarrow's parser and the byte scans release the GIL, so on two cores reading and
+    checking really run side by side. Errors are re-raised in the consumer.
+    """
+    queue: Queue = Queue(maxsize=depth)
+    done = object()
+    stop = threading.Event()
+
+    def produce() -> None:
+        try:
+            for batch in batches:
+                if stop.is_set():
+                    return
+                queue.put(batch)
+            queue.put(done)
+        except BaseException as exc:  # handed to the consumer, which raises it
+            queue.put(exc)
+
+    thread = threading.Thread(target=produce, daemon=True, name="factory-reader")
+    thread.start()
+    try:
+        while True:
+            item = queue.get()
+            if item is done:
+                return
+            if isinstance(item, BaseException):
+                raise item
+            yield item
+    finally:
+        stop.set()
+        while thread.is_alive():  # unblock a producer waiting on a full queue
+            try:
+                queue.get(timeout=0.05)
+            except Empty:
+                pass
 
 
 def read(path: Path, options: ReadOptions) -> Iterator[Raw]:

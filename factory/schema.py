@@ -11,11 +11,14 @@ read it with plain SQL (`factory sql`, or the DuckDB CLI after ATTACH):
 - runs: training and evaluation runs on a snapshot.
 - meta: the schema version.
 
-The row id is the md5 of the normalised record, computed by DuckDB from the
-columns below (`ROW_ID_SQL`), so it is the same in every process and version.
+The row id is a content hash of the normalised record (`row_id`), so it is the
+same in every process and version, and re-importing a row never doubles it.
 """
 
 from __future__ import annotations
+
+import polars as pl
+import polars_hash  # noqa: F401  (registers the `chash` namespace used by row_id)
 
 SCHEMA_VERSION = 1
 
@@ -23,7 +26,7 @@ MESSAGE_TYPE = "STRUCT(role VARCHAR, content VARCHAR)[]"
 
 # Column name -> DuckDB type, in table order.
 ROWS: dict[str, str] = {
-    "id": "VARCHAR",  # md5 of the normalised record (ROW_ID_SQL)
+    "id": "VARCHAR",  # content hash of the normalised record (row_id)
     "kind": "VARCHAR",  # instruction | conversation | preference
     "system": "VARCHAR",  # system prompt, '' when none
     "instruction": "VARCHAR",  # the (last) user turn
@@ -123,23 +126,34 @@ TABLES: dict[str, dict[str, str]] = {
     },
 }
 
-_US, _RS = "chr(31)", "chr(30)"  # unit and record separators: never in normalised text
+UNIT_SEP, RECORD_SEP = "\x1f", "\x1e"  # never in normalised text
 
 
-def row_id_sql(prefix: str = "") -> str:
-    """SQL for the row id over the columns of a relation (optionally qualified by `prefix.`).
+def row_id() -> pl.Expr:
+    """The row id over a frame of rows columns: sha256 of the normalised record, first 128 bits in hex.
 
     The normalised record is system, then the turns as role/content pairs, then the
     rejected response. A single exchange is stored as instruction/input/output and
     hashed as the user turn `instruction + "\\n\\n" + input` and the assistant turn, so
     an alpaca row and the same exchange imported as a conversation share an id.
+    polars-hash computes standard sha256 (pinned in pyproject.toml), so the id is the
+    same in every process and version: `sha256(...)` in DuckDB or Python's hashlib agree.
     """
-    p = prefix + "." if prefix else ""
-    user = f"{p}instruction || CASE WHEN {p}input <> '' THEN chr(10) || chr(10) || {p}input ELSE '' END"
-    single = f"'user' || {_US} || {user} || {_RS} || 'assistant' || {_US} || {p}output"
-    turns = f"array_to_string(list_transform({p}messages, lambda m: m.role || {_US} || m.content), {_RS})"
-    body = f"CASE WHEN {p}messages IS NULL THEN {single} ELSE {turns} END"
-    return f"md5(concat_ws({_RS}, {p}system, {body}, coalesce({p}rejected, '')))"
+    user = pl.when(pl.col("input") != "").then(pl.col("instruction") + "\n\n" + pl.col("input"))
+    single = (
+        pl.lit("user" + UNIT_SEP)
+        + user.otherwise(pl.col("instruction"))
+        + pl.lit(RECORD_SEP + "assistant" + UNIT_SEP)
+        + pl.col("output")
+    )
+    turns = (
+        pl.col("messages")
+        .list.eval(pl.element().struct.field("role") + UNIT_SEP + pl.element().struct.field("content"))
+        .list.join(RECORD_SEP)
+    )
+    body = pl.when(pl.col("messages").is_null()).then(single).otherwise(turns)
+    record = pl.concat_str([pl.col("system"), body, pl.col("rejected").fill_null("")], separator=RECORD_SEP)
+    return record.chash.sha2_256().str.slice(0, 32).alias("id")
 
 
 def create_sql(table: str) -> str:

@@ -230,7 +230,7 @@ class Warehouse:
                 if frame.height == 0:
                     continue
                 result.offered += frame.height
-                staged = _staging_frame(frame).with_columns(self.row_ids(frame))
+                staged = _staging_frame(frame).with_columns(schema.row_id())
                 staged.write_parquet(staging / f"{k:06d}.parquet", compression="uncompressed")
             files = ", ".join(f"'{f}'" for f in sorted(staging.glob("*.parquet")))
 
@@ -261,13 +261,10 @@ class Warehouse:
         finally:
             shutil.rmtree(staging, ignore_errors=True)
 
-    def row_ids(self, frame: pl.DataFrame) -> pl.Series:
+    @staticmethod
+    def row_ids(frame: pl.DataFrame) -> pl.Series:
         """The ids the warehouse gives these normalised rows (without storing them)."""
-        self.lake.register("id_batch", frame)
-        try:
-            return self.lake.frame(f"SELECT {schema.row_id_sql()} AS id FROM id_batch")["id"]
-        finally:
-            self.lake.unregister("id_batch")
+        return _staging_frame(frame).select(schema.row_id()).to_series()
 
     # -- verdicts ------------------------------------------------------------------------------
     def add_verdicts(self, verdicts: pl.DataFrame, filter_name: str, run_id: str | None = None) -> str:

@@ -212,7 +212,7 @@ def _batches(
     options = readers.ReadOptions(config.encoding, config.max_row_bytes, config.batch_rows)
     task = templated.load_task(config.templates) if config.templates else None
     seen_any = False
-    for raw in readers.read(path, options):
+    for raw in readers.prefetched(readers.read(path, options)):
         state.warnings += raw.warnings
         if progress is not None and raw.bytes_read:
             progress(raw.bytes_read)

@@ -230,3 +230,20 @@ def test_large_batches_stream(wh, tmp_path):
     summary = factory.import_file(wh, str(path), batch_rows=1000)
     assert summary.inserted == 5000
     assert wh.sql("SELECT max(origin) AS m FROM rows WHERE origin LIKE '%:5000'")["m"][0] == f"{path}:5000"
+
+
+def test_row_id_is_sha256_of_the_documented_record(wh, tmp_path):
+    import hashlib
+
+    write_jsonl(tmp_path / "a.jsonl", [{"instruction": "Add", "input": "2+2", "output": "4", "system": "Be exact."}])
+    write_jsonl(tmp_path / "c.jsonl", [{"messages": [{"role": "user", "content": "Hi"},
+                                                     {"role": "assistant", "content": "Hello"},
+                                                     {"role": "user", "content": "Bye"},
+                                                     {"role": "assistant", "content": "Ciao"}]}])
+    factory.import_file(wh, str(tmp_path / "a.jsonl"))
+    factory.import_file(wh, str(tmp_path / "c.jsonl"))
+    us, rs = "\x1f", "\x1e"
+    single = f"Be exact.{rs}user{us}Add\n\n2+2{rs}assistant{us}4{rs}"
+    multi = f"{rs}user{us}Hi{rs}assistant{us}Hello{rs}user{us}Bye{rs}assistant{us}Ciao{rs}"
+    expected = {hashlib.sha256(text.encode()).hexdigest()[:32] for text in (single, multi)}
+    assert set(wh.sql("SELECT id FROM rows")["id"]) == expected
