@@ -14,6 +14,7 @@ only a batch that fails is re-read line by line.
 
 from __future__ import annotations
 
+import contextlib
 import csv
 import io
 import json
@@ -151,10 +152,8 @@ def prefetched(batches: Iterator[Raw], depth: int = 2) -> Iterator[Raw]:
     finally:
         stop.set()
         while thread.is_alive():  # unblock a producer waiting on a full queue
-            try:
+            with contextlib.suppress(Empty):
                 queue.get(timeout=0.05)
-            except Empty:
-                pass
 
 
 def read(path: Path, options: ReadOptions) -> Iterator[Raw]:

@@ -235,11 +235,22 @@ def test_large_batches_stream(wh, tmp_path):
 def test_row_id_is_sha256_of_the_documented_record(wh, tmp_path):
     import hashlib
 
-    write_jsonl(tmp_path / "a.jsonl", [{"instruction": "Add", "input": "2+2", "output": "4", "system": "Be exact."}])
-    write_jsonl(tmp_path / "c.jsonl", [{"messages": [{"role": "user", "content": "Hi"},
-                                                     {"role": "assistant", "content": "Hello"},
-                                                     {"role": "user", "content": "Bye"},
-                                                     {"role": "assistant", "content": "Ciao"}]}])
+    write_jsonl(
+        tmp_path / "a.jsonl", [{"instruction": "Add", "input": "2+2", "output": "4", "system": "Be exact."}]
+    )
+    write_jsonl(
+        tmp_path / "c.jsonl",
+        [
+            {
+                "messages": [
+                    {"role": "user", "content": "Hi"},
+                    {"role": "assistant", "content": "Hello"},
+                    {"role": "user", "content": "Bye"},
+                    {"role": "assistant", "content": "Ciao"},
+                ]
+            }
+        ],
+    )
     factory.import_file(wh, str(tmp_path / "a.jsonl"))
     factory.import_file(wh, str(tmp_path / "c.jsonl"))
     us, rs = "\x1f", "\x1e"
