@@ -93,7 +93,7 @@ def load_extension(con: duckdb.DuckDBPyConnection, name: str) -> None:
         ) from exc
 
 
-def _quote(text: str) -> str:
+def quote(text: str) -> str:
     return "'" + text.replace("'", "''") + "'"
 
 
@@ -106,10 +106,10 @@ def connect(location: Location, read_only: bool = False) -> Lake:
     storage = location.data_path.split("://", 1)[0] if "://" in location.data_path else ""
     if storage in _STORAGE_EXTENSIONS:
         load_extension(con, _STORAGE_EXTENSIONS[storage])
-    options = [f"DATA_PATH {_quote(location.data_path)}"]
+    options = [f"DATA_PATH {quote(location.data_path)}"]
     if read_only:
         options.append("READ_ONLY")
-    attach = f"ATTACH {_quote('ducklake:' + location.catalog)} AS {ALIAS} ({', '.join(options)})"
+    attach = f"ATTACH {quote('ducklake:' + location.catalog)} AS {ALIAS} ({', '.join(options)})"
     _retry(lambda: con.execute(attach), what="open the warehouse")
     con.execute(f"USE {ALIAS}")
     return Lake(con, location, read_only)
@@ -159,26 +159,9 @@ class Lake:
         """Run a query and return a polars frame (retrying while the catalog is locked)."""
         return _retry(lambda: self.con.execute(sql, params or []).pl(), what="read")
 
-    def arrow(self, sql: str, params: Params = None) -> pa.Table:
-        return _retry(lambda: self.con.execute(sql, params or []).to_arrow_table(), what="read")
-
     def scalar(self, sql: str, params: Params = None) -> Any:
         row = _retry(lambda: self.con.execute(sql, params or []).fetchone(), what="read")
         return None if row is None else row[0]
-
-    def batches(self, sql: str, params: Params = None, rows: int = 100_000):
-        """Stream a query's result as Arrow record batches."""
-        reader = self.con.execute(sql, params or []).to_arrow_reader(rows)
-        yield from reader
-
-    def copy_to(self, sql: str, path: str, fmt: str) -> None:
-        """Write a query's result to a file with DuckDB's COPY (csv, json, parquet)."""
-        options = {
-            "parquet": "FORMAT parquet, COMPRESSION zstd",
-            "csv": "FORMAT csv, HEADER",
-            "json": "FORMAT json",
-        }[fmt]
-        self.con.execute(f"COPY ({sql}) TO {_quote(path)} ({options})")
 
     def register(self, name: str, data: pa.Table | pl.DataFrame) -> None:
         """Expose an in-memory Arrow table or polars frame to SQL under a name."""
@@ -223,7 +206,7 @@ class Lake:
             try:
                 result = fn(self)
                 self.con.execute(
-                    f"CALL ducklake_set_commit_message({_quote(ALIAS)}, ?, ?)",
+                    f"CALL ducklake_set_commit_message({quote(ALIAS)}, ?, ?)",
                     [who, message],
                 )
                 self.con.execute("COMMIT")

@@ -113,14 +113,10 @@ def open_warehouse(path: str | os.PathLike | None = None, read_only: bool = Fals
 
 @dataclass
 class InsertResult:
-    """What `add_rows` did: rows offered, rows new to the warehouse, rows it already had."""
+    """What `add_rows` did: rows offered, and rows new to the warehouse."""
 
     offered: int = 0
     inserted: int = 0
-
-    @property
-    def duplicates(self) -> int:
-        return self.offered - self.inserted
 
 
 _POLARS_TYPES = {
@@ -139,8 +135,8 @@ def _staging_frame(frame: pl.DataFrame) -> pl.DataFrame:
     )
 
 
-def _select_for_rows(frame_columns: set[str]) -> str:
-    """The SELECT list that turns a staged batch `b` into rows columns."""
+def _select_for_rows() -> str:
+    """The SELECT list that turns staged rows `b` into rows columns."""
     parts = []
     for name, kind in schema.ROWS.items():
         if name == "id":
@@ -149,10 +145,8 @@ def _select_for_rows(frame_columns: set[str]) -> str:
             parts.append("$job_id")
         elif name == "created_at":
             parts.append("now()")
-        elif name in frame_columns:
-            parts.append(f'b."{name}"::{kind}')
         else:
-            parts.append(f"NULL::{kind}")
+            parts.append(f'b."{name}"::{kind}')
     return ", ".join(parts)
 
 
@@ -207,7 +201,7 @@ class Warehouse:
     # -- rows ----------------------------------------------------------------------------------
     def add_rows(
         self,
-        batches: Callable[[], Iterable[pl.DataFrame]],
+        batches: Iterable[pl.DataFrame],
         message: str,
         job_id: str | None = None,
         on_commit: Callable[[lake.Lake, InsertResult], None] | None = None,
@@ -226,13 +220,13 @@ class Warehouse:
         staging.mkdir(parents=True, exist_ok=True)
         try:
             result = InsertResult()
-            for k, frame in enumerate(batches()):
+            for k, frame in enumerate(batches):
                 if frame.height == 0:
                     continue
                 result.offered += frame.height
                 staged = _staging_frame(frame).with_columns(schema.row_id())
                 staged.write_parquet(staging / f"{k:06d}.parquet", compression="uncompressed")
-            files = ", ".join(f"'{f}'" for f in sorted(staging.glob("*.parquet")))
+            files = ", ".join(lake.quote(str(f)) for f in sorted(staging.glob("*.parquet")))
 
             def commit(lk: lake.Lake) -> InsertResult:
                 result.inserted = 0
@@ -247,7 +241,7 @@ class Warehouse:
                     result.inserted = int(
                         lk.scalar(
                             f"INSERT INTO rows ({schema.column_list('rows')}) "
-                            f"SELECT {_select_for_rows(set(schema.ROWS))} FROM {source} b "
+                            f"SELECT {_select_for_rows()} FROM {source} b "
                             "ANTI JOIN rows r ON r.id = b.id",
                             {"job_id": job_id},
                         )
@@ -260,11 +254,6 @@ class Warehouse:
             return self.lake.write(message, commit)
         finally:
             shutil.rmtree(staging, ignore_errors=True)
-
-    @staticmethod
-    def row_ids(frame: pl.DataFrame) -> pl.Series:
-        """The ids the warehouse gives these normalised rows (without storing them)."""
-        return _staging_frame(frame).select(schema.row_id()).to_series()
 
     # -- verdicts ------------------------------------------------------------------------------
     def add_verdicts(self, verdicts: pl.DataFrame, filter_name: str, run_id: str | None = None) -> str:

@@ -117,7 +117,7 @@ class ImportSummary:
 
 @dataclass
 class _State:
-    """What one attempt at the import has seen so far (reset when a commit is retried)."""
+    """What the import has seen so far: the format, the rejected records, the warnings."""
 
     fmt: str | None = None
     rejects: list[Problem] = field(default_factory=list)
@@ -269,16 +269,13 @@ def import_file(
     source = config.source or path.stem
     job = wh.start_job("import", "human", {"path": str(path), **config.model_dump(mode="json")})
     summary = ImportSummary(job_id=job, path=str(path), format=config.format, source=source)
-    states: list[_State] = []
+    state = _State()
 
     def batches() -> Iterator[pl.DataFrame]:
-        state = _State()
-        states.append(state)
         with _progress(path, progress) as advance:
             yield from _batches(path, config, state, source, advance)
 
     def finish(lk: Lake, result: Any) -> None:
-        state = states[-1]
         summary.format, summary.offered, summary.inserted = (
             state.fmt or config.format,
             result.offered,
@@ -293,7 +290,7 @@ def import_file(
 
     message = f"import: {path} (source={source}, job {job})"
     try:
-        wh.add_rows(batches, message=message, job_id=job, on_commit=finish)
+        wh.add_rows(batches(), message=message, job_id=job, on_commit=finish)
     except ImportFailed as exc:
         wh.fail_job(job, str(exc).splitlines()[0], {"problems": exc.total})
         raise
