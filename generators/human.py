@@ -90,7 +90,7 @@ class ImportFailed(ValueError):
         shown = "\n".join(f"  {p}" for p in problems[:MAX_SHOWN])
         more = f"\n  ... and {total - MAX_SHOWN} more" if total > MAX_SHOWN else ""
         super().__init__(
-            f"{total} bad record(s); nothing was imported:\n{shown}{more}\n"
+            f"{total} problem(s) found; nothing was imported:\n{shown}{more}\n"
             "Fix them, or pass --on-error skip to import the good rows and write a rejects report."
         )
 
@@ -246,7 +246,7 @@ def _handle(problems: list[Problem], config: ImportConfig, state: _State) -> Non
         return
     if config.on_error == "fail":
         raise ImportFailed(problems, len(problems))
-    state.rejected += len(problems)
+    state.rejected += len({p.origin for p in problems})  # records, not problems: one may have several
     state.rejects += problems
 
 
