@@ -100,7 +100,8 @@ def quote(text: str) -> str:
 def connect(location: Location, read_only: bool = False) -> Lake:
     """Open one DuckDB connection with the warehouse attached as `lake`."""
     # DuckDB draws a progress bar on stdout for slow queries: it would corrupt `factory sql --format csv`.
-    con = duckdb.connect(config={"allow_unsigned_extensions": "true", "enable_progress_bar": "false"})
+    con = duckdb.connect(config={"allow_unsigned_extensions": "true"})
+    con.execute("SET enable_progress_bar = false")
     load_extension(con, "ducklake")
     if location.scheme in _CATALOG_EXTENSIONS:
         load_extension(con, _CATALOG_EXTENSIONS[location.scheme])
