@@ -72,7 +72,7 @@ def test_two_writers_and_a_reader(tmp_path):
         assert out.count("new row(s)") == FILES
     out, err = reader.communicate(timeout=SECONDS + 120)
     assert reader.returncode == 0, err
-    report = json.loads(out)
+    report = json.loads(out.strip().splitlines()[-1])
     assert report["failures"] == [] and report["torn"] == []
     assert report["queries"] > 20 and len(report["seen"]) > 2  # it really watched the imports land
     with factory.open(str(wh_path), read_only=True) as wh:
