@@ -59,7 +59,7 @@ def factory_import(path: str, warehouse: str) -> dict:
     return {"seconds": seconds, "inserted": summary.inserted}
 
 
-def sql_queries(warehouse: str, repeats: int = 5) -> dict:
+def sql_queries(warehouse: str, repeats: int = 9) -> dict:
     import duckdb
 
     import factory

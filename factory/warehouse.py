@@ -156,6 +156,12 @@ class Warehouse:
     def __init__(self, folder: Path, conn: lake.Lake) -> None:
         self.folder = folder
         self.lake = conn
+        self._relations: dict[str, str] = {}  # snapshot name -> SQL; snapshots never change
+        conn.execute(
+            "CREATE OR REPLACE TEMP MACRO snapshot(snapshot_name) AS TABLE "
+            "SELECT r.* FROM lake.rows r WHERE r.rowid IN "
+            "(SELECT s.row FROM lake.snapshot_rows s WHERE s.snapshot = snapshot_name)"
+        )
 
     def __enter__(self) -> Warehouse:
         return self
@@ -181,15 +187,15 @@ class Warehouse:
         travel for a snapshot of every row, a rowid semi-join otherwise); the table macro
         `snapshot(name)` serves the parametrised form.
         """
-        from factory import snapshots
-
-        self.lake.execute(
-            "CREATE OR REPLACE TEMP MACRO snapshot(snapshot_name) AS TABLE "
-            "SELECT r.* FROM lake.rows r WHERE r.rowid IN "
-            "(SELECT s.row FROM lake.snapshot_rows s WHERE s.snapshot = snapshot_name)"
-        )
-        expanded = SNAPSHOT_CALL.sub(lambda m: snapshots.relation(self, m.group(1)), query)
+        expanded = SNAPSHOT_CALL.sub(lambda m: self._relation(m.group(1)), query)
         return self.lake.frame(expanded, params)
+
+    def _relation(self, name: str) -> str:
+        if name not in self._relations:
+            from factory import snapshots
+
+            self._relations[name] = snapshots.relation(self, name)
+        return self._relations[name]
 
     def count(self, table: str = "rows") -> int:
         return int(self.lake.scalar(f"SELECT count(*) FROM {table}"))
