@@ -129,31 +129,33 @@ TABLES: dict[str, dict[str, str]] = {
 UNIT_SEP, RECORD_SEP = "\x1f", "\x1e"  # never in normalised text
 
 
-def row_id() -> pl.Expr:
-    """The row id over a frame of rows columns: sha256 of the normalised record, first 128 bits in hex.
+def row_ids(rows: pl.DataFrame) -> pl.Series:
+    """The row ids of a frame of rows columns: sha256 of the normalised record, first 128 bits in hex.
 
     The normalised record is system, then the turns as role/content pairs, then the
-    rejected response. A single exchange is stored as instruction/input/output and
-    hashed as the user turn `instruction + "\\n\\n" + input` and the assistant turn, so
-    an alpaca row and the same exchange imported as a conversation share an id.
-    polars-hash computes standard sha256 (pinned in pyproject.toml), so the id is the
-    same in every process and version: `sha256(...)` in DuckDB or Python's hashlib agree.
+    rejected response, joined by control characters that normalised text never holds.
+    A single exchange is stored as instruction/input/output and hashed as the user turn
+    `instruction + "\\n\\n" + input` and the assistant turn, so an alpaca row and the
+    same exchange imported as a conversation share an id. polars-hash computes
+    standard sha256 (pinned in pyproject.toml): DuckDB's `sha256` or Python's hashlib
+    over the same text give the same id.
     """
-    user = pl.when(pl.col("input") != "").then(pl.col("instruction") + "\n\n" + pl.col("input"))
-    single = (
-        pl.lit("user" + UNIT_SEP)
-        + user.otherwise(pl.col("instruction"))
-        + pl.lit(RECORD_SEP + "assistant" + UNIT_SEP)
-        + pl.col("output")
+    user = pl.concat_str(
+        [pl.col("instruction"), pl.when(pl.col("input") != "").then(pl.lit("\n\n") + pl.col("input"))],
+        ignore_nulls=True,
     )
-    turns = (
-        pl.col("messages")
-        .list.eval(pl.element().struct.field("role") + UNIT_SEP + pl.element().struct.field("content"))
-        .list.join(RECORD_SEP)
+    body = pl.concat_str(
+        [pl.lit("user" + UNIT_SEP), user, pl.lit(RECORD_SEP + "assistant" + UNIT_SEP), pl.col("output")]
     )
-    body = pl.when(pl.col("messages").is_null()).then(single).otherwise(turns)
+    if rows["messages"].is_not_null().any():  # the list pass only where some row is a conversation
+        turns = (
+            pl.col("messages")
+            .list.eval(pl.element().struct.field("role") + UNIT_SEP + pl.element().struct.field("content"))
+            .list.join(RECORD_SEP)
+        )
+        body = pl.when(pl.col("messages").is_null()).then(body).otherwise(turns)
     record = pl.concat_str([pl.col("system"), body, pl.col("rejected").fill_null("")], separator=RECORD_SEP)
-    return record.chash.sha2_256().str.slice(0, 32).alias("id")
+    return rows.select(record.chash.sha2_256().str.slice(0, 32).alias("id")).to_series()
 
 
 def create_sql(table: str) -> str:

@@ -230,7 +230,8 @@ class Warehouse:
                 if frame.height == 0:
                     continue
                 result.offered += frame.height
-                staged = _staging_frame(frame).with_columns(schema.row_id())
+                staged = _staging_frame(frame)
+                staged = staged.with_columns(schema.row_ids(staged))
                 staged.write_parquet(staging / f"{k:06d}.parquet", compression="uncompressed")
             files = ", ".join(lake.quote(str(f)) for f in sorted(staging.glob("*.parquet")))
 
