@@ -98,7 +98,11 @@ def quote(text: str) -> str:
 
 
 def connect(location: Location, read_only: bool = False) -> Lake:
-    """Open one DuckDB connection with the warehouse attached as `lake`."""
+    """Open one DuckDB connection with the warehouse attached as `lake`.
+
+    The data path comes from the warehouse's config, not from the path the catalog was
+    created with (OVERRIDE_DATA_PATH), so a moved folder or a re-pointed bucket works.
+    """
     # DuckDB draws a progress bar on stdout for slow queries: it would corrupt `factory sql --format csv`.
     con = duckdb.connect(config={"allow_unsigned_extensions": "true"})
     con.execute("SET enable_progress_bar = false")
@@ -108,7 +112,7 @@ def connect(location: Location, read_only: bool = False) -> Lake:
     storage = location.data_path.split("://", 1)[0] if "://" in location.data_path else ""
     if storage in _STORAGE_EXTENSIONS:
         load_extension(con, _STORAGE_EXTENSIONS[storage])
-    options = [f"DATA_PATH {quote(location.data_path)}"]
+    options = [f"DATA_PATH {quote(location.data_path)}", "OVERRIDE_DATA_PATH true"]
     if read_only:
         options.append("READ_ONLY")
     attach = f"ATTACH {quote('ducklake:' + location.catalog)} AS {ALIAS} ({', '.join(options)})"

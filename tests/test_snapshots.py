@@ -150,3 +150,24 @@ def test_schema_version_checked_on_open(wh):
 def test_missing_warehouse_says_how_to_create_one(tmp_path):
     with pytest.raises(factory.warehouse.WarehouseError, match="factory init --warehouse"):
         factory.open(str(tmp_path / "none"))
+
+
+def test_catalog_and_data_path_are_configuration(tmp_path):
+    catalog = tmp_path / "catalogs" / "factory.sqlite"
+    catalog.parent.mkdir()
+    data = tmp_path / "lake-files"
+    wh = factory.init(tmp_path / "wh", catalog=f"sqlite:{catalog}", data_path=str(data))
+    factory.import_file(wh, str(write_jsonl(tmp_path / "a.jsonl", alpaca(3))))
+    wh.close()
+    assert catalog.exists() and not (tmp_path / "wh" / "catalog.sqlite").exists()
+    assert list(data.rglob("*.parquet")) or catalog.stat().st_size > 0  # small inserts may be inlined
+    reopened = factory.open(str(tmp_path / "wh"), read_only=True)
+    assert reopened.count() == 3 and reopened.lake.location.catalog == f"sqlite:{catalog}"
+    reopened.close()
+    # Moving the default layout keeps working: relative paths resolve against the folder.
+    default = factory.init(tmp_path / "a" / "wh")
+    factory.import_file(default, str(tmp_path / "a.jsonl"))
+    default.close()
+    (tmp_path / "a").rename(tmp_path / "b")
+    moved = factory.open(str(tmp_path / "b" / "wh"))
+    assert moved.count() == 3
