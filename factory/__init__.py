@@ -1,25 +1,37 @@
 """instruction-factory: instruction-tuning data in one DuckLake warehouse.
 
-import factory
-wh = factory.init("warehouse")          # or factory.open("warehouse")
-factory.import_file(wh, "data/seed_tasks.jsonl", source="seeds")
-wh.create_snapshot("base", message="first cut")
-wh.sql("SELECT source, count(*) FROM snapshot('base') GROUP BY ALL")
-wh.export("base", "out/", "sharegpt", eval_split=0.05)
+    import factory
+    wh = factory.init("warehouse")          # or factory.open("warehouse")
+    factory.import_file(wh, "data/seed_tasks.jsonl", source="seeds")
+    wh.create_snapshot("base", message="first cut")
+    wh.sql("SELECT source, count(*) FROM snapshot('base') GROUP BY ALL")
+    wh.export("base", "out/", "sharegpt", eval_split=0.05)
+
+The heavy modules (polars, duckdb) load on first use, so `factory --help` is instant.
 """
 
 from __future__ import annotations
 
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-from factory.warehouse import Warehouse, init, open_warehouse
+if TYPE_CHECKING:
+    from factory.warehouse import Warehouse
 
 __version__ = "0.1.0"
 
 
+def init(path: str | None = None, catalog: str | None = None, data_path: str | None = None) -> Warehouse:
+    """Create a warehouse (or open the one there); see `factory.warehouse.init`."""
+    from factory import warehouse
+
+    return warehouse.init(path, catalog=catalog, data_path=data_path)
+
+
 def open(path: str | None = None, read_only: bool = False) -> Warehouse:
     """Open the warehouse at path ($FACTORY_WAREHOUSE or ./warehouse by default)."""
-    return open_warehouse(path, read_only=read_only)
+    from factory import warehouse
+
+    return warehouse.open_warehouse(path, read_only=read_only)
 
 
 def import_file(wh: Warehouse, path: str, **config: Any) -> Any:
@@ -30,4 +42,4 @@ def import_file(wh: Warehouse, path: str, **config: Any) -> Any:
     return plugin.run(wh, path, plugin.config(**config))
 
 
-__all__ = ["Warehouse", "__version__", "import_file", "init", "open"]
+__all__ = ["__version__", "import_file", "init", "open"]

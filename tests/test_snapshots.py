@@ -6,7 +6,9 @@ import polars as pl
 import pytest
 
 import factory
+from factory import lake
 from factory.snapshots import SnapshotError
+from factory.warehouse import WarehouseError
 from tests.conftest import alpaca, write_jsonl
 
 
@@ -111,7 +113,7 @@ def test_time_travel_reads_an_earlier_state(loaded, tmp_path):
     assert wh.count() == 33
     log = wh.history()
     assert log["message"].str.starts_with("import:").sum() == 3
-    assert set(log["author"].drop_nulls()) == {factory.warehouse.lake.default_author()}
+    assert set(log["author"].drop_nulls()) == {lake.default_author()}
 
 
 def test_fast_and_general_snapshot_reads_agree(loaded, tmp_path):
@@ -141,14 +143,12 @@ def test_schema_version_checked_on_open(wh):
     )
     folder = wh.folder
     wh.close()
-    with pytest.raises(
-        factory.warehouse.WarehouseError, match="schema version 999, this instruction-factory expects 1"
-    ):
+    with pytest.raises(WarehouseError, match="schema version 999, this instruction-factory expects 1"):
         factory.open(str(folder))
 
 
 def test_missing_warehouse_says_how_to_create_one(tmp_path):
-    with pytest.raises(factory.warehouse.WarehouseError, match="factory init --warehouse"):
+    with pytest.raises(WarehouseError, match="factory init --warehouse"):
         factory.open(str(tmp_path / "none"))
 
 
