@@ -272,9 +272,7 @@ def _problems(
 
 
 def _text_checks(frame: pl.DataFrame, field: str, required: bool, allow_empty: bool) -> list[pl.DataFrame]:
-    if field not in frame.columns:
-        if required:
-            return [_problems(frame, pl.lit(True), field, "missing_field", "is missing")]
+    if field not in frame.columns:  # a missing required column was reported by `normalise`
         return []
     col = pl.col(field)
     out = [_problems(frame, col.str.contains("\x00", literal=True), field, "nul_byte", "contains a NUL byte")]
@@ -294,8 +292,8 @@ def _turns_long(frame: pl.DataFrame, field: str, part: int) -> tuple[pl.DataFram
         role = "user" if field == "prompt" else "assistant"
         long = frame.select(
             "_idx",
-            pl.lit(part).alias("_part"),
-            pl.lit(0).alias("_pos"),
+            pl.lit(part, pl.Int32).alias("_part"),
+            pl.lit(0, pl.Int64).alias("_pos"),
             pl.lit(role).alias("raw_role"),
             pl.col(field).alias("content"),
         ).filter(pl.col("content").is_not_null())
@@ -308,7 +306,10 @@ def _turns_long(frame: pl.DataFrame, field: str, part: int) -> tuple[pl.DataFram
             frame.select("_idx", pl.col(field))
             .filter(pl.col(field).is_not_null())
             .explode(field)
-            .with_columns(pl.int_range(pl.len()).over("_idx").alias("_pos"), pl.lit(part).alias("_part"))
+            .with_columns(
+                pl.int_range(pl.len(), dtype=pl.Int64).over("_idx").alias("_pos"),
+                pl.lit(part, pl.Int32).alias("_part"),
+            )
             .filter(pl.col(field).is_not_null())
             .select(
                 "_idx",

@@ -142,6 +142,36 @@ def test_preference_with_map_plain_and_messages(wh, tmp_path):
     ]
 
 
+def test_preference_mixing_string_prompts_and_message_answers(wh, tmp_path):
+    records = [
+        {
+            "prompt": "Say hi",
+            "chosen": [{"role": "assistant", "content": "Hi!"}],
+            "rejected": [{"role": "assistant", "content": "No."}],
+        },
+        {
+            "prompt": [{"role": "system", "content": "Be kind."}, {"role": "user", "content": "Greet me"}],
+            "chosen": "Hello there!",
+            "rejected": "Go away.",
+        },
+    ]
+    summary = factory.import_file(wh, str(write_jsonl(tmp_path / "mixed.jsonl", records)))
+    assert summary.inserted == 2
+    rows = wh.sql("SELECT system, instruction, output, rejected FROM rows ORDER BY instruction").rows()
+    assert rows == [("Be kind.", "Greet me", "Hello there!", "Go away."), ("", "Say hi", "Hi!", "No.")]
+    # One type per column (the typed fast path): string prompts, message-list answers.
+    typed = [
+        {
+            "prompt": f"Q{i}",
+            "chosen": [{"role": "assistant", "content": f"A{i}"}],
+            "rejected": [{"role": "assistant", "content": "?"}],
+        }
+        for i in range(3)
+    ]
+    assert factory.import_file(wh, str(write_jsonl(tmp_path / "typed.jsonl", typed))).inserted == 3
+    assert wh.sql("SELECT output FROM rows WHERE instruction = 'Q2'")["output"][0] == "A2"
+
+
 def test_map_names_a_missing_field(wh, tmp_path):
     path = write_jsonl(tmp_path / "a.jsonl", alpaca(2))
     with pytest.raises(Exception, match=r"--map prompt=question: .*a\.jsonl has no field 'question'"):
