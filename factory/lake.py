@@ -14,13 +14,14 @@ there first (a commit conflict, or SQLite's "database is locked").
 from __future__ import annotations
 
 import contextlib
+import fcntl
 import getpass
 import importlib.util
 import os
 import random
 import re
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, TypeVar
@@ -206,20 +207,38 @@ class Lake:
         if self.read_only:
             raise LakeError("this warehouse connection is read-only; open it with read_only=False to write")
         who = author or default_author()
+        with self._writer_lock():
+            return _retry(lambda: self._attempt(message, fn, who), what=message, attempts=attempts)
 
-        def attempt() -> T:
-            self.con.execute("BEGIN TRANSACTION")
+    @contextlib.contextmanager
+    def _writer_lock(self) -> Iterator[None]:
+        """One writer at a time per local catalog file (an advisory lock beside it).
+
+        DuckLake's conflict rules let two appends to one table both commit; for imports
+        that both saw a row as new, that would store it twice (on SQLite the catalog's
+        own lock usually forces a retry first, but that is timing, not a rule). Writers
+        on one machine take turns here instead, which also spares them lock retries; a
+        catalog on a server (PostgreSQL) relies on DuckLake's conflict checks and retries.
+        """
+        scheme, _, target = self.location.catalog.partition(":")
+        if scheme not in ("sqlite", "duckdb"):
+            yield
+            return
+        with open(target + ".lock", "a+") as handle:
+            fcntl.flock(handle, fcntl.LOCK_EX)
             try:
-                result = fn(self)
-                self.con.execute(
-                    f"CALL ducklake_set_commit_message({quote(ALIAS)}, ?, ?)",
-                    [who, message],
-                )
-                self.con.execute("COMMIT")
-                return result
-            except BaseException:
-                with contextlib.suppress(duckdb.Error):
-                    self.con.execute("ROLLBACK")
-                raise
+                yield
+            finally:
+                fcntl.flock(handle, fcntl.LOCK_UN)
 
-        return _retry(attempt, what=message, attempts=attempts)
+    def _attempt(self, message: str, fn: Callable[[Lake], T], who: str) -> T:
+        self.con.execute("BEGIN TRANSACTION")
+        try:
+            result = fn(self)
+            self.con.execute(f"CALL ducklake_set_commit_message({quote(ALIAS)}, ?, ?)", [who, message])
+            self.con.execute("COMMIT")
+            return result
+        except BaseException:
+            with contextlib.suppress(duckdb.Error):
+                self.con.execute("ROLLBACK")
+            raise

@@ -79,3 +79,28 @@ def test_two_writers_and_a_reader(tmp_path):
         assert wh.count() == FILES * (SIZE_A + SIZE_B)
         jobs = wh.jobs()
         assert jobs.height == 2 * FILES and set(jobs["status"]) == {"succeeded"}
+
+
+@pytest.mark.slow
+def test_same_file_imported_twice_at_once_lands_once(tmp_path):
+    wh_path = tmp_path / "wh"
+    factory.init(wh_path).close()
+    data = write_alpaca_jsonl(tmp_path / "same.jsonl", 20_000, seed=3)
+    command = [
+        sys.executable,
+        "-m",
+        "factory.cli",
+        "import",
+        str(data),
+        "--warehouse",
+        str(wh_path),
+        "--no-progress",
+    ]
+    procs = [
+        subprocess.Popen(command, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True) for _ in range(2)
+    ]
+    outs = [proc.communicate(timeout=300) for proc in procs]
+    assert [proc.returncode for proc in procs] == [0, 0], [err for _, err in outs]
+    assert sorted(out.count("20,000 new row(s)") for out, _ in outs) == [0, 1]
+    with factory.open(str(wh_path), read_only=True) as wh:
+        assert wh.sql("SELECT count(*) AS n, count(DISTINCT id) AS d FROM rows").row(0) == (20_000, 20_000)
