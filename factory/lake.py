@@ -33,6 +33,7 @@ import pyarrow as pa
 T = TypeVar("T")
 Params = list[Any] | dict[str, Any] | None
 ALIAS = "lake"
+MAX_DELAY = 2.0  # seconds: the longest back-off between two tries
 
 Error = duckdb.Error
 
@@ -122,7 +123,7 @@ def connect(location: Location, read_only: bool = False) -> Lake:
     return Lake(con, location, read_only)
 
 
-def _retry(fn: Callable[[], T], what: str, attempts: int = 10, base_delay: float = 0.05) -> T:
+def _retry(fn: Callable[[], T], what: str, attempts: int = 30, base_delay: float = 0.05) -> T:
     """Run fn, retrying with exponential back-off and jitter while the error is a lock or conflict."""
     for attempt in range(attempts):
         try:
@@ -130,7 +131,7 @@ def _retry(fn: Callable[[], T], what: str, attempts: int = 10, base_delay: float
         except duckdb.Error as exc:
             if not _RETRYABLE.search(str(exc)) or attempt == attempts - 1:
                 raise
-            time.sleep(base_delay * (2**attempt) * (0.5 + random.random()))
+            time.sleep(min(MAX_DELAY, base_delay * 2**attempt) * (0.5 + random.random()))
     raise AssertionError("unreachable")  # pragma: no cover
 
 
@@ -166,8 +167,12 @@ class Lake:
         """Run a query and return a polars frame (retrying while the catalog is locked)."""
         return _retry(lambda: self.con.execute(sql, params or []).pl(), what="read")
 
+    def row(self, sql: str, params: Params = None) -> tuple:
+        """The first row of a query's result."""
+        return _retry(lambda: self.con.execute(sql, params or []).fetchone(), what="read")
+
     def scalar(self, sql: str, params: Params = None) -> Any:
-        row = _retry(lambda: self.con.execute(sql, params or []).fetchone(), what="read")
+        row = self.row(sql, params)
         return None if row is None else row[0]
 
     def register(self, name: str, data: pa.Table | pl.DataFrame) -> None:
@@ -179,6 +184,17 @@ class Lake:
 
     def execute(self, sql: str, params: Params = None) -> None:
         self.con.execute(sql, params or [])
+
+    def table_folder(self, table: str) -> Path | None:
+        """The local folder of a table's data files (None when they live in object storage).
+
+        DuckLake's default layout, `<data path>/<schema>/<table>/`, which every table of a
+        warehouse keeps (they are made by `init` with plain names). Read from the layout,
+        not from the catalog's own tables: querying those directly holds SQLite locks.
+        """
+        if "://" in self.location.data_path:
+            return None
+        return Path(self.location.data_path) / "main" / table
 
     def history(self) -> pl.DataFrame:
         """DuckLake's own commit log: version, time, author, message, what changed."""
@@ -196,7 +212,7 @@ class Lake:
         message: str,
         fn: Callable[[Lake], T],
         author: str | None = None,
-        attempts: int = 12,
+        attempts: int = 30,
     ) -> T:
         """Run fn inside one DuckLake transaction with an author and a commit message.
 

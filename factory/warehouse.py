@@ -21,6 +21,7 @@ import socket
 import uuid
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass
+from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
@@ -123,31 +124,29 @@ _POLARS_TYPES = {
     "VARCHAR": pl.String,
     "VARCHAR[]": pl.List(pl.String),
     schema.MESSAGE_TYPE: formats.MESSAGE_DTYPE,
+    "TIMESTAMPTZ": pl.Datetime("us", "UTC"),
 }
-_STAGED = {name: kind for name, kind in schema.ROWS.items() if name not in ("id", "job_id", "created_at")}
+_SET_BY_GENERATORS = [name for name in schema.ROWS if name not in ("id", "job_id", "created_at")]
 
 
 def _staging_frame(frame: pl.DataFrame) -> pl.DataFrame:
     """A batch with exactly the rows columns a generator may set, in their types (missing ones NULL)."""
     return frame.select(
-        (pl.col(name) if name in frame.columns else pl.lit(None)).cast(_POLARS_TYPES[kind]).alias(name)
-        for name, kind in _STAGED.items()
+        (pl.col(name) if name in frame.columns else pl.lit(None))
+        .cast(_POLARS_TYPES[schema.ROWS[name]])
+        .alias(name)
+        for name in _SET_BY_GENERATORS
     )
 
 
-def _select_for_rows() -> str:
-    """The SELECT list that turns staged rows `b` into rows columns."""
-    parts = []
-    for name, kind in schema.ROWS.items():
-        if name == "id":
-            parts.append("b.id")
-        elif name == "job_id":
-            parts.append("$job_id")
-        elif name == "created_at":
-            parts.append("now()")
-        else:
-            parts.append(f'b."{name}"::{kind}')
-    return ", ".join(parts)
+def _stored_rows(frame: pl.DataFrame, job_id: str | None, created_at: datetime) -> pl.DataFrame:
+    """A batch as the rows table stores it: every column, in table order, with its id."""
+    staged = _staging_frame(frame)
+    return staged.with_columns(
+        schema.row_ids(staged),
+        pl.lit(job_id, pl.String).alias("job_id"),
+        pl.lit(created_at, _POLARS_TYPES["TIMESTAMPTZ"]).alias("created_at"),
+    ).select(list(schema.ROWS))
 
 
 class Warehouse:
@@ -224,43 +223,69 @@ class Warehouse:
         """
         staging = self.folder / STAGING / (job_id or new_id("stage"))
         staging.mkdir(parents=True, exist_ok=True)
+        created_at = datetime.now(UTC)
+        moved: list[Path] = []
         try:
             result = InsertResult()
             for k, frame in enumerate(batches):
                 if frame.height == 0:
                     continue
                 result.offered += frame.height
-                staged = _staging_frame(frame)
-                staged = staged.with_columns(schema.row_ids(staged))
-                staged.write_parquet(staging / f"{k:06d}.parquet", compression="uncompressed")
-            files = ", ".join(lake.quote(str(f)) for f in sorted(staging.glob("*.parquet")))
+                stored = _stored_rows(frame, job_id, created_at)
+                stored.write_parquet(staging / f"{k:06d}.parquet", compression="snappy")
+            files = sorted(staging.glob("*.parquet"))
+            target = self.lake.table_folder("rows")
+
+            registered = [False]
 
             def commit(lk: lake.Lake) -> InsertResult:
-                result.inserted = 0
+                result.inserted, registered[0] = 0, False
                 if files:
-                    source = f"read_parquet([{files}], filename = true, file_row_number = true)"
-                    if lk.scalar(f"SELECT count(*) > count(DISTINCT id) FROM {source}"):
-                        # The input repeats rows: keep each id's first copy, in input order.
-                        source = (
-                            f"(SELECT * FROM {source} QUALIFY row_number() OVER "
-                            "(PARTITION BY id ORDER BY filename, file_row_number) = 1)"
-                        )
-                    result.inserted = int(
-                        lk.scalar(
-                            f"INSERT INTO rows ({schema.column_list('rows')}) "
-                            f"SELECT {_select_for_rows()} FROM {source} b "
-                            "ANTI JOIN rows r ON r.id = b.id",
-                            {"job_id": job_id},
-                        )
-                        or 0
+                    current = moved + files[len(moved) :]  # an earlier attempt may have moved some
+                    source = _parquet(current)
+                    total, distinct, known = lk.row(
+                        f"SELECT count(*), count(DISTINCT id), "
+                        f"EXISTS (SELECT 1 FROM {source} s SEMI JOIN rows r ON r.id = s.id) FROM {source}"
                     )
+                    if target is not None and total == distinct and not known:
+                        # Only new rows, each once: the staged files become the table's data files.
+                        for k, file in enumerate(files[len(moved) :], start=len(moved)):
+                            moved.append(_move(file, target / f"import-{staging.name}-{k:06d}.parquet"))
+                        for file in moved:
+                            lk.execute("CALL ducklake_add_data_files('lake', 'rows', ?)", [str(file)])
+                        result.inserted, registered[0] = int(total), True
+                    else:
+                        result.inserted = self._insert_new(lk, current)
                 if on_commit is not None:
                     on_commit(lk, result)
                 return result
 
-            return self.lake.write(message, commit)
+            outcome = self.lake.write(message, commit)
+            if registered[0]:
+                moved.clear()  # they are the table's data files now
+            return outcome
         finally:
+            for file in moved:  # moved for a commit that never happened
+                file.unlink(missing_ok=True)
             shutil.rmtree(staging, ignore_errors=True)
+
+    @staticmethod
+    def _insert_new(lk: lake.Lake, files: list[Path]) -> int:
+        """Insert the staged rows the warehouse does not have yet, each id's first copy once."""
+        source = _parquet(files)
+        if lk.scalar(f"SELECT count(*) > count(DISTINCT id) FROM {source}"):
+            source = (
+                f"(SELECT * EXCLUDE (filename, file_row_number) FROM {_parquet(files, ordered=True)} "
+                "QUALIFY row_number() OVER (PARTITION BY id ORDER BY filename, file_row_number) = 1)"
+            )
+        columns = schema.column_list("rows")
+        selected = ", ".join(f"b.{c}" for c in columns.split(", "))
+        return int(
+            lk.scalar(
+                f"INSERT INTO rows ({columns}) SELECT {selected} FROM {source} b ANTI JOIN rows r ON r.id = b.id"
+            )
+            or 0
+        )
 
     # -- verdicts ------------------------------------------------------------------------------
     def add_verdicts(self, verdicts: pl.DataFrame, filter_name: str, run_id: str | None = None) -> str:
@@ -319,8 +344,11 @@ class Warehouse:
         def work(lk: lake.Lake) -> None:
             stale = lk.frame("SELECT id, pid FROM jobs WHERE status = 'running' AND host = ?", [host])
             dead = [row["id"] for row in stale.iter_rows(named=True) if not _alive(row["pid"])]
-            for job_id in dead:
+            table = lk.table_folder("rows")
+            for job_id in dead:  # a killed job committed nothing: its files are orphans
                 shutil.rmtree(self.folder / STAGING / job_id, ignore_errors=True)
+                for orphan in table.glob(f"import-{job_id}-*.parquet") if table else []:
+                    orphan.unlink(missing_ok=True)
             if dead:
                 lk.execute(
                     "UPDATE jobs SET status = 'interrupted', finished_at = now() WHERE list_contains(?, id)",
@@ -394,6 +422,18 @@ class Warehouse:
         from factory import export
 
         return export.export(self, snapshot, Path(out), fmt, **kwargs)
+
+
+def _parquet(files: list[Path], ordered: bool = False) -> str:
+    """SQL reading staged Parquet files (with file name and row number to keep input order)."""
+    listing = ", ".join(lake.quote(str(f)) for f in files)
+    return f"read_parquet([{listing}]{', filename = true, file_row_number = true' if ordered else ''})"
+
+
+def _move(source: Path, target: Path) -> Path:
+    target.parent.mkdir(parents=True, exist_ok=True)
+    shutil.move(source, target)
+    return target
 
 
 def new_id(prefix: str) -> str:

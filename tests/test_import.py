@@ -205,6 +205,9 @@ def test_text_normalisation_makes_ids_stable(wh, tmp_path):
     write_jsonl(tmp_path / "b.jsonl", [{"instruction": "  Hi there\r\n", "output": "Hello  ", "input": ""}])
     factory.import_file(wh, str(tmp_path / "a.jsonl"))
     assert factory.import_file(wh, str(tmp_path / "b.jsonl")).inserted == 0
+    # Unicode spaces count too, even when no other row of the batch needs stripping.
+    write_jsonl(tmp_path / "c.jsonl", [{"instruction": "Hi there\u00a0", "output": "\u2003Hello"}])
+    assert factory.import_file(wh, str(tmp_path / "c.jsonl")).inserted == 0
 
 
 def test_templated_import_random_and_all(wh, tmp_path):
