@@ -291,3 +291,13 @@ def test_row_id_is_sha256_of_the_documented_record(wh, tmp_path):
     multi = f"{rs}user{us}Hi{rs}assistant{us}Hello{rs}user{us}Bye{rs}assistant{us}Ciao{rs}"
     expected = {hashlib.sha256(text.encode()).hexdigest()[:32] for text in (single, multi)}
     assert set(wh.sql("SELECT id FROM rows")["id"]) == expected
+
+
+def test_repeated_records_in_one_file_land_once_first_copy_wins(wh, tmp_path):
+    records = alpaca(4)
+    path = write_jsonl(tmp_path / "dup.jsonl", [*records, records[1], records[1]])
+    summary = factory.import_file(wh, str(path), batch_rows=2)  # the copies fall in other batches
+    assert (summary.offered, summary.inserted, summary.duplicates) == (6, 4, 2)
+    origins = wh.sql("SELECT origin FROM rows ORDER BY origin")["origin"].to_list()
+    assert origins == [f"{path}:{n}" for n in (1, 2, 3, 4)]
+    assert not list((wh.folder / ".staging").iterdir())
