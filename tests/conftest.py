@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import sys
 from pathlib import Path
 
 import pytest
@@ -30,4 +31,19 @@ def alpaca(n: int, prefix: str = "task") -> list[dict]:
             "output": f"The number is {i}.",
         }
         for i in range(n)
+    ]
+
+
+def import_command(data: Path, warehouse: Path, *extra: str) -> list[str]:
+    """`factory import` as a user would run it, without a progress bar."""
+    return [
+        sys.executable,
+        "-m",
+        "factory.cli",
+        "import",
+        str(data),
+        "--warehouse",
+        str(warehouse),
+        "--no-progress",
+        *extra,
     ]

@@ -12,6 +12,7 @@ import pytest
 
 import factory
 from bench.synth import write_alpaca_jsonl
+from tests.conftest import import_command
 
 FILES, SIZE_A, SIZE_B, SECONDS = 5, 1000, 700, 30
 
@@ -86,16 +87,7 @@ def test_same_file_imported_twice_at_once_lands_once(tmp_path):
     wh_path = tmp_path / "wh"
     factory.init(wh_path).close()
     data = write_alpaca_jsonl(tmp_path / "same.jsonl", 20_000, seed=3)
-    command = [
-        sys.executable,
-        "-m",
-        "factory.cli",
-        "import",
-        str(data),
-        "--warehouse",
-        str(wh_path),
-        "--no-progress",
-    ]
+    command = import_command(data, wh_path)
     procs = [
         subprocess.Popen(command, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True) for _ in range(2)
     ]

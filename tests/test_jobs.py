@@ -5,13 +5,13 @@ from __future__ import annotations
 import os
 import signal
 import subprocess
-import sys
 import time
 
 import pytest
 
 import factory
 from bench.synth import write_alpaca_jsonl
+from tests.conftest import import_command
 
 ROWS = 200_000
 
@@ -21,18 +21,7 @@ def test_sigkill_halfway_then_rerun(tmp_path):
     data = write_alpaca_jsonl(tmp_path / "big.jsonl", ROWS, seed=7)
     wh_path = tmp_path / "wh"
     factory.init(wh_path).close()
-    command = [
-        sys.executable,
-        "-m",
-        "factory.cli",
-        "import",
-        str(data),
-        "--warehouse",
-        str(wh_path),
-        "--batch-rows",
-        "10000",
-        "--no-progress",
-    ]
+    command = import_command(data, wh_path, "--batch-rows", "10000")
     proc = subprocess.Popen(command, stdout=subprocess.PIPE, stderr=subprocess.PIPE)
     staging = wh_path / ".staging"
     deadline = time.time() + 120
