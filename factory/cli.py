@@ -32,8 +32,9 @@ Warehouse = Annotated[
 
 def _err(message: str, code: int = 1) -> None:
     from rich.console import Console
+    from rich.markup import escape
 
-    Console(stderr=True).print(f"[bold red]error:[/] {message}", highlight=False, markup=True, soft_wrap=True)
+    Console(stderr=True).print(f"[bold red]error:[/] {escape(message)}", highlight=False, soft_wrap=True)
     raise typer.Exit(code)
 
 
@@ -57,6 +58,7 @@ def _open(path: str | None, read_only: bool = False) -> Any:
 
 def _table(frame: pl.DataFrame, title: str | None = None, width: int = 60) -> Any:
     from rich.table import Table
+    from rich.text import Text
 
     table = Table(title=title, title_justify="left", show_lines=False)
     for column, dtype in frame.schema.items():
@@ -65,7 +67,7 @@ def _table(frame: pl.DataFrame, title: str | None = None, width: int = 60) -> An
         cells = []
         for value in row:
             text = "NULL" if value is None else str(value)
-            cells.append(text if len(text) <= width else text[: width - 1] + "…")
+            cells.append(Text(text if len(text) <= width else text[: width - 1] + "…"))  # data, not markup
         table.add_row(*cells)
     return table
 
@@ -182,22 +184,26 @@ def import_(
         summary = plugin.run(wh, path, config, progress=progress and sys.stderr.isatty())
     except Exception as exc:
         _err(str(exc))
+    from rich.markup import escape
+
     console = _console()
     for warning in summary.warnings:
-        console.print(f"[yellow]warning:[/] {warning}")
+        console.print(f"[yellow]warning:[/] {escape(warning)}")
     console.print(
         f"detected format: [bold]{summary.format}[/]" if format == "auto" else f"format: {summary.format}"
     )
     new = f"[bold green]{summary.inserted:,}[/] new row(s)"
     dup = f"{summary.duplicates:,} already in the warehouse" if summary.duplicates else "no duplicates"
     console.print(
-        f"{path}: {summary.offered:,} record(s) read -> {new}; {dup}; source={summary.source}; "
+        f"{escape(str(path))}: {summary.offered:,} record(s) read -> {new}; {dup}; source={escape(summary.source)}; "
         f"job {summary.job_id}"
     )
     if summary.inserted == 0 and summary.offered:
         console.print("nothing new: every record was already imported")
     if summary.rejected:
-        console.print(f"[yellow]{summary.rejected:,} record(s) rejected[/]; report: {summary.rejects_path}")
+        console.print(
+            f"[yellow]{summary.rejected:,} record(s) rejected[/]; report: {escape(str(summary.rejects_path))}"
+        )
 
 
 def _validation_message(exc: Exception) -> str:
@@ -248,13 +254,13 @@ def sql(
         return
     if format == "parquet":
         frame.write_parquet(out)
-    elif format == "csv":
-        frame.write_csv(out) if out else sys.stdout.write(frame.write_csv())
     else:
-        text = frame.write_json()
-        Path(out).write_text(text) if out else sys.stdout.write(text + "\n")
-    if out:
-        _console().print(f"wrote {frame.height} row(s) to {out}")
+        text = frame.write_csv() if format == "csv" else frame.write_json() + "\n"
+        if out is None:
+            sys.stdout.write(text)
+            return
+        Path(out).write_text(text)
+    _console().print(f"wrote {frame.height} row(s) to {out}")
 
 
 @snapshot_app.command("create")
