@@ -7,6 +7,11 @@
    directly: a group-by and a top-k. Target: time ratio <= 1.1.
 3. Snapshot create and diff at 1M rows. Target: under 2 s each.
 
+The SQL cases read a snapshot of every row and a snapshot made from it with --where
+(both replayable by time travel); a snapshot whose selection cannot be replayed
+(a volatile --where) reads through its member rowids instead, which this bench
+does not time.
+
 Each measured step runs in a fresh child process so its peak memory is its own.
 Run: `make bench` (or `python bench/warehouse_bench.py --rows 1000000`).
 """
@@ -163,7 +168,7 @@ def main() -> None:
     queries.pop("peak_mb")
     for name, q in queries.items():
         what = (
-            "snapshot('half') (membership semi-join) vs duckdb filtering the same files by the same predicate"
+            "snapshot('half') (made --from all --where) vs duckdb filtering the same files the same way"
             if name.endswith("_subset")
             else "snapshot('all') vs duckdb read_parquet of the same files"
         )

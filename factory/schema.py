@@ -72,7 +72,7 @@ TABLES: dict[str, dict[str, str]] = {
         "author": "VARCHAR",
         "created_at": "TIMESTAMPTZ",
         "lake_version": "BIGINT",  # DuckLake snapshot the selection was read from
-        "complete": "BOOLEAN",  # every row of `rows` at lake_version: read by time travel, no join
+        "query": "VARCHAR",  # SQL that reads exactly its rows from time-travelled tables, when one exists
     },
     "snapshot_rows": {
         "snapshot": "VARCHAR",

@@ -39,11 +39,25 @@ def get(wh: Warehouse, name: str) -> dict[str, Any]:
     return found.row(0, named=True)
 
 
+# Functions whose value changes from one evaluation to the next: a selection using them
+# can only be read back through its stored members.
+VOLATILE = re.compile(
+    r"\b(random|uuid|gen_random_uuid|uuidv4|uuidv7|now|current_timestamp|current_date|current_time|"
+    r"get_current_time|get_current_timestamp|today|setseed|nextval|currval|transaction_timestamp)\b",
+    re.IGNORECASE,
+)
+
+
 def relation(wh: Warehouse, name: str) -> str:
-    """SQL for a snapshot's rows: time travel when it holds every row of its version, else a rowid semi-join."""
+    """SQL for a snapshot's rows.
+
+    Its recorded query when it has one (the selection re-run on the time-travelled
+    version it read, checked at creation to give exactly its members: as fast as
+    reading the files with the same filter), else a rowid semi-join on its members.
+    """
     record = get(wh, name)
-    if record["complete"]:
-        return f"(SELECT * FROM rows AT (VERSION => {int(record['lake_version'])}))"
+    if record["query"]:
+        return record["query"]
     return f"(SELECT * FROM rows WHERE rowid IN (SELECT row FROM snapshot_rows WHERE snapshot = '{name}'))"
 
 
@@ -70,8 +84,7 @@ def create(
         )
     if wh.sql("SELECT count(*) AS n FROM snapshots WHERE name = ?", [name])["n"][0]:
         raise SnapshotError(f"a snapshot named '{name}' exists; snapshots are immutable, so pick a new name")
-    if parent is not None:
-        get(wh, parent)
+    parent_record = get(wh, parent) if parent is not None else None
     if where and not lake.single_statement(f"SELECT 1 FROM rows WHERE ({where})"):
         raise SnapshotError(f"--where must be one SQL condition, got: {where}")
     params = {"name": name} | ({"parent": parent} if parent is not None else {})
@@ -111,11 +124,10 @@ def create(
             if honour_verdicts
             else []
         )
-        # Members are rows of that version, so holding as many rows as it had means holding all of them.
-        complete = bool(lk.scalar(f"SELECT count(*) = $n FROM {rows_then}", {"n": stats["row_count"]}))
+        query = _replay_query(lk, version, parent_record, where, honour_verdicts, stats["row_count"])
         lk.execute(
             "INSERT INTO snapshots VALUES ($name, $parent, $message, $where, $honour, $runs, $count, $digest, "
-            "$author, now(), $version, $complete)",
+            "$author, now(), $version, $query)",
             {
                 "name": name,
                 "parent": parent,
@@ -127,7 +139,7 @@ def create(
                 "digest": stats["digest"],
                 "author": lake.default_author(),
                 "version": version,
-                "complete": complete,
+                "query": query,
             },
         )
         return {
@@ -142,6 +154,32 @@ def create(
 
     detail = f" from {parent}" if parent else ""
     return wh.lake.write(f"snapshot: create {name}{detail} ({message or 'no message'})", work)
+
+
+def _replay_query(
+    lk: lake.Lake, version: int, parent: dict[str, Any] | None, where: str | None, honour: bool, count: int
+) -> str | None:
+    """The selection as one query over time-travelled tables, if it gives back exactly the members.
+
+    Members are a subset of what the query returns by construction (they were selected
+    by the same conditions from the same version), so equal counts mean equal sets.
+    """
+    if parent is not None and not parent["query"]:
+        return None
+    if where and VOLATILE.search(where):
+        return None
+    source = parent["query"] if parent is not None else f"rows AT (VERSION => {int(version)})"
+    rejections = _latest_rejections(version)
+    conditions = [f"({where})"] if where else []
+    if honour and lk.scalar(f"SELECT count(*) FROM ({rejections})"):  # no rejection: no anti-join to pay
+        conditions.insert(0, f"id NOT IN ({rejections})")
+    if not conditions and parent is not None:
+        query = source
+    else:
+        query = (
+            f"(SELECT * FROM {source}" + (" WHERE " + " AND ".join(conditions) if conditions else "") + ")"
+        )
+    return query if lk.scalar(f"SELECT count(*) FROM {query}") == count else None
 
 
 def list_snapshots(wh: Warehouse) -> pl.DataFrame:

@@ -123,9 +123,12 @@ def test_fast_and_general_snapshot_reads_agree(loaded, tmp_path):
     wh.add_verdicts(pl.DataFrame({"id": ids[:2], "keep": [False, False]}), "length")
     wh.create_snapshot("kept")
     factory.import_file(wh, str(write_jsonl(tmp_path / "n.jsonl", alpaca(4, prefix="later"))))
-    complete = wh.sql("SELECT name, complete FROM snapshots ORDER BY name").rows()
-    assert complete == [("everything", True), ("kept", False)]
-    for name, size in (("everything", 30), ("kept", 28)):
+    wh.create_snapshot("kept_seeds", parent="kept", where="source = 'seeds'")
+    wh.create_snapshot("lucky", parent="kept", where="random() < 2")  # volatile: read through its members
+    replayable = dict(wh.sql("SELECT name, query IS NOT NULL FROM snapshots").rows())
+    assert replayable == {"everything": True, "kept": True, "kept_seeds": True, "lucky": False}
+    seeds_kept = wh.sql("SELECT count(*) AS n FROM snapshot('kept') WHERE source = 'seeds'")["n"][0]
+    for name, size in (("everything", 30), ("kept", 28), ("kept_seeds", seeds_kept), ("lucky", 28)):
         fast = wh.sql(f"SELECT id FROM snapshot('{name}') ORDER BY id")["id"].to_list()
         general = wh.sql("SELECT id FROM snapshot(?) ORDER BY id", [name])["id"].to_list()
         members = wh.sql("SELECT id FROM snapshot_rows WHERE snapshot = ? ORDER BY id", [name])[
