@@ -182,8 +182,8 @@ class Warehouse:
     def sql(self, query: str, params: lake.Params = None) -> pl.DataFrame:
         """Run SQL over the warehouse; `snapshot('name')` reads a snapshot's rows.
 
-        A literal `snapshot('name')` is expanded to the snapshot's fastest form (time
-        travel for a snapshot of every row, a rowid semi-join otherwise); the table macro
+        A literal `snapshot('name')` is expanded to the snapshot's fastest form (its
+        recorded query over time-travelled tables, else a rowid semi-join); the table macro
         `snapshot(name)` serves the parametrised form.
         """
         expanded = SNAPSHOT_CALL.sub(lambda m: self._relation(m.group(1)), query)
