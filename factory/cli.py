@@ -388,6 +388,58 @@ def export(
         )
 
 
+@app.command("filter")
+def filter_(
+    name: Annotated[str, typer.Argument(help="filter plugin (see `factory plugins`), e.g. exact")],
+    on: Annotated[str | None, typer.Option("--on", help="judge the rows of this snapshot")] = None,
+    where: Annotated[str | None, typer.Option(help="judge the rows matching this SQL condition")] = None,
+    set_: Annotated[
+        list[str] | None,
+        typer.Option("--set", help="config value key=value (repeatable), e.g. --set keep=longest"),
+    ] = None,
+    config: Annotated[
+        Path | None, typer.Option(help="YAML file of config values (flags override it)")
+    ] = None,
+    warehouse: Warehouse = None,
+) -> None:
+    """Judge rows with a filter; it writes verdicts and never deletes a row.
+
+    A rerun with the same config judges only rows it has not judged, against what it kept.
+    Examples:
+      factory filter exact
+      factory filter exact --on base --set key=instruction --set keep=longest
+    """
+    import yaml
+    from pydantic import ValidationError
+
+    from factory import filtering
+    from factory import plugins as registry
+
+    values: dict = {}
+    try:
+        if config is not None:
+            values.update(yaml.safe_load(config.read_text()) or {})
+        for item in set_ or []:
+            key, sep, value = item.partition("=")
+            if not sep:
+                _err(f"--set {item}: expected key=value")
+            values[key.strip()] = yaml.safe_load(value)
+        cfg = registry.get("filter", name).config(**values)
+    except (ValidationError, OSError, yaml.YAMLError, LookupError) as exc:
+        _err(_validation_message(exc))
+    wh = _open(warehouse)
+    try:
+        summary = filtering.run_filter(wh, name, cfg, on=on, where=where)
+    except Exception as exc:
+        _err(str(exc))
+    reasons = ", ".join(f"{reason} {n:,}" for reason, n in summary.reasons.items()) or "none"
+    _console().print(
+        f"filter {name} (run {summary.run_id}): {summary.candidates:,} row(s) judged, "
+        f"{summary.already_judged:,} already judged by this config; kept {summary.kept:,}, "
+        f"dropped {summary.dropped:,} ({reasons}). See why: factory why ROW_ID"
+    )
+
+
 @app.command()
 def plugins() -> None:
     """List the registered generator, filter and trainer plugins and where they come from."""

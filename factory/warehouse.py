@@ -288,11 +288,18 @@ class Warehouse:
         )
 
     # -- verdicts ------------------------------------------------------------------------------
-    def add_verdicts(self, verdicts: pl.DataFrame, filter_name: str, run_id: str | None = None) -> str:
+    def add_verdicts(
+        self,
+        verdicts: pl.DataFrame,
+        filter_name: str,
+        run_id: str | None = None,
+        on_commit: Callable[[lake.Lake], None] | None = None,
+    ) -> str:
         """Append one filter run's verdicts (columns id, keep, and optional score, reason).
 
         Returns the run id. Rows are never deleted: a snapshot made afterwards leaves out
-        rows whose latest verdict from any filter is keep = false.
+        rows whose latest verdict from any filter is keep = false. `on_commit` runs in the
+        same transaction (e.g. to mark the filter's job done).
         """
         missing = {"id", "keep"} - set(verdicts.columns)
         if missing:
@@ -319,6 +326,8 @@ class Warehouse:
                 )
             finally:
                 lk.unregister("staged_verdicts")
+            if on_commit is not None:
+                on_commit(lk)
 
         self.lake.write(f"filter: {filter_name} run {run} ({frame.height} verdicts)", work)
         return run

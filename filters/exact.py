@@ -1,0 +1,91 @@
+"""Exact deduplication: rows whose normalised key is the same are one row.
+
+The key is built from the instruction (and optionally the input, or the whole
+record) after the chosen normalisation: case, whitespace, punctuation. Among
+rows with the same key one is kept by policy (the first imported, or the one
+with the longest output); the others are dropped with the reason
+`exact_duplicate of <kept id>`. Rows kept by earlier runs of the same config
+win over new ones, so a rerun deduplicates new rows against what was accepted.
+"""
+
+from __future__ import annotations
+
+from typing import Literal
+
+import polars as pl
+from pydantic import BaseModel, Field
+
+from factory.plugins import Plugin
+
+
+class ExactConfig(BaseModel):
+    key: Literal["instruction", "instruction_input", "record"] = Field(
+        "instruction_input",
+        description="what must match: the instruction, instruction + input, or the whole record",
+    )
+    lowercase: bool = Field(True, description="ignore case")
+    collapse_whitespace: bool = Field(True, description="treat runs of whitespace as one space")
+    strip_punctuation: bool = Field(False, description="ignore punctuation")
+    keep: Literal["first", "longest"] = Field(
+        "first", description="which copy to keep: first imported or longest output"
+    )
+
+
+def _key(config: ExactConfig) -> pl.Expr:
+    parts = {
+        "instruction": [pl.col("instruction")],
+        "instruction_input": [pl.col("instruction"), pl.col("input")],
+        "record": [
+            pl.col("system"),
+            pl.col("instruction"),
+            pl.col("input"),
+            pl.col("output"),
+            pl.col("messages").list.eval(pl.element().struct.field("content")).list.join("\x1e"),
+            pl.col("rejected"),
+        ],
+    }[config.key]
+    key = pl.concat_str(parts, separator="\x1f", ignore_nulls=True)
+    if config.lowercase:
+        key = key.str.to_lowercase()
+    if config.strip_punctuation:
+        key = key.str.replace_all(r"[\p{P}\p{S}]", "")
+    if config.collapse_whitespace:
+        key = key.str.replace_all(r"\s+", " ").str.strip_chars()
+    return key.alias("_key")
+
+
+def run(candidates: pl.DataFrame, kept: pl.DataFrame, config: ExactConfig) -> pl.DataFrame:
+    """One verdict per candidate: keep the representative of each key, drop the other copies."""
+    pool = kept.select("id", _key(config), pl.lit(0).alias("_rank"), pl.lit(0).alias("_order"))
+    order = (
+        -pl.col("output").str.len_chars().cast(pl.Int64) if config.keep == "longest" else pl.lit(0, pl.Int64)
+    )
+    new = candidates.with_row_index("_order").select(
+        "id", _key(config), pl.lit(1).alias("_rank"), order.alias("_pref"), pl.col("_order").cast(pl.Int64)
+    )
+    everyone = pl.concat(
+        [pool.with_columns(pl.lit(0, pl.Int64).alias("_pref")).select(new.columns), new],
+        how="vertical_relaxed",
+    )
+    ranked = everyone.sort("_rank", "_pref", "_order").with_columns(
+        pl.col("id").first().over("_key").alias("_winner")
+    )
+    judged = ranked.filter(pl.col("_rank") == 1)
+    return judged.select(
+        "id",
+        (pl.col("id") == pl.col("_winner")).alias("keep"),
+        pl.lit(None, pl.Float64).alias("score"),
+        pl.when(pl.col("id") == pl.col("_winner"))
+        .then(pl.lit("unique"))
+        .otherwise(pl.lit("exact_duplicate of ") + pl.col("_winner"))
+        .alias("reason"),
+    )
+
+
+plugin = Plugin(
+    name="exact",
+    kind="filter",
+    config=ExactConfig,
+    run=run,
+    summary="exact dedup on a normalised key (case, whitespace, punctuation); keep first or longest",
+)
