@@ -159,17 +159,17 @@ def prefetched(batches: Iterator[Raw], depth: int = 2) -> Iterator[Raw]:
 def read(path: Path, options: ReadOptions) -> Iterator[Raw]:
     """Read a file or folder as batches of records."""
     kind, files = data_files(path)
+    reader = {
+        "jsonl": read_jsonl,
+        "json": read_json,
+        "csv": read_csv,
+        "parquet": read_parquet,
+        "hf": read_hf,
+    }[kind]
     for file in files:
         if file.is_file() and file.stat().st_size == 0:
             raise ReadError(f"{file}: the file is empty; nothing to import")
-        reader = {
-            "jsonl": read_jsonl,
-            "json": read_json,
-            "csv": read_csv,
-            "parquet": read_parquet,
-            "hf": read_hf,
-        }
-        yield from reader[kind](file, options)
+        yield from reader(file, options)
 
 
 # -- JSONL ---------------------------------------------------------------------------------------
@@ -198,9 +198,13 @@ def _origins(label: str, numbers: np.ndarray, sep: str = ":") -> pl.Series:
     )
 
 
+def _names_utf8(encoding: str) -> bool:
+    return encoding.replace("_", "-").lower() in ("utf-8", "utf8")
+
+
 def _check_start(data: bytes, label: str, encoding: str) -> tuple[bytes, list[str]]:
     """Strip a UTF-8 byte-order mark (with a warning); refuse a UTF-16 one unless asked for."""
-    if data.startswith(UTF8_BOM) and encoding.replace("_", "-").lower() in ("utf-8", "utf8"):
+    if data.startswith(UTF8_BOM) and _names_utf8(encoding):
         return data[len(UTF8_BOM) :], [f"{label}:1: removed a UTF-8 byte-order mark at the start of the file"]
     if data.startswith(UTF16_BOMS) and not encoding.lower().startswith("utf-16"):
         raise ReadError(f"{label}:1: the file is UTF-16 encoded (byte-order mark); pass --encoding utf-16")
@@ -209,7 +213,7 @@ def _check_start(data: bytes, label: str, encoding: str) -> tuple[bytes, list[st
 
 def read_jsonl(path: Path, options: ReadOptions) -> Iterator[Raw]:
     label = str(path)
-    if options.encoding.lower().replace("_", "-") not in ("utf-8", "utf8"):
+    if not _names_utf8(options.encoding):
         # Other encodings are decoded whole, then read as UTF-8 from memory.
         raw = path.read_bytes()
         raw, warnings = _check_start(raw, label, options.encoding)
