@@ -30,7 +30,7 @@ from typing import Any
 
 import polars as pl
 
-from factory import snapshots
+from factory import schema, snapshots
 from factory.warehouse import Warehouse
 
 EVAL_BUCKETS = 1_000_000
@@ -46,11 +46,7 @@ def _turn(role: str | pl.Expr, content: pl.Expr) -> pl.Expr:
 
 def _conversation() -> pl.Expr:
     """The whole conversation of a row (without system) as [{role, content}]."""
-    user = (
-        pl.when(pl.col("input") != "")
-        .then(pl.col("instruction") + "\n\n" + pl.col("input"))
-        .otherwise(pl.col("instruction"))
-    )
+    user = schema.user_turn()
     single = pl.concat_list([_turn("user", user), _turn("assistant", pl.col("output"))])
     return pl.when(pl.col("messages").is_null()).then(single).otherwise(pl.col("messages"))
 

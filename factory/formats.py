@@ -22,6 +22,8 @@ from typing import Any
 import polars as pl
 import pyarrow as pa
 
+from factory import schema
+
 TEXT = "text"
 TURNS = "turns"  # list of {from, value} or {role, content}
 TEXT_OR_TURNS = "text_or_turns"
@@ -596,10 +598,7 @@ def _alpaca(frame: pl.DataFrame) -> tuple[pl.DataFrame, list[pl.DataFrame]]:
         pl.lit(1, pl.Int32).alias("_part"),
         pl.lit(0, pl.Int64).alias("_pos"),
         pl.lit("user").alias("role"),
-        pl.when(pl.col("input") != "")
-        .then(pl.col("instruction") + "\n\n" + pl.col("input"))
-        .otherwise(pl.col("instruction"))
-        .alias("content"),
+        schema.user_turn().alias("content"),
     )
     current_out = rows.select(
         "_idx",

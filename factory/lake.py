@@ -118,12 +118,12 @@ def connect(location: Location, read_only: bool = False) -> Lake:
     if read_only:
         options.append("READ_ONLY")
     attach = f"ATTACH {quote('ducklake:' + location.catalog)} AS {ALIAS} ({', '.join(options)})"
-    _retry(lambda: con.execute(attach), what="open the warehouse")
+    _retry(lambda: con.execute(attach))
     con.execute(f"USE {ALIAS}")
     return Lake(con, location, read_only)
 
 
-def _retry(fn: Callable[[], T], what: str, attempts: int = 30, base_delay: float = 0.05) -> T:
+def _retry(fn: Callable[[], T], attempts: int = 30, base_delay: float = 0.05) -> T:
     """Run fn, retrying with exponential back-off and jitter while the error is a lock or conflict."""
     for attempt in range(attempts):
         try:
@@ -165,11 +165,11 @@ class Lake:
     # -- reading -------------------------------------------------------------------------------
     def frame(self, sql: str, params: Params = None) -> pl.DataFrame:
         """Run a query and return a polars frame (retrying while the catalog is locked)."""
-        return _retry(lambda: self.con.execute(sql, params or []).pl(), what="read")
+        return _retry(lambda: self.con.execute(sql, params or []).pl())
 
     def row(self, sql: str, params: Params = None) -> tuple:
         """The first row of a query's result."""
-        return _retry(lambda: self.con.execute(sql, params or []).fetchone(), what="read")
+        return _retry(lambda: self.con.execute(sql, params or []).fetchone())
 
     def scalar(self, sql: str, params: Params = None) -> Any:
         row = self.row(sql, params)
@@ -224,7 +224,7 @@ class Lake:
             raise LakeError("this warehouse connection is read-only; open it with read_only=False to write")
         who = author or default_author()
         with self._writer_lock():
-            return _retry(lambda: self._attempt(message, fn, who), what=message, attempts=attempts)
+            return _retry(lambda: self._attempt(message, fn, who), attempts=attempts)
 
     @contextlib.contextmanager
     def _writer_lock(self) -> Iterator[None]:

@@ -129,6 +129,14 @@ TABLES: dict[str, dict[str, str]] = {
 UNIT_SEP, RECORD_SEP = "\x1f", "\x1e"  # never in normalised text
 
 
+def user_turn() -> pl.Expr:
+    """The user turn of a single exchange: the instruction, then a blank line and the input if any."""
+    return pl.concat_str(
+        [pl.col("instruction"), pl.when(pl.col("input") != "").then(pl.lit("\n\n") + pl.col("input"))],
+        ignore_nulls=True,
+    )
+
+
 def row_ids(rows: pl.DataFrame) -> pl.Series:
     """The row ids of a frame of rows columns: sha256 of the normalised record, first 128 bits in hex.
 
@@ -140,12 +148,13 @@ def row_ids(rows: pl.DataFrame) -> pl.Series:
     standard sha256 (pinned in pyproject.toml): DuckDB's `sha256` or Python's hashlib
     over the same text give the same id.
     """
-    user = pl.concat_str(
-        [pl.col("instruction"), pl.when(pl.col("input") != "").then(pl.lit("\n\n") + pl.col("input"))],
-        ignore_nulls=True,
-    )
     body = pl.concat_str(
-        [pl.lit("user" + UNIT_SEP), user, pl.lit(RECORD_SEP + "assistant" + UNIT_SEP), pl.col("output")]
+        [
+            pl.lit("user" + UNIT_SEP),
+            user_turn(),
+            pl.lit(RECORD_SEP + "assistant" + UNIT_SEP),
+            pl.col("output"),
+        ]
     )
     if rows["messages"].is_not_null().any():  # the list pass only where some row is a conversation
         turns = (

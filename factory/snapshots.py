@@ -98,9 +98,10 @@ def create(
             if parent is None
             else "SELECT id, row FROM snapshot_rows WHERE snapshot = $parent"
         )
-        conditions = []
-        if honour_verdicts:
-            conditions.append(f"id NOT IN ({_latest_rejections(version)})")
+        rejections = _latest_rejections(version)
+        # Only pay for the anti-join when some filter rejected something at this version.
+        rejecting = honour_verdicts and bool(lk.scalar(f"SELECT count(*) FROM ({rejections})"))
+        conditions = [f"id NOT IN ({rejections})"] if rejecting else []
         if where:
             conditions.append(f"row IN (SELECT rowid FROM {rows_then} WHERE ({where}))")
         selection = f"SELECT id, row FROM ({base})" + (
@@ -124,7 +125,7 @@ def create(
             if honour_verdicts
             else []
         )
-        query = _replay_query(lk, version, parent_record, where, honour_verdicts, stats["row_count"])
+        query = _replay_query(lk, version, parent_record, where, rejecting, stats["row_count"])
         lk.execute(
             "INSERT INTO snapshots VALUES ($name, $parent, $message, $where, $honour, $runs, $count, $digest, "
             "$author, now(), $version, $query)",
@@ -157,7 +158,7 @@ def create(
 
 
 def _replay_query(
-    lk: lake.Lake, version: int, parent: dict[str, Any] | None, where: str | None, honour: bool, count: int
+    lk: lake.Lake, version: int, parent: dict[str, Any] | None, where: str | None, rejecting: bool, count: int
 ) -> str | None:
     """The selection as one query over time-travelled tables, if it gives back exactly the members.
 
@@ -169,10 +170,9 @@ def _replay_query(
     if where and VOLATILE.search(where):
         return None
     source = parent["query"] if parent is not None else f"rows AT (VERSION => {int(version)})"
-    rejections = _latest_rejections(version)
-    conditions = [f"({where})"] if where else []
-    if honour and lk.scalar(f"SELECT count(*) FROM ({rejections})"):  # no rejection: no anti-join to pay
-        conditions.insert(0, f"id NOT IN ({rejections})")
+    conditions = ([f"id NOT IN ({_latest_rejections(version)})"] if rejecting else []) + (
+        [f"({where})"] if where else []
+    )
     if not conditions and parent is not None:
         query = source
     else:

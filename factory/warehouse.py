@@ -174,10 +174,6 @@ class Warehouse:
     def close(self) -> None:
         self.lake.close()
 
-    @property
-    def read_only(self) -> bool:
-        return self.lake.read_only
-
     # -- reading -------------------------------------------------------------------------------
     def sql(self, query: str, params: lake.Params = None) -> pl.DataFrame:
         """Run SQL over the warehouse; `snapshot('name')` reads a snapshot's rows.
