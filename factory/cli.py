@@ -23,6 +23,8 @@ app = typer.Typer(
 )
 snapshot_app = typer.Typer(help="Named, immutable selections of rows.", no_args_is_help=True)
 app.add_typer(snapshot_app, name="snapshot")
+teacher_app = typer.Typer(help="Teachers: the models generators ask.", no_args_is_help=True)
+app.add_typer(teacher_app, name="teacher")
 
 Warehouse = Annotated[
     str | None,
@@ -388,18 +390,35 @@ def export(
         )
 
 
+def _values(config: Path | None, settings: list[str] | None) -> dict[str, Any]:
+    """Config values from a YAML file, then --set key=value flags (values parsed as YAML)."""
+    import yaml
+
+    values: dict[str, Any] = {}
+    if config is not None:
+        values.update(yaml.safe_load(config.read_text()) or {})
+    for item in settings or []:
+        key, sep, value = item.partition("=")
+        if not sep:
+            _err(f"--set {item}: expected key=value")
+        values[key.strip()] = yaml.safe_load(value)
+    return values
+
+
+Settings = Annotated[
+    list[str] | None,
+    typer.Option("--set", help="config value key=value (repeatable; dotted keys for nested ones)"),
+]
+ConfigFile = Annotated[Path | None, typer.Option(help="YAML file of config values (flags override it)")]
+
+
 @app.command("filter")
 def filter_(
     name: Annotated[str, typer.Argument(help="filter plugin (see `factory plugins`), e.g. exact")],
     on: Annotated[str | None, typer.Option("--on", help="judge the rows of this snapshot")] = None,
     where: Annotated[str | None, typer.Option(help="judge the rows matching this SQL condition")] = None,
-    set_: Annotated[
-        list[str] | None,
-        typer.Option("--set", help="config value key=value (repeatable), e.g. --set keep=longest"),
-    ] = None,
-    config: Annotated[
-        Path | None, typer.Option(help="YAML file of config values (flags override it)")
-    ] = None,
+    set_: Settings = None,
+    config: ConfigFile = None,
     warehouse: Warehouse = None,
 ) -> None:
     """Judge rows with a filter; it writes verdicts and never deletes a row.
@@ -415,16 +434,8 @@ def filter_(
     from factory import filtering
     from factory import plugins as registry
 
-    values: dict = {}
     try:
-        if config is not None:
-            values.update(yaml.safe_load(config.read_text()) or {})
-        for item in set_ or []:
-            key, sep, value = item.partition("=")
-            if not sep:
-                _err(f"--set {item}: expected key=value")
-            values[key.strip()] = yaml.safe_load(value)
-        cfg = registry.get("filter", name).config(**values)
+        cfg = registry.get("filter", name).config(**_values(config, set_))
     except (ValidationError, OSError, yaml.YAMLError, LookupError) as exc:
         _err(_validation_message(exc))
     wh = _open(warehouse)
@@ -438,6 +449,112 @@ def filter_(
         f"{summary.already_judged:,} already judged by this config; kept {summary.kept:,}, "
         f"dropped {summary.dropped:,} ({reasons}). See why: factory why ROW_ID"
     )
+
+
+@app.command()
+def generate(
+    name: Annotated[str, typer.Argument(help="generator: distill, self-instruct, evol-instruct, ...")],
+    teacher: Annotated[
+        str | None,
+        typer.Option(
+            help="BACKEND:MODEL[@BASE_URL], e.g. openai:gpt-4o-mini, hf:embedded [default: hf:embedded]"
+        ),
+    ] = None,
+    on: Annotated[str | None, typer.Option("--on", help="snapshot to start from (prompts or seeds)")] = None,
+    query: Annotated[str | None, typer.Option(help="distill: SQL returning the prompts")] = None,
+    file: Annotated[Path | None, typer.Option(help="distill: file of prompts (JSONL or text)")] = None,
+    n: Annotated[int | None, typer.Option("--n", help="distill: responses per prompt")] = None,
+    rounds: Annotated[int | None, typer.Option(help="self-instruct / evol-instruct: rounds")] = None,
+    limit: Annotated[int | None, typer.Option(help="use at most this many prompts / pool items")] = None,
+    max_calls: Annotated[
+        int | None, typer.Option(help="stop cleanly after this many teacher requests")
+    ] = None,
+    max_tokens: Annotated[int | None, typer.Option(help="stop cleanly after this many tokens")] = None,
+    concurrency: Annotated[int | None, typer.Option(help="openai: requests in flight")] = None,
+    timeout: Annotated[float | None, typer.Option(help="openai: per-request timeout in seconds")] = None,
+    set_: Settings = None,
+    config: ConfigFile = None,
+    quiet: Annotated[bool, typer.Option(help="no progress line")] = False,
+    warehouse: Warehouse = None,
+) -> None:
+    """Make rows with a teacher; every call is cached, so a rerun resumes where a run stopped.
+
+    Examples:
+      factory generate self-instruct --on seeds --rounds 2
+      factory generate distill --on new --teacher openai:tiny@http://127.0.0.1:8000/v1 --n 2
+      factory generate evol-instruct --on seeds --limit 20 --max-calls 500
+    """
+    import yaml
+    from pydantic import ValidationError
+
+    from factory import generation
+
+    values = {}
+    try:
+        values = _values(config, set_)
+    except (OSError, yaml.YAMLError) as exc:
+        _err(_validation_message(exc))
+    flags = {
+        "on": on, "query": query, "file": file, "n": n, "rounds": rounds, "limit": limit,
+        "teacher.teacher": teacher, "teacher.max_calls": max_calls, "teacher.max_tokens": max_tokens,
+        "teacher.options.concurrency": concurrency, "teacher.options.timeout_s": timeout,
+    }  # fmt: skip
+    values.update({k: v for k, v in flags.items() if v is not None})
+    try:
+        plugin, cfg = generation.generator_config(name, values)
+    except (ValidationError, LookupError) as exc:
+        _err(_validation_message(exc))
+    wh = _open(warehouse)
+    try:
+        summary = plugin.run(wh, cfg, progress=not quiet)
+    except Exception as exc:
+        _err(f"{type(exc).__name__}: {exc}")
+    _print_generation(summary)
+
+
+def _print_generation(summary: Any) -> None:
+    stats = summary.teacher_stats
+    console = _console()
+    state = "[yellow]stopped[/]: " + summary.stopped if summary.stopped else "[green]done[/]"
+    console.print(f"[bold]{summary.generator}[/] with {summary.teacher} (job {summary.job_id}): {state}")
+    console.print(
+        f"  accepted {summary.accepted:,} row(s), {summary.inserted:,} new to the warehouse; "
+        f"rejected {sum(summary.rejected.values()):,}"
+    )
+    for reason, count in sorted(summary.rejected.items(), key=lambda kv: -kv[1]):
+        console.print(f"    {reason:<28} {count:,}")
+    console.print(
+        f"  teacher: {stats.get('samples', 0):,} samples, {stats.get('cache_hits', 0):,} from the cache, "
+        f"{stats.get('calls', 0):,} requests ({stats.get('failed_attempts', 0):,} failed and retried), "
+        f"{stats.get('prompt_tokens', 0) + stats.get('completion_tokens', 0):,} tokens"
+    )
+    if stats.get("errors"):
+        console.print("  failed attempts: " + ", ".join(f"{k} {v}" for k, v in stats["errors"].items()))
+    console.print(f"  see them: factory sql \"SELECT * FROM rows WHERE job_id = '{summary.job_id}'\"")
+
+
+@teacher_app.command("check")
+def teacher_check(
+    spec: Annotated[str, typer.Argument(help="BACKEND:MODEL[@BASE_URL]")],
+    timeout: Annotated[float, typer.Option(help="request timeout in seconds")] = 60.0,
+) -> None:
+    """Send one request to a teacher and show the latency and the answer."""
+    from factory.teacher import TeacherOptions, check
+
+    try:
+        result = check(spec, TeacherOptions(timeout_s=timeout, max_retries=1))
+    except Exception as exc:
+        _err(f"{type(exc).__name__}: {exc}")
+    console = _console()
+    if result["text"] is None:
+        _err(f"{result['teacher']}: no answer ({'; '.join(result['failed_attempts'])})")
+    console.print(
+        f"{result['teacher']} ({result['style']}): loaded in {result['load_s']} s, answered in "
+        f"{result['latency_s']} s, {result['completion_tokens']} tokens, finish {result['finish_reason']}"
+    )
+    from rich.markup import escape
+
+    console.print(escape(repr(result["text"])))
 
 
 @app.command()

@@ -1,9 +1,10 @@
 """`make demo`: the main job end to end on the embedded defaults (no network, no GPU, no key).
 
 It builds a fresh warehouse in demo-out/, imports the seed tasks and one small
-file in each other format, freezes two snapshots, runs two SQL queries, exports
-two trainer formats and prints a one-screen summary. Later parts of the factory
-(teachers, filters, trainers) extend it.
+file in each other format, runs two Self-Instruct rounds and distils answers for
+the new instructions with the embedded teacher (Gemma 3 270M on the CPU), freezes
+snapshots, runs two SQL queries, exports two trainer formats and prints a
+one-screen summary. Later parts of the factory (filters, trainers) extend it.
 """
 
 from __future__ import annotations
@@ -45,6 +46,45 @@ def _frame_table(frame, title: str) -> Table:
     return table
 
 
+def _teach(wh, console: Console) -> None:
+    """Self-Instruct from the seed tasks, then distilled answers, with the embedded teacher."""
+    from factory.generation import generator_config
+
+    wh.create_snapshot("seeds", where="source = 'seeds'", message="human seed tasks")
+    teacher = {"teacher.teacher": "hf:embedded", "teacher.options.batch_size": 16}
+    started = time.time()
+    plugin, cfg = generator_config(
+        "self_instruct",
+        {"on": "seeds", "rounds": 2, "requests_per_round": 1, "sampling.max_tokens": 80,
+         "instance_sampling.max_tokens": 64, **teacher},
+    )  # fmt: skip
+    made = plugin.run(wh, cfg)
+    self_instruct_s = time.time() - started
+    plugin, cfg = generator_config(
+        "distill",
+        {"query": f"SELECT DISTINCT instruction, input FROM rows WHERE job_id = '{made.job_id}' "
+                  "AND id NOT IN (SELECT id FROM verdicts WHERE NOT keep) ORDER BY ALL",
+         "limit": 8, "sampling.max_tokens": 64, "sampling.stop": ["\n\n"], **teacher},
+    )  # fmt: skip
+    distilled = plugin.run(wh, cfg)
+    reasons = ", ".join(f"{k} {v}" for k, v in sorted(made.rejected.items(), key=lambda kv: -kv[1]))
+    calls = made.teacher_stats["calls"] + distilled.teacher_stats["calls"]
+    tokens = sum(
+        s.teacher_stats["prompt_tokens"] + s.teacher_stats["completion_tokens"] for s in (made, distilled)
+    )
+    console.print(
+        f"[bold]2. teacher[/] (hf:embedded, Gemma 3 270M on the CPU): self-instruct accepted {made.accepted} "
+        f"instance(s), rejected {sum(made.rejected.values())} ({reasons or 'none'}); distill answered "
+        f"{distilled.accepted} of them (rejected {sum(distilled.rejected.values())}); {calls} teacher "
+        f"calls, {tokens:,} tokens; {self_instruct_s:.0f} s + {time.time() - started - self_instruct_s:.0f} s"
+    )
+    sample = wh.sql(
+        f"SELECT instruction, input, output FROM rows WHERE job_id = '{made.job_id}' "
+        "AND id NOT IN (SELECT id FROM verdicts) LIMIT 3"
+    )
+    console.print(_frame_table(sample, "   new instructions (self-instruct)"))
+
+
 def main(out: Path = OUT) -> None:
     console = Console(highlight=False)
     started = time.time()
@@ -68,8 +108,9 @@ def main(out: Path = OUT) -> None:
         str(again.duplicates),
     )
     console.print(imports)
+    _teach(wh, console)
 
-    base = wh.create_snapshot("base", message="everything imported")
+    base = wh.create_snapshot("base", message="everything imported or generated")
     short = wh.create_snapshot(
         "short",
         parent="base",
@@ -78,7 +119,7 @@ def main(out: Path = OUT) -> None:
     )
     prefs = wh.create_snapshot("prefs", parent="base", where="kind = 'preference'", message="DPO pairs")
     console.print(
-        f"[bold]2. snapshots[/]  base {base['row_count']} rows ({base['digest'][:12]}), "
+        f"[bold]3. snapshots[/]  base {base['row_count']} rows ({base['digest'][:12]}), "
         f"short {short['row_count']} rows, prefs {prefs['row_count']} rows"
     )
 
@@ -86,7 +127,7 @@ def main(out: Path = OUT) -> None:
         "SELECT source, generator, kind, count(*) AS rows FROM rows GROUP BY ALL ORDER BY rows DESC"
     )
     console.print(
-        _frame_table(by_source, "3. SQL: SELECT source, generator, kind, count(*) FROM rows GROUP BY ALL")
+        _frame_table(by_source, "4. SQL: SELECT source, generator, kind, count(*) FROM rows GROUP BY ALL")
     )
     by_domain = wh.sql(
         "SELECT domain, count(*) AS rows, round(avg(length(output))) AS avg_output_chars FROM snapshot('short') "
@@ -97,13 +138,13 @@ def main(out: Path = OUT) -> None:
     sharegpt = wh.export("short", out / "export-sharegpt", "sharegpt", eval_split=0.05, seed=0)
     llamafactory = wh.export("prefs", out / "export-llamafactory", "llamafactory")
     console.print(
-        f"[bold]4. export[/]  short -> sharegpt train {sharegpt['counts']['train']} / eval "
+        f"[bold]5. export[/]  short -> sharegpt train {sharegpt['counts']['train']} / eval "
         f"{sharegpt['counts']['eval']} in {out / 'export-sharegpt'}; prefs -> llamafactory "
         f"{llamafactory['counts']['train']} pairs + dataset_info.json in {out / 'export-llamafactory'}"
     )
     diff = wh.diff("base", "short")
     console.print(
-        f"[bold]5. diff[/]  base -> short: +{diff['added']['count']} / -{diff['removed']['count']} rows; "
+        f"[bold]6. diff[/]  base -> short: +{diff['added']['count']} / -{diff['removed']['count']} rows; "
         f"warehouse has {wh.count()} rows in {wh.lake.version()} commits; done in {time.time() - started:.1f} s"
     )
     console.print(

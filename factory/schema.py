@@ -20,7 +20,7 @@ from __future__ import annotations
 import polars as pl
 import polars_hash  # noqa: F401  (registers the `chash` namespace used by row_id)
 
-SCHEMA_VERSION = 1
+SCHEMA_VERSION = 2
 
 MESSAGE_TYPE = "STRUCT(role VARCHAR, content VARCHAR)[]"
 
@@ -84,13 +84,15 @@ TABLES: dict[str, dict[str, str]] = {
         "backend": "VARCHAR",
         "model": "VARCHAR",
         "params": "VARCHAR",
-        "prompt": "VARCHAR",
+        "prompt": "VARCHAR",  # the completion prompt, or the chat messages as JSON
+        "sample": "BIGINT",  # which of the n samples for this prompt
         "response": "VARCHAR",
+        "logprobs": "VARCHAR",  # JSON list of the sampled tokens' log-probabilities, when asked for
         "prompt_tokens": "BIGINT",
         "completion_tokens": "BIGINT",
         "latency_s": "DOUBLE",
-        "finish_reason": "VARCHAR",
-        "error": "VARCHAR",
+        "finish_reason": "VARCHAR",  # stop | length | ...
+        "error": "VARCHAR",  # why the attempt failed (NULL for an answer)
         "job_id": "VARCHAR",
         "created_at": "TIMESTAMPTZ",
     },

@@ -149,6 +149,11 @@ def _stored_rows(frame: pl.DataFrame, job_id: str | None, created_at: datetime) 
     ).select(list(schema.ROWS))
 
 
+def ids_of(rows: pl.DataFrame) -> pl.Series:
+    """The ids a frame of rows gets when stored (for verdicts written in the same commit)."""
+    return schema.row_ids(_staging_frame(rows))
+
+
 class Warehouse:
     """An open warehouse. Verbs return polars frames; writes are single DuckLake commits."""
 
@@ -297,36 +302,32 @@ class Warehouse:
         rows whose latest verdict from any filter is keep = false. `on_commit` runs in the
         same transaction (e.g. to mark the filter's job done).
         """
-        missing = {"id", "keep"} - set(verdicts.columns)
-        if missing:
-            raise ValueError(f"verdicts frame needs columns {sorted(missing)}")
         run = run_id or new_id("run")
-        frame = verdicts.select(
-            pl.col("id").cast(pl.String),
-            pl.col("keep").cast(pl.Boolean),
-            (pl.col("score") if "score" in verdicts.columns else pl.lit(None))
-            .cast(pl.Float64)
-            .alias("score"),
-            (pl.col("reason") if "reason" in verdicts.columns else pl.lit(None))
-            .cast(pl.String)
-            .alias("reason"),
-        )
+        frame = verdict_frame(verdicts)
 
         def work(lk: lake.Lake) -> None:
-            lk.register("staged_verdicts", frame)
-            try:
-                lk.execute(
-                    "INSERT INTO verdicts (id, filter, run_id, score, keep, reason, created_at) "
-                    "SELECT id, $filter, $run, score, keep, reason, now() FROM staged_verdicts",
-                    {"filter": filter_name, "run": run},
-                )
-            finally:
-                lk.unregister("staged_verdicts")
+            self.insert_verdicts(lk, frame, filter_name, run)
             if on_commit is not None:
                 on_commit(lk)
 
         self.lake.write(f"filter: {filter_name} run {run} ({frame.height} verdicts)", work)
         return run
+
+    @staticmethod
+    def insert_verdicts(
+        lk: lake.Lake, frame: pl.DataFrame, filter_name: str, run: str, once: bool = False
+    ) -> None:
+        """Append verdicts inside a write; with `once`, skip rows this filter has judged already."""
+        lk.register("staged_verdicts", frame)
+        skip = " WHERE id NOT IN (SELECT id FROM verdicts WHERE filter = $filter)" if once else ""
+        try:
+            lk.execute(
+                "INSERT INTO verdicts (id, filter, run_id, score, keep, reason, created_at) "
+                f"SELECT id, $filter, $run, score, keep, reason, now() FROM staged_verdicts{skip}",
+                {"filter": filter_name, "run": run},
+            )
+        finally:
+            lk.unregister("staged_verdicts")
 
     def why(self, row_id: str) -> pl.DataFrame:
         """Every verdict on one row (by full id or unique prefix), newest first."""
@@ -427,6 +428,19 @@ class Warehouse:
         from factory import export
 
         return export.export(self, snapshot, Path(out), fmt, **kwargs)
+
+
+def verdict_frame(verdicts: pl.DataFrame) -> pl.DataFrame:
+    """Verdicts (id, keep, and optional score, reason) in the table's types."""
+    missing = {"id", "keep"} - set(verdicts.columns)
+    if missing:
+        raise ValueError(f"verdicts frame needs columns {sorted(missing)}")
+    return verdicts.select(
+        pl.col("id").cast(pl.String),
+        pl.col("keep").cast(pl.Boolean),
+        (pl.col("score") if "score" in verdicts.columns else pl.lit(None)).cast(pl.Float64).alias("score"),
+        (pl.col("reason") if "reason" in verdicts.columns else pl.lit(None)).cast(pl.String).alias("reason"),
+    )
 
 
 def _parquet(files: list[Path], ordered: bool = False) -> str:

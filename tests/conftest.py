@@ -47,3 +47,26 @@ def import_command(data: Path, warehouse: Path, *extra: str) -> list[str]:
         "--no-progress",
         *extra,
     ]
+
+
+@pytest.fixture(scope="session")
+def tiny_model(tmp_path_factory) -> Path:
+    """A tiny random Llama with a trained BPE tokenizer and a chat template (built once per session)."""
+    import torch
+
+    from tests.tiny_model import build
+
+    torch.set_num_threads(1)
+    return build(tmp_path_factory.mktemp("tiny") / "model")
+
+
+@pytest.fixture(scope="session")
+def vllm_server(tiny_model, tmp_path_factory):
+    """vLLM's real OpenAI-compatible server on the CPU, serving the tiny model as 'tiny'."""
+    from tests.servers import VLLM_PYTHON, VLLMServer
+
+    if not VLLM_PYTHON.exists():
+        pytest.fail("the vLLM CPU server lives in .venv-vllm: run `make vllm-env` (make test does)")
+    server = VLLMServer(tiny_model, "tiny", tmp_path_factory.mktemp("vllm")).wait()
+    yield server
+    server.stop()

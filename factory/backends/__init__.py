@@ -1,0 +1,1 @@
+"""Teacher backends: openai (any OpenAI-compatible endpoint), hf (transformers), vllm."""

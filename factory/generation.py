@@ -1,0 +1,207 @@
+"""Running a teacher-driven generator as one recorded, resumable job.
+
+A generator is a function `produce(teacher, out)` that asks its teacher for samples
+and appends rows to `out`: accepted rows, and rejected candidates with the rule
+that rejected them. This runner starts the job, opens the teacher behind the call
+cache, and writes every row, the rejections' verdicts (filter = the generator's
+name) and the job's end in one commit. Generators draw their randomness from their
+config's seed, so a rerun asks the same questions, gets every answer it already
+paid for from the cache, and ends with the same rows: a job killed with SIGKILL
+is resumed by running it again. A spent budget stops the job cleanly (status
+`stopped`) with what was finished so far.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from dataclasses import dataclass, field
+from typing import Any, Protocol
+
+import polars as pl
+from pydantic import BaseModel, Field
+
+from factory import lake
+from factory.call_cache import CallCache
+from factory.teacher import BudgetExhausted, Teacher, TeacherOptions, make_backend, parse_spec
+from factory.warehouse import Warehouse, ids_of, verdict_frame
+
+
+class TeacherConfig(BaseModel):
+    """The teacher part of every generator's config (the CLI's --teacher and budget flags)."""
+
+    teacher: str = Field("hf:embedded", description="teacher spec BACKEND:MODEL[@BASE_URL]")
+    options: TeacherOptions = Field(default_factory=TeacherOptions)
+    max_calls: int | None = Field(None, gt=0, description="stop cleanly after this many teacher requests")
+    max_tokens: int | None = Field(None, gt=0, description="stop cleanly after this many tokens")
+    seed: int = Field(0, description="seed of every random choice, so a rerun asks the same questions")
+
+
+@dataclass
+class Output:
+    """What a generator produced: rows to keep, and rejected candidates with their reasons."""
+
+    rows: list[dict[str, Any]] = field(default_factory=list)
+    rejected: list[tuple[dict[str, Any], str]] = field(default_factory=list)
+
+    def reject(self, row: dict[str, Any], reason: str) -> None:
+        self.rejected.append((row, reason))
+
+
+class Produce(Protocol):
+    def __call__(self, teacher: Teacher, out: Output) -> None: ...
+
+
+@dataclass
+class GenerationSummary:
+    job_id: str
+    generator: str
+    teacher: str
+    accepted: int = 0
+    rejected: dict[str, int] = field(default_factory=dict)
+    inserted: int = 0
+    teacher_stats: dict[str, Any] = field(default_factory=dict)
+    stopped: str | None = None
+
+    def as_dict(self) -> dict[str, Any]:
+        return dict(self.__dict__)
+
+
+def template_hash(*parts: str) -> str:
+    return hashlib.sha256("\x1e".join(parts).encode()).hexdigest()[:16]
+
+
+def make_row(
+    generator: str,
+    teacher: str,
+    instruction: str,
+    output: str = "",
+    input: str = "",
+    system: str = "",
+    parents: list[str] | None = None,
+    params: dict[str, Any] | None = None,
+    template: str | None = None,
+    origin: str | None = None,
+    tags: list[str] | None = None,
+) -> dict[str, Any]:
+    """A generated row with its lineage (teacher, template, parents, settings)."""
+    return {
+        "kind": "instruction",
+        "system": system,
+        "instruction": instruction,
+        "input": input,
+        "output": output,
+        "source": generator,
+        "generator": generator,
+        "generator_params": json.dumps(params or {}, sort_keys=True, default=str),
+        "teacher_model": teacher,
+        "template_hash": template,
+        "parent_ids": parents or [],
+        "origin": origin,
+        "tags": tags or [],
+    }
+
+
+def _frame(rows: list[dict[str, Any]]) -> pl.DataFrame:
+    return pl.DataFrame(rows, schema_overrides={"parent_ids": pl.List(pl.String), "tags": pl.List(pl.String)})
+
+
+def row_id(row: dict[str, Any]) -> str:
+    """The id a generated row will be stored under (to name it as a parent before it is stored)."""
+    return ids_of(_frame([row]))[0]
+
+
+def run_generator(
+    wh: Warehouse,
+    name: str,
+    config: BaseModel,
+    teacher_config: TeacherConfig,
+    produce: Produce,
+    progress: bool = False,
+) -> GenerationSummary:
+    """Run `produce` with a cached teacher and store what it made in one commit."""
+    spec = parse_spec(teacher_config.teacher)
+    job_config = {**config.model_dump(mode="json"), "teacher": str(spec)}
+    job = wh.start_job("generate", name, job_config)
+    summary = GenerationSummary(job_id=job, generator=name, teacher=str(spec))
+    out = Output()
+    teacher: Teacher | None = None
+    try:
+        backend = make_backend(spec, teacher_config.options)
+        teacher = Teacher(
+            backend, CallCache(wh, job), teacher_config.max_calls, teacher_config.max_tokens, progress
+        )
+        try:
+            produce(teacher, out)
+        except BudgetExhausted as exc:
+            summary.stopped = str(exc)
+        teacher.close()
+        summary.teacher_stats = teacher.stats.as_dict()
+        summary.accepted = len(out.rows)
+        for _, reason in out.rejected:
+            key = reason.split(" ")[0]
+            summary.rejected[key] = summary.rejected.get(key, 0) + 1
+        verdicts = pl.DataFrame(schema={"id": pl.String, "keep": pl.Boolean, "reason": pl.String})
+        rejected_rows = [row for row, _ in out.rejected]
+        if rejected_rows:
+            # A rejected candidate identical to an accepted row is that row: no verdict against it.
+            accepted = set(ids_of(_frame(out.rows))) if out.rows else set()
+            verdicts = (
+                pl.DataFrame({"id": ids_of(_frame(rejected_rows)), "reason": [r for _, r in out.rejected]})
+                .filter(~pl.col("id").is_in(list(accepted)))
+                .with_columns(keep=pl.lit(False))
+            )
+        rows = out.rows + rejected_rows
+        status = "stopped" if summary.stopped else "succeeded"
+
+        def finish(lk: lake.Lake, result: Any) -> None:
+            summary.inserted = result.inserted
+            wh.insert_verdicts(lk, verdict_frame(verdicts), name, job, once=True)
+            wh.finish_job(lk, job, status, summary.as_dict())
+
+        wh.add_rows([_frame(rows)] if rows else [], f"generate: {name} job {job}", job, on_commit=finish)
+    except BaseException as exc:
+        if teacher is not None:
+            teacher.cache.flush()
+        wh.fail_job(job, f"{type(exc).__name__}: {exc}", summary.as_dict())
+        raise
+    return summary
+
+
+def generator_config(name: str, values: dict[str, Any]) -> tuple[Any, BaseModel]:
+    """The plugin a CLI name means (self-instruct -> self_instruct) and its validated config.
+
+    `values` may use dotted keys (teacher.max_calls=100) or nested dicts; either way a
+    nested setting changes only that field, keeping the defaults of its siblings (setting
+    sampling.max_tokens keeps the paper's temperature and stop sequences).
+    """
+    from factory import plugins
+
+    plugin = plugins.get("generator", name.replace("-", "_"))
+    nested: dict[str, Any] = {}
+    for key, value in values.items():
+        target = nested
+        *parents, last = key.split(".")
+        for part in parents:
+            target = target.setdefault(part, {})
+        target[last] = value
+    return plugin, plugin.config(**_with_defaults(plugin.config, nested))
+
+
+def _with_defaults(model: type[BaseModel], values: dict[str, Any]) -> dict[str, Any]:
+    """`values` with every nested-model setting merged into that field's default."""
+    merged = dict(values)
+    for key, value in values.items():
+        field_info = model.model_fields.get(key)
+        if field_info is None or not isinstance(value, dict):
+            continue
+        default = field_info.get_default(call_default_factory=True)
+        if isinstance(default, BaseModel):
+            merged[key] = _merge(default.model_dump(), value)
+    return merged
+
+
+def _merge(base: Any, value: Any) -> Any:
+    if isinstance(base, dict) and isinstance(value, dict):
+        return {**base, **{k: _merge(base.get(k), v) for k, v in value.items()}}
+    return value

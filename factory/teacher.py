@@ -1,0 +1,373 @@
+"""Teachers: one small interface over the models that write data, with every call cached.
+
+A generator asks `Teacher.generate(requests)` and gets samples back; it never knows
+which backend answered. Three backends (in `factory/backends/`):
+
+- `openai`: any OpenAI-compatible endpoint (OpenAI, `vllm serve`, llama.cpp, Ollama);
+- `hf`: in-process transformers generation (a model folder, a hub id already in the
+  local cache, or a GGUF file; `hf:embedded` is the bundled Gemma 3 270M);
+- `vllm`: in-process `vllm.LLM` batch generation (optional extra).
+
+A teacher spec names one: `BACKEND:MODEL[@BASE_URL]`, for example
+`openai:gpt-4o-mini`, `openai:tiny@http://127.0.0.1:8000/v1`, `hf:embedded`,
+`hf:/models/qwen`, `vllm:/models/qwen`. The API key comes from the environment
+(`OPENAI_API_KEY`, or the variable named by `api_key_env`) and the base URL from the
+spec or `OPENAI_BASE_URL`; neither is stored nor logged.
+
+Every sample goes through the call cache (`call_cache.py`): a cached sample costs no
+request. Budgets (`max_calls`, `max_tokens`) stop a job cleanly with
+`BudgetExhausted`; a rerun replays the cache and goes on.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import sys
+import time
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+from typing import Any, Protocol
+
+from pydantic import BaseModel, Field
+
+from factory.call_cache import CallCache, call_key
+
+BACKENDS = ("openai", "hf", "vllm")
+
+
+class TeacherError(RuntimeError):
+    """A teacher could not be set up or refused a request in a way no retry fixes."""
+
+
+class BudgetExhausted(RuntimeError):
+    """The job reached its --max-calls or --max-tokens budget; a rerun resumes from the cache."""
+
+
+class Sampling(BaseModel, frozen=True):
+    """Decoding parameters, in OpenAI's terms (each backend maps them to its own)."""
+
+    temperature: float = Field(1.0, ge=0)
+    top_p: float = Field(1.0, gt=0, le=1)
+    max_tokens: int = Field(256, gt=0)
+    presence_penalty: float = 0.0
+    frequency_penalty: float = 0.0
+    stop: tuple[str, ...] = ()
+    logprobs: int | None = Field(None, ge=0, le=20, description="return the sampled tokens' log-probs")
+    seed: int | None = None
+
+
+@dataclass(frozen=True)
+class Request:
+    """One prompt (completion style) or conversation (chat style), sampled n times."""
+
+    prompt: str | None = None
+    messages: tuple[tuple[str, str], ...] | None = None
+    sampling: Sampling = field(default_factory=Sampling)
+    n: int = 1
+
+    def __post_init__(self) -> None:
+        if (self.prompt is None) == (self.messages is None):
+            raise ValueError("a request needs exactly one of prompt (completion) or messages (chat)")
+
+    @property
+    def text(self) -> str:
+        """The prompt as stored in llm_calls: the completion prompt, or the messages as JSON."""
+        if self.prompt is not None:
+            return self.prompt
+        return json.dumps([{"role": r, "content": c} for r, c in self.messages or ()], ensure_ascii=False)
+
+
+@dataclass
+class Sample:
+    """One answer: text and why it stopped; `error` is set (and text None) when every retry failed."""
+
+    text: str | None
+    finish_reason: str | None = None
+    prompt_tokens: int = 0
+    completion_tokens: int = 0
+    logprobs: list[float] | None = None
+    cached: bool = False
+    error: str | None = None
+
+
+@dataclass
+class Attempt:
+    """What a backend reports for one request: a sample per choice, or an error."""
+
+    samples: list[Sample]
+    latency_s: float
+    error: str | None = None
+    retry_after: float | None = None
+
+
+class Backend(Protocol):
+    """What a backend implements; `run` answers a batch and reports each attempt as it ends."""
+
+    name: str
+    model: str
+    chat: bool  # whether chat requests make sense (a base model without a chat template: no)
+
+    def run(self, jobs: list[tuple[Request, int]], report: Callable[[int, Attempt], bool]) -> None:
+        """Answer `jobs` (request, samples wanted); call report(index, attempt) for every attempt.
+
+        `report` returns False when the job's budget is spent: start no more requests.
+        A backend retries failed attempts itself and reports each of them.
+        """
+        ...
+
+
+class TeacherOptions(BaseModel):
+    """How a teacher is driven; shared by every generator's config."""
+
+    concurrency: int = Field(16, gt=0, description="requests in flight at once (openai backend)")
+    timeout_s: float = Field(120.0, gt=0, description="per-request timeout (openai backend)")
+    max_retries: int = Field(8, ge=0, description="retries of a failed request before it counts as failed")
+    batch_size: int = Field(8, gt=0, description="prompts per forward batch (hf backend)")
+    api_key_env: str = Field("OPENAI_API_KEY", description="environment variable holding the API key")
+    dtype: str = Field("auto", description="weights dtype for in-process backends (auto, float32, bfloat16)")
+    max_model_len: int | None = Field(None, description="context length for the vllm backend")
+
+
+@dataclass(frozen=True)
+class Spec:
+    backend: str
+    model: str
+    base_url: str | None = None
+
+    def __str__(self) -> str:  # what is stored and printed: never the base URL
+        return f"{self.backend}:{self.model}"
+
+
+def parse_spec(text: str) -> Spec:
+    """`BACKEND:MODEL[@BASE_URL]` -> Spec, with an error that shows the syntax."""
+    backend, sep, rest = text.partition(":")
+    if not sep or backend not in BACKENDS or not rest:
+        raise TeacherError(
+            f"bad teacher spec '{text}': write BACKEND:MODEL[@BASE_URL] with BACKEND one of "
+            f"{', '.join(BACKENDS)} (e.g. openai:gpt-4o-mini, openai:tiny@http://127.0.0.1:8000/v1, hf:embedded)"
+        )
+    model, at, url = rest.partition("@") if backend == "openai" else (rest, "", "")
+    if at and not url.startswith(("http://", "https://")):
+        raise TeacherError(f"bad base URL in teacher spec '{text}': it must start with http:// or https://")
+    return Spec(backend, model, url or None)
+
+
+def make_backend(spec: Spec, options: TeacherOptions) -> Backend:
+    """Build the backend a spec names (imports heavy libraries only for the one asked for)."""
+    if spec.backend == "openai":
+        from factory.backends.openai_api import OpenAIBackend
+
+        return OpenAIBackend(spec.model, spec.base_url, options)
+    if spec.backend == "hf":
+        from factory.backends.hf_local import HFBackend
+
+        return HFBackend(spec.model, options)
+    from factory.backends.vllm_local import VLLMBackend
+
+    return VLLMBackend(spec.model, options)
+
+
+@dataclass
+class TeacherStats:
+    """Counts a job's summary and progress line show."""
+
+    samples: int = 0
+    cache_hits: int = 0
+    calls: int = 0
+    failed_attempts: int = 0
+    failed_samples: int = 0
+    prompt_tokens: int = 0
+    completion_tokens: int = 0
+    started: float = field(default_factory=time.monotonic)
+    errors: dict[str, int] = field(default_factory=dict)
+
+    def line(self) -> str:
+        elapsed = max(time.monotonic() - self.started, 1e-9)
+        tokens = self.prompt_tokens + self.completion_tokens
+        return (
+            f"calls {self.calls} ({self.calls / elapsed:.1f}/s)  tokens {tokens} ({tokens / elapsed:.0f}/s)  "
+            f"cache hits {self.cache_hits}  failed attempts {self.failed_attempts}"
+        )
+
+    def as_dict(self) -> dict[str, Any]:
+        return {k: v for k, v in self.__dict__.items() if k != "started"}
+
+
+class Teacher:
+    """A backend behind the call cache, with budgets and live statistics."""
+
+    def __init__(
+        self,
+        backend: Backend,
+        cache: CallCache,
+        max_calls: int | None = None,
+        max_tokens: int | None = None,
+        progress: bool = False,
+    ) -> None:
+        self.backend = backend
+        self.cache = cache
+        self.max_calls = max_calls
+        self.max_tokens = max_tokens
+        self.progress = progress
+        self.stats = TeacherStats()
+        self._last_print = 0.0
+
+    @property
+    def model(self) -> str:
+        return self.backend.model
+
+    def _budget_left(self) -> bool:
+        s = self.stats
+        calls_ok = self.max_calls is None or s.calls < self.max_calls
+        tokens_ok = self.max_tokens is None or s.prompt_tokens + s.completion_tokens < self.max_tokens
+        return calls_ok and tokens_ok
+
+    def _keys(self, request: Request) -> list[str]:
+        params = request.sampling.model_dump(mode="json")
+        return [
+            call_key(self.backend.name, self.backend.model, params, request.text, i) for i in range(request.n)
+        ]
+
+    def generate(self, requests: Sequence[Request]) -> list[list[Sample]]:
+        """Samples for each request (n each), from the cache where answered before.
+
+        Raises BudgetExhausted when the budget ends before every request is answered; the
+        answers received so far are in the cache, so a rerun continues from there.
+        """
+        keys = [self._keys(r) for r in requests]
+        found = self.cache.lookup([k for ks in keys for k in ks])
+        results: list[list[Sample | None]] = [[None] * r.n for r in requests]
+        jobs: list[tuple[Request, int]] = []
+        slots: list[list[tuple[int, int]]] = []  # job -> (request, sample) slots it fills
+        for i, (request, ks) in enumerate(zip(requests, keys, strict=True)):
+            missing = []
+            for j, key in enumerate(ks):
+                hit = found.get(key)
+                if hit is None:
+                    missing.append((i, j))
+                    continue
+                results[i][j] = _sample_from_record(hit)
+                self.stats.cache_hits += 1
+            if missing:
+                jobs.append((request, len(missing)))
+                slots.append(missing)
+        self.stats.samples += sum(r.n for r in requests)
+
+        def report(index: int, attempt: Attempt) -> bool:
+            request, _ = jobs[index]
+            params = request.sampling.model_dump(mode="json")
+            self.stats.calls += 1
+            if attempt.error is not None:
+                self.stats.failed_attempts += 1
+                kind = attempt.error.split(":")[0]
+                self.stats.errors[kind] = self.stats.errors.get(kind, 0) + 1
+                first = slots[index][0][1]
+                self.cache.record(
+                    self._record(request, params, first, None, attempt.latency_s, attempt.error)
+                )
+            else:
+                for (i, j), sample in zip(slots[index], attempt.samples, strict=False):
+                    results[i][j] = sample
+                    self.stats.prompt_tokens += sample.prompt_tokens
+                    self.stats.completion_tokens += sample.completion_tokens
+                    self.cache.record(self._record(request, params, j, sample, attempt.latency_s, None))
+            self._show()
+            return self._budget_left()
+
+        try:
+            if jobs and self._budget_left():
+                self.backend.run(jobs, report)
+        finally:
+            self.cache.flush()
+        missing = sum(sample is None for row in results for sample in row)
+        if missing and not self._budget_left():
+            raise BudgetExhausted(self._budget_message())
+        self.stats.failed_samples += missing
+        failed = Sample(text=None, error="no answer: every attempt failed")
+        return [[failed if sample is None else sample for sample in row] for row in results]
+
+    def _record(
+        self,
+        request: Request,
+        params: dict[str, Any],
+        sample_index: int,
+        sample: Sample | None,
+        latency: float,
+        error: str | None,
+    ) -> dict[str, Any]:
+        return {
+            "key": self._keys(request)[sample_index],
+            "backend": self.backend.name,
+            "model": self.backend.model,
+            "params": json.dumps(params, sort_keys=True),
+            "prompt": request.text,
+            "sample": sample_index,
+            "response": None if sample is None else sample.text,
+            "logprobs": None if sample is None or sample.logprobs is None else json.dumps(sample.logprobs),
+            "prompt_tokens": 0 if sample is None else sample.prompt_tokens,
+            "completion_tokens": 0 if sample is None else sample.completion_tokens,
+            "latency_s": latency,
+            "finish_reason": None if sample is None else sample.finish_reason,
+            "error": error,
+        }
+
+    def _budget_message(self) -> str:
+        s = self.stats
+        return (
+            f"budget reached ({s.calls} calls of {self.max_calls or 'unlimited'}, "
+            f"{s.prompt_tokens + s.completion_tokens} tokens of {self.max_tokens or 'unlimited'}): "
+            "run the same command again to go on from the cache"
+        )
+
+    def _show(self) -> None:
+        if self.progress and time.monotonic() - self._last_print > 1.0:
+            self._last_print = time.monotonic()
+            print(f"\r{self.stats.line()}", end="", file=sys.stderr, flush=True)
+
+    def close(self) -> None:
+        if self.progress:
+            print(f"\r{self.stats.line()}", file=sys.stderr, flush=True)
+        self.cache.close()
+
+
+def _sample_from_record(record: dict[str, Any]) -> Sample:
+    logprobs = record.get("logprobs")
+    return Sample(
+        text=record["response"],
+        finish_reason=record["finish_reason"],
+        prompt_tokens=0,
+        completion_tokens=0,
+        logprobs=json.loads(logprobs) if isinstance(logprobs, str) else logprobs,
+        cached=True,
+    )
+
+
+def api_key(options: TeacherOptions) -> str | None:
+    """The API key from the environment; never written anywhere."""
+    return os.environ.get(options.api_key_env) or os.environ.get("OPENAI_API_KEY")
+
+
+def check(spec_text: str, options: TeacherOptions | None = None) -> dict[str, Any]:
+    """One uncached request to a teacher: how long it took and what it said (`factory teacher check`)."""
+    spec = parse_spec(spec_text)
+    started = time.perf_counter()
+    backend = make_backend(spec, options or TeacherOptions(max_retries=1))
+    loaded = time.perf_counter() - started
+    if backend.chat:
+        request = Request(messages=(("user", "Name three primary colours."),), sampling=Sampling(max_tokens=32))
+    else:
+        request = Request(prompt="The three primary colours are", sampling=Sampling(max_tokens=32))
+    attempts: list[Attempt] = []
+    backend.run([(request, 1)], lambda _, attempt: attempts.append(attempt) or True)
+    answer = next((a for a in attempts if a.error is None), None)
+    return {
+        "teacher": str(spec),
+        "style": "chat" if backend.chat else "completion",
+        "load_s": round(loaded, 3),
+        "latency_s": round(answer.latency_s if answer else attempts[-1].latency_s, 3),
+        "failed_attempts": [a.error for a in attempts if a.error],
+        "text": answer.samples[0].text if answer else None,
+        "finish_reason": answer.samples[0].finish_reason if answer else None,
+        "completion_tokens": answer.samples[0].completion_tokens if answer else 0,
+    }

@@ -1,0 +1,183 @@
+"""Distillation: a teacher answers prompts; each answer becomes a row with its lineage.
+
+Prompts come from a snapshot, a SQL query over the warehouse, or a file (JSONL
+with an `instruction` or `prompt` field and an optional `input`, or plain text
+with one prompt a line). Each gets `n` responses. An optional system prompt
+steers the teacher, as in the survey's Table V: a role ("You are an expert in
+..."), chain-of-thought, or a required output format. Base models without a chat
+template are prompted in completion style (an Alpaca-style "### Instruction /
+### Response" frame). Rows record the teacher, the template's hash and the prompt
+row as parent; empty and cut-off answers are stored as rejected rows.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Literal
+
+import polars as pl
+from pydantic import BaseModel, Field, model_validator
+
+from factory.generation import (
+    GenerationSummary,
+    Output,
+    TeacherConfig,
+    make_row,
+    run_generator,
+    template_hash,
+)
+from factory.plugins import Plugin
+from factory.readers import ReadError
+from factory.teacher import Request, Sampling, Teacher
+from factory.warehouse import Warehouse
+
+SYSTEM_TEMPLATES = {
+    "role": "You are {role}. Answer the user's request accurately and helpfully.",
+    "cot": "Think step by step: reason through the problem first, then give the final answer.",
+    "format": "Answer in this format: {format}",
+}
+COMPLETION_FRAME = (
+    "Below is an instruction that describes a task{with_input}. "
+    "Write a response that appropriately completes the request.\n\n"
+    "### Instruction:\n{instruction}\n\n{input_block}### Response:\n"
+)
+
+
+class DistillConfig(BaseModel):
+    """Settings of one distillation run (the CLI flags and the Python API share them)."""
+
+    on: str | None = Field(None, description="snapshot whose rows' instructions are the prompts")
+    query: str | None = Field(
+        None, description="SQL returning an instruction column (and optional input, id)"
+    )
+    file: Path | None = Field(
+        None, description="JSONL (instruction or prompt, input) or text file of prompts"
+    )
+    limit: int | None = Field(None, gt=0, description="use at most this many prompts")
+    n: int = Field(1, gt=0, le=16, description="responses per prompt")
+    system: Literal["none", "role", "cot", "format"] = Field("none", description="system-prompt template")
+    role: str = Field("an expert assistant", description="who the teacher is, for --system role")
+    format: str = Field("a short paragraph", description="the required output format, for --system format")
+    style: Literal["auto", "chat", "completion"] = Field(
+        "auto", description="chat messages or a completion prompt; auto picks by whether the model chats"
+    )
+    sampling: Sampling = Field(default_factory=lambda: Sampling(temperature=0.7, max_tokens=512))
+    teacher: TeacherConfig = Field(default_factory=TeacherConfig)
+
+    @model_validator(mode="after")
+    def _one_source(self) -> DistillConfig:
+        if sum(x is not None for x in (self.on, self.query, self.file)) != 1:
+            raise ValueError("give exactly one source of prompts: on (a snapshot), query or file")
+        return self
+
+
+def _from_file(path: Path) -> pl.DataFrame:
+    if not path.is_file():
+        raise ReadError(f"{path}: prompt file not found")
+    lines = path.read_text(encoding="utf-8").splitlines()
+    if path.suffix != ".jsonl":
+        return pl.DataFrame({"instruction": [t.strip() for t in lines if t.strip()]})
+    records = []
+    for number, line in enumerate(lines, start=1):
+        if not line.strip():
+            continue
+        try:
+            data = json.loads(line)
+        except json.JSONDecodeError as exc:
+            raise ReadError(f"{path}:{number}: not valid JSON ({exc.msg})") from exc
+        text = data.get("instruction", data.get("prompt")) if isinstance(data, dict) else None
+        if not isinstance(text, str) or not text.strip():
+            raise ReadError(f"{path}:{number}: field 'instruction' (or 'prompt'): missing or not text")
+        records.append({"instruction": text, "input": str(data.get("input") or "")})
+    return pl.DataFrame(records, schema={"instruction": pl.String, "input": pl.String})
+
+
+def prompts(wh: Warehouse, cfg: DistillConfig) -> pl.DataFrame:
+    """The prompts as a frame with instruction, input and parent id (NULL for file prompts)."""
+    if cfg.file is not None:
+        frame = _from_file(cfg.file)
+    elif cfg.on is not None:
+        frame = wh.sql(f"SELECT id, instruction, input FROM snapshot('{cfg.on}') ORDER BY id")
+    else:
+        frame = wh.sql(str(cfg.query))
+        if "instruction" not in frame.columns:
+            raise ValueError("the prompt query must return an 'instruction' column")
+    for column in ("id", "input"):
+        if column not in frame.columns:
+            frame = frame.with_columns(pl.lit(None if column == "id" else "", pl.String).alias(column))
+    frame = frame.select("id", "instruction", pl.col("input").fill_null(""))
+    return frame.head(cfg.limit) if cfg.limit else frame
+
+
+def system_prompt(cfg: DistillConfig) -> str:
+    if cfg.system == "none":
+        return ""
+    return SYSTEM_TEMPLATES[cfg.system].format(role=cfg.role, format=cfg.format)
+
+
+def request_for(
+    instruction: str, input: str, system: str, chat: bool, sampling: Sampling, n: int = 1
+) -> Request:
+    """The teacher request for one prompt, as chat messages or a completion prompt."""
+    if chat:
+        user = f"{instruction}\n\n{input}" if input else instruction
+        messages = ((("system", system),) if system else ()) + (("user", user),)
+        return Request(messages=messages, sampling=sampling, n=n)
+    frame = (f"{system}\n\n" if system else "") + COMPLETION_FRAME.format(
+        with_input=", paired with an input that provides further context" if input else "",
+        instruction=instruction,
+        input_block=f"### Input:\n{input}\n\n" if input else "",
+    )
+    stop = tuple(dict.fromkeys((*sampling.stop, "\n### ")))
+    return Request(prompt=frame, sampling=sampling.model_copy(update={"stop": stop}), n=n)
+
+
+def distill(frame: pl.DataFrame, cfg: DistillConfig, teacher: Teacher, out: Output, generator: str) -> None:
+    """Ask the teacher for every prompt of `frame` and put the answers (or rejections) in `out`."""
+    chat = cfg.style == "chat" or (cfg.style == "auto" and teacher.backend.chat)
+    system = system_prompt(cfg)
+    template = template_hash(generator, system, "chat" if chat else COMPLETION_FRAME)
+    requests = [
+        request_for(r["instruction"], r["input"], system, chat, cfg.sampling, cfg.n)
+        for r in frame.iter_rows(named=True)
+    ]
+    answers = teacher.generate(requests)
+    for record, samples in zip(frame.iter_rows(named=True), answers, strict=True):
+        for k, sample in enumerate(samples):
+            text = (sample.text or "").strip()
+            row = make_row(
+                generator,
+                teacher.model,
+                record["instruction"],
+                output=text,
+                input=record["input"],
+                parents=[record["id"]] if record["id"] else [],
+                params={"system": cfg.system, "sample": k, "temperature": cfg.sampling.temperature},
+                template=template,
+                origin=f"{generator}:sample{k}",
+            )
+            if sample.error:
+                out.reject(row, f"teacher_failed {sample.error}")
+            elif sample.finish_reason == "length":
+                out.reject(row, "truncated the answer hit max_tokens")
+            elif not text:
+                out.reject(row, "empty_output")
+            else:
+                out.rows.append(row)
+
+
+def run(wh: Warehouse, cfg: DistillConfig, progress: bool = False) -> GenerationSummary:
+    frame = prompts(wh, cfg)
+    return run_generator(
+        wh, "distill", cfg, cfg.teacher, lambda t, out: distill(frame, cfg, t, out, "distill"), progress
+    )
+
+
+plugin = Plugin(
+    name="distill",
+    kind="generator",
+    config=DistillConfig,
+    run=run,
+    summary="a teacher answers prompts from a snapshot, query or file (n each, optional system templates)",
+)

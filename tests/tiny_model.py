@@ -1,0 +1,78 @@
+"""A tiny causal LM built on the spot: random weights, a BPE tokenizer trained here, a chat template.
+
+Small enough to generate in milliseconds on one core, and shaped so that vLLM's CPU
+attention accepts it (head_dim 32).
+"""
+
+from __future__ import annotations
+
+import json
+import random
+from pathlib import Path
+
+CHAT_TEMPLATE = (
+    "{% for m in messages %}<|{{ m['role'] }}|>{{ '\\n' }}"
+    "{% if m['role'] == 'assistant' %}{% generation %}{{ m['content'] }}<|end|>{% endgeneration %}"
+    "{% else %}{{ m['content'] }}<|end|>{% endif %}{{ '\\n' }}{% endfor %}"
+    "{% if add_generation_prompt %}<|assistant|>{{ '\\n' }}{% endif %}"
+)
+WORDS = (
+    "write explain list give describe summarise translate classify find the a of to and in story poem "
+    "city rain river number sentence email recipe review task answer question short long first last "
+    "positive negative why how what example input output label yes no data code table"
+).split()
+
+
+def corpus(n: int = 3000, seed: int = 0) -> list[str]:
+    rng = random.Random(seed)
+    lines = []
+    for k in range(n):
+        words = rng.choices(WORDS, k=rng.randint(3, 14))
+        lines.append(f"{k % 20}. " + " ".join(words).capitalize() + rng.choice([".", "?", "!", ":"]))
+    return lines
+
+
+def build(folder: Path, vocab: int = 512, seed: int = 0) -> Path:
+    """Write a tiny Llama model and its tokenizer to `folder` (reused when already there)."""
+    if (folder / "config.json").exists():
+        return folder
+    import torch
+    from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
+    from transformers import LlamaConfig, LlamaForCausalLM, PreTrainedTokenizerFast
+
+    folder.mkdir(parents=True, exist_ok=True)
+    specials = ["<pad>", "<s>", "</s>", "<|user|>", "<|assistant|>", "<|system|>", "<|end|>"]
+    tok = Tokenizer(models.BPE())
+    tok.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
+    tok.decoder = decoders.ByteLevel()
+    tok.train_from_iterator(
+        corpus(seed=seed),
+        trainers.BpeTrainer(
+            vocab_size=vocab, special_tokens=specials, initial_alphabet=pre_tokenizers.ByteLevel.alphabet()
+        ),
+    )
+    tokenizer = PreTrainedTokenizerFast(
+        tokenizer_object=tok, pad_token="<pad>", bos_token="<s>", eos_token="</s>"
+    )
+    tokenizer.chat_template = CHAT_TEMPLATE
+    torch.manual_seed(seed)
+    config = LlamaConfig(
+        vocab_size=len(tokenizer),
+        hidden_size=64,
+        intermediate_size=128,
+        num_hidden_layers=2,
+        num_attention_heads=2,
+        num_key_value_heads=1,
+        max_position_embeddings=1024,
+        tie_word_embeddings=True,
+        pad_token_id=tokenizer.pad_token_id,
+        bos_token_id=tokenizer.bos_token_id,
+        eos_token_id=tokenizer.eos_token_id,
+    )
+    LlamaForCausalLM(config).save_pretrained(folder)
+    tokenizer.save_pretrained(folder)
+    settings = folder / "tokenizer_config.json"  # older readers (vLLM) want the concrete class name
+    data = json.loads(settings.read_text())
+    data["tokenizer_class"] = "PreTrainedTokenizerFast"
+    settings.write_text(json.dumps(data, indent=2))
+    return folder
