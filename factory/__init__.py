@@ -6,6 +6,7 @@
     wh.create_snapshot("base", message="first cut")
     wh.sql("SELECT source, count(*) FROM snapshot('base') GROUP BY ALL")
     wh.export("base", "out/", "sharegpt", eval_split=0.05)
+    factory.generate(wh, "self-instruct", on="base", rounds=2, **{"teacher.teacher": "hf:embedded"})
 
 The heavy modules (polars, duckdb) load on first use, so `factory --help` is instant.
 """
@@ -42,4 +43,16 @@ def import_file(wh: Warehouse, path: str, **config: Any) -> Any:
     return plugin.run(wh, path, plugin.config(**config))
 
 
-__all__ = ["__version__", "import_file", "init", "open"]
+def generate(wh: Warehouse, name: str, progress: bool = False, **values: Any) -> Any:
+    """Run a generator plugin (distill, self-instruct, evol-instruct, ...) with config values.
+
+    Dotted keys set one nested value and keep its siblings' defaults:
+    `**{"sampling.max_tokens": 256, "teacher.teacher": "openai:gpt-4o-mini"}`.
+    """
+    from factory.generation import generator_config
+
+    plugin, cfg = generator_config(name, values)
+    return plugin.run(wh, cfg, progress=progress)
+
+
+__all__ = ["__version__", "generate", "import_file", "init", "open"]

@@ -47,9 +47,9 @@ _TYPES: dict[str, pl.DataType] = {
 assert list(_TYPES) == list(schema.TABLES["llm_calls"]), "keep the journal in step with llm_calls"
 
 
-def call_key(backend: str, model: str, params: dict[str, Any], prompt: str, sample: int) -> str:
-    """The cache key of one sample: sha256 over its canonical JSON description."""
-    text = json.dumps([backend, model, params, prompt, sample], sort_keys=True, ensure_ascii=False)
+def call_key(backend: str, model: str, params: str, prompt: str, sample: int) -> str:
+    """The cache key of one sample: sha256 over its description (`params` is canonical JSON)."""
+    text = "\x1e".join((backend, model, params, prompt, str(sample)))
     return hashlib.sha256(text.encode()).hexdigest()
 
 

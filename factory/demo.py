@@ -48,25 +48,21 @@ def _frame_table(frame, title: str) -> Table:
 
 def _teach(wh, console: Console) -> None:
     """Self-Instruct from the seed tasks, then distilled answers, with the embedded teacher."""
-    from factory.generation import generator_config
-
     wh.create_snapshot("seeds", where="source = 'seeds'", message="human seed tasks")
     teacher = {"teacher.teacher": "hf:embedded", "teacher.options.batch_size": 16}
     started = time.time()
-    plugin, cfg = generator_config(
-        "self_instruct",
-        {"on": "seeds", "rounds": 2, "requests_per_round": 1, "sampling.max_tokens": 80,
-         "instance_sampling.max_tokens": 64, **teacher},
+    made = factory.generate(
+        wh, "self_instruct",
+        **{"on": "seeds", "rounds": 2, "requests_per_round": 1, "sampling.max_tokens": 80,
+           "instance_sampling.max_tokens": 64, **teacher},
     )  # fmt: skip
-    made = plugin.run(wh, cfg)
     self_instruct_s = time.time() - started
-    plugin, cfg = generator_config(
-        "distill",
-        {"query": f"SELECT DISTINCT instruction, input FROM rows WHERE job_id = '{made.job_id}' "
+    distilled = factory.generate(
+        wh, "distill",
+        **{"query": f"SELECT DISTINCT instruction, input FROM rows WHERE job_id = '{made.job_id}' "
                   "AND id NOT IN (SELECT id FROM verdicts WHERE NOT keep) ORDER BY ALL",
          "limit": 8, "sampling.max_tokens": 64, "sampling.stop": ["\n\n"], **teacher},
     )  # fmt: skip
-    distilled = plugin.run(wh, cfg)
     reasons = ", ".join(f"{k} {v}" for k, v in sorted(made.rejected.items(), key=lambda kv: -kv[1]))
     calls = made.teacher_stats["calls"] + distilled.teacher_stats["calls"]
     tokens = sum(

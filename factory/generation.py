@@ -121,7 +121,10 @@ def run_generator(
 ) -> GenerationSummary:
     """Run `produce` with a cached teacher and store what it made in one commit."""
     spec = parse_spec(teacher_config.teacher)
-    job_config = {**config.model_dump(mode="json"), "teacher": str(spec)}
+    # The job records the teacher as BACKEND:MODEL: a base URL is never stored.
+    job_config = json.loads(
+        config.model_dump_json().replace(json.dumps(teacher_config.teacher), json.dumps(str(spec)))
+    )
     job = wh.start_job("generate", name, job_config)
     summary = GenerationSummary(job_id=job, generator=name, teacher=str(spec))
     out = Output()

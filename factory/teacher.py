@@ -223,8 +223,7 @@ class Teacher:
         tokens_ok = self.max_tokens is None or s.prompt_tokens + s.completion_tokens < self.max_tokens
         return calls_ok and tokens_ok
 
-    def _keys(self, request: Request) -> list[str]:
-        params = request.sampling.model_dump(mode="json")
+    def _keys(self, request: Request, params: str) -> list[str]:
         return [
             call_key(self.backend.name, self.backend.model, params, request.text, i) for i in range(request.n)
         ]
@@ -235,7 +234,8 @@ class Teacher:
         Raises BudgetExhausted when the budget ends before every request is answered; the
         answers received so far are in the cache, so a rerun continues from there.
         """
-        keys = [self._keys(r) for r in requests]
+        params = [r.sampling.model_dump_json() for r in requests]
+        keys = [self._keys(r, p) for r, p in zip(requests, params, strict=True)]
         found = self.cache.lookup([k for ks in keys for k in ks])
         results: list[list[Sample | None]] = [[None] * r.n for r in requests]
         jobs: list[tuple[Request, int]] = []
@@ -254,24 +254,45 @@ class Teacher:
                 slots.append(missing)
         self.stats.samples += sum(r.n for r in requests)
 
+        def record(i: int, j: int, sample: Sample | None, latency: float, error: str | None) -> None:
+            self.cache.record(
+                {
+                    "key": keys[i][j],
+                    "backend": self.backend.name,
+                    "model": self.backend.model,
+                    "params": params[i],
+                    "prompt": requests[i].text,
+                    "sample": j,
+                    "response": None if sample is None else sample.text,
+                    "logprobs": None
+                    if sample is None or sample.logprobs is None
+                    else json.dumps(sample.logprobs),
+                    "prompt_tokens": 0 if sample is None else sample.prompt_tokens,
+                    "completion_tokens": 0 if sample is None else sample.completion_tokens,
+                    "latency_s": latency,
+                    "finish_reason": None if sample is None else sample.finish_reason,
+                    "error": error,
+                }
+            )
+
+        last_error: dict[tuple[int, int], str] = {}
+
         def report(index: int, attempt: Attempt) -> bool:
-            request, _ = jobs[index]
-            params = request.sampling.model_dump(mode="json")
             self.stats.calls += 1
             if attempt.error is not None:
                 self.stats.failed_attempts += 1
                 kind = attempt.error.split(":")[0]
                 self.stats.errors[kind] = self.stats.errors.get(kind, 0) + 1
-                first = slots[index][0][1]
-                self.cache.record(
-                    self._record(request, params, first, None, attempt.latency_s, attempt.error)
-                )
+                i, j = slots[index][0]
+                record(i, j, None, attempt.latency_s, attempt.error)
+                for slot in slots[index]:
+                    last_error[slot] = attempt.error
             else:
                 for (i, j), sample in zip(slots[index], attempt.samples, strict=False):
                     results[i][j] = sample
                     self.stats.prompt_tokens += sample.prompt_tokens
                     self.stats.completion_tokens += sample.completion_tokens
-                    self.cache.record(self._record(request, params, j, sample, attempt.latency_s, None))
+                    record(i, j, sample, attempt.latency_s, None)
             self._show()
             return self._budget_left()
 
@@ -284,33 +305,15 @@ class Teacher:
         if missing and not self._budget_left():
             raise BudgetExhausted(self._budget_message())
         self.stats.failed_samples += missing
-        failed = Sample(text=None, error="no answer: every attempt failed")
-        return [[failed if sample is None else sample for sample in row] for row in results]
-
-    def _record(
-        self,
-        request: Request,
-        params: dict[str, Any],
-        sample_index: int,
-        sample: Sample | None,
-        latency: float,
-        error: str | None,
-    ) -> dict[str, Any]:
-        return {
-            "key": self._keys(request)[sample_index],
-            "backend": self.backend.name,
-            "model": self.backend.model,
-            "params": json.dumps(params, sort_keys=True),
-            "prompt": request.text,
-            "sample": sample_index,
-            "response": None if sample is None else sample.text,
-            "logprobs": None if sample is None or sample.logprobs is None else json.dumps(sample.logprobs),
-            "prompt_tokens": 0 if sample is None else sample.prompt_tokens,
-            "completion_tokens": 0 if sample is None else sample.completion_tokens,
-            "latency_s": latency,
-            "finish_reason": None if sample is None else sample.finish_reason,
-            "error": error,
-        }
+        return [
+            [
+                Sample(text=None, error=f"no answer: {last_error.get((i, j), 'not asked')}")
+                if sample is None
+                else sample
+                for j, sample in enumerate(row)
+            ]
+            for i, row in enumerate(results)
+        ]
 
     def _budget_message(self) -> str:
         s = self.stats
@@ -355,7 +358,9 @@ def check(spec_text: str, options: TeacherOptions | None = None) -> dict[str, An
     backend = make_backend(spec, options or TeacherOptions(max_retries=1))
     loaded = time.perf_counter() - started
     if backend.chat:
-        request = Request(messages=(("user", "Name three primary colours."),), sampling=Sampling(max_tokens=32))
+        request = Request(
+            messages=(("user", "Name three primary colours."),), sampling=Sampling(max_tokens=32)
+        )
     else:
         request = Request(prompt="The three primary colours are", sampling=Sampling(max_tokens=32))
     attempts: list[Attempt] = []

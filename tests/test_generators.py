@@ -12,7 +12,6 @@ import time
 import pytest
 
 import factory
-from factory.generation import generator_config
 from generators import self_instruct as si
 from tests.conftest import write_jsonl
 from tests.servers import ScriptedServer
@@ -63,8 +62,7 @@ def _seed(wh, tmp_path, records=SEEDS, name="seeds"):
 
 
 def _run(wh, name: str, values: dict):
-    plugin, cfg = generator_config(name, values)
-    return plugin.run(wh, cfg)
+    return factory.generate(wh, name, **values)
 
 
 def test_self_instruct_rules_in_the_papers_order(wh, tmp_path):
@@ -212,6 +210,8 @@ def test_distill_sources_n_system_templates_and_lineage(wh, tmp_path):
     )["id"]
     assert row["parent_ids"] == [parent] and row["teacher_model"] == "s" and row["template_hash"]
     assert row["output"] == "answer: Explain why the sky is blue."
+    configs = " ".join(wh.sql("SELECT config FROM jobs")["config"])
+    assert "openai:s" in configs and server.url not in configs  # the base URL is never stored
     first_messages = server.prompts[0]
     assert '"role": "system", "content": "You are a chemist.' in first_messages
 
@@ -278,7 +278,7 @@ def test_generators_against_the_real_vllm_server(tmp_path, vllm_server):
         ],
         ["distill", "--on", "seeds", "--n", "2", "--set", "sampling.max_tokens=32", "--set", "style=chat"],
     ):
-        done = subprocess.run(base[:4] + [args[0]] + base[4:] + args[1:], capture_output=True, text=True)
+        done = subprocess.run([*base[:4], args[0], *base[4:], *args[1:]], capture_output=True, text=True)
         assert done.returncode == 0, done.stderr
         assert "done" in done.stdout and "requests" in done.stdout
     wh = factory.open(warehouse)
@@ -290,45 +290,61 @@ def test_generators_against_the_real_vllm_server(tmp_path, vllm_server):
     wh.close()
 
 
+RESUMABLE = {
+    "distill": ["--file", "{prompts}", "--set", "sampling.max_tokens=24"],
+    "self-instruct": ["--on", "seeds", "--rounds", "8", "--set", "requests_per_round=3",
+                      "--set", "sampling.max_tokens=24", "--set", "instance_sampling.max_tokens=24"],
+    "evol-instruct": ["--on", "seeds", "--rounds", "3", "--set", "rewrite_sampling.max_tokens=16",
+                      "--set", "answer_sampling.max_tokens=16"],
+}  # fmt: skip
+
+
 @pytest.mark.slow
-def test_sigkill_resume_repeats_no_call_and_ends_with_the_same_rows(tmp_path, tiny_model):
+@pytest.mark.parametrize("generator", list(RESUMABLE))
+def test_sigkill_resume_repeats_no_call_and_ends_with_the_same_rows(generator, tmp_path, tiny_model):
     prompts = tmp_path / "prompts.txt"
-    prompts.write_text("".join(f"Explain idea number {i} in a sentence\n" for i in range(120)))
+    prompts.write_text("".join(f"Explain idea number {i} in a sentence\n" for i in range(60)))
+    args = [a.format(prompts=prompts) for a in RESUMABLE[generator]]
 
     def command(warehouse):
-        return [sys.executable, "-m", "factory.cli", "generate", "distill", "--warehouse", str(warehouse),
-                "--teacher", f"hf:{tiny_model}", "--file", str(prompts), "--quiet",
-                "--set", "sampling.temperature=0", "--set", "sampling.max_tokens=24",
-                "--set", "teacher.options.batch_size=1"]  # fmt: skip
+        return [sys.executable, "-m", "factory.cli", "generate", generator, "--warehouse", str(warehouse),
+                "--teacher", f"hf:{tiny_model}", "--quiet", "--set", "teacher.options.batch_size=1", *args]  # fmt: skip
 
     for name in ("killed", "straight"):
-        factory.init(tmp_path / name).close()
+        wh = factory.init(tmp_path / name)
+        _seed(wh, tmp_path)
+        wh.close()
+    straight = subprocess.run(command(tmp_path / "straight"), capture_output=True, text=True)
+    assert straight.returncode == 0, straight.stderr
+    clean = factory.open(tmp_path / "straight")
+    total = clean.sql("SELECT count(*) AS n FROM llm_calls")["n"][0]
+
     proc = subprocess.Popen(command(tmp_path / "killed"), stdout=subprocess.PIPE, stderr=subprocess.PIPE)
     journals = tmp_path / "killed" / ".calls"
     deadline = time.monotonic() + 120
-    while time.monotonic() < deadline:
+    while time.monotonic() < deadline and proc.poll() is None:
         files = list(journals.glob("*.jsonl")) if journals.exists() else []
-        if files and sum(f.read_text().count("\n") for f in files) >= 10:
+        if files and sum(f.read_text().count("\n") for f in files) >= total // 3:
             break
-        time.sleep(0.02)
+        time.sleep(0.01)
     proc.send_signal(signal.SIGKILL)
     proc.wait()
     answered = sum(f.read_text().count("\n") for f in journals.glob("*.jsonl"))
-    assert 10 <= answered < 120
+    assert 0 < answered < total  # killed part-way
 
     resumed = subprocess.run(command(tmp_path / "killed"), capture_output=True, text=True)
     assert resumed.returncode == 0, resumed.stderr
-    hits = int(re.search(r"([\d,]+) from the cache", resumed.stdout).group(1))
+    hits = int(re.search(r"([\d,]+) from the cache", resumed.stdout).group(1).replace(",", ""))
     assert hits >= answered
-    straight = subprocess.run(command(tmp_path / "straight"), capture_output=True, text=True)
-    assert straight.returncode == 0, straight.stderr
 
-    killed, clean = factory.open(tmp_path / "killed"), factory.open(tmp_path / "straight")
+    killed = factory.open(tmp_path / "killed")
     once = killed.sql(
         "SELECT count(*) AS n, count(DISTINCT key) AS k FROM llm_calls WHERE error IS NULL"
     ).row(0)
-    assert once == (120, 120)  # no answered call was asked twice
+    assert once == (total, total)  # no answered call was asked twice
     query = "SELECT id FROM rows ORDER BY id"
     assert killed.sql(query)["id"].to_list() == clean.sql(query)["id"].to_list()
-    statuses = killed.sql("SELECT status FROM jobs ORDER BY started_at")["status"].to_list()
-    assert statuses == ["interrupted", "succeeded"]
+    verdicts = "SELECT id, reason FROM verdicts ORDER BY ALL"
+    assert killed.sql(verdicts).rows() == clean.sql(verdicts).rows()
+    statuses = killed.sql("SELECT status FROM jobs WHERE kind = 'generate' ORDER BY started_at")["status"]
+    assert statuses.to_list() == ["interrupted", "succeeded"]

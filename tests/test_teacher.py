@@ -36,7 +36,7 @@ def test_spec_syntax():
     assert str(spec) == "openai:gpt-4o-mini"  # the URL is never what gets stored
     assert parse_spec("hf:/models/x@v2").model == "/models/x@v2"
     for bad in ("gpt-4o", "llama:x", "openai:", "openai:m@localhost:8000"):
-        with pytest.raises(TeacherError, match="teacher spec|base URL"):
+        with pytest.raises(TeacherError, match=r"teacher spec|base URL"):
             parse_spec(bad)
 
 
@@ -135,6 +135,24 @@ def test_openai_backend_survives_faults_and_records_each(wh):
     assert by_kind["connection"] == server.faults["truncated"]
     ok = wh.sql("SELECT count(*) AS n, count(DISTINCT key) AS k FROM llm_calls WHERE error IS NULL").row(0)
     assert ok == (160, 160)
+
+
+def test_a_refused_request_fails_alone_but_a_bad_key_stops_the_job(wh):
+    with ScriptedServer(
+        lambda prompt: 400 if "long" in prompt else 401 if "secret" in prompt else "ok"
+    ) as server:
+        teacher = _teacher(wh, f"openai:s@{server.url}")
+        answers = teacher.generate([Request(prompt="short"), Request(prompt="too long")])
+        assert answers[0][0].text == "ok"
+        assert answers[1][0].text is None and answers[1][0].error.startswith("no answer: http_400")
+        assert teacher.stats.calls == 2  # a refused request is not retried
+        with pytest.raises(TeacherError, match="http_401"):
+            teacher.generate([Request(prompt="secret")])
+        teacher.close()
+    errors = wh.sql(
+        "SELECT split_part(error, ':', 1) AS kind FROM llm_calls WHERE error IS NOT NULL ORDER BY 1"
+    )
+    assert errors["kind"].to_list() == ["http_400", "http_401"]
 
 
 def test_a_killed_jobs_journal_is_recovered(wh, tiny_model):

@@ -6,10 +6,13 @@ GGUF weights are dequantised once and the converted model is cached, so later
 loads take seconds. Prompts are batched with left padding; OpenAI's presence and
 frequency penalties are applied as logits processors (transformers has neither),
 stop strings end a sample exactly as an API would (the stop text is not returned).
+Sampling is seeded from the batch's prompts unless a seed is given, so the same
+batch gives the same samples in every run.
 """
 
 from __future__ import annotations
 
+import hashlib
 import time
 from collections.abc import Callable
 from pathlib import Path
@@ -120,8 +123,9 @@ class HFBackend:
         if s.presence_penalty or s.frequency_penalty:
             processors.append(_Penalties(width, s.presence_penalty, s.frequency_penalty))
         sample = s.temperature > 0
-        if s.seed is not None:
-            torch.manual_seed(s.seed)
+        # Seeded from the prompts when no seed is given: the same batch gives the same samples.
+        digest = hashlib.sha256("\x1e".join(prompts).encode()).hexdigest()
+        torch.manual_seed(s.seed if s.seed is not None else int(digest[:15], 16))
         with torch.no_grad():
             out = self.net.generate(
                 **batch,

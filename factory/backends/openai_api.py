@@ -4,8 +4,9 @@ Requests run concurrently up to `concurrency`, each with its own timeout. The
 client's own retries are off so that every failed attempt is seen (and recorded)
 here: 429, 5xx, timeouts, dropped connections and unreadable bodies are retried
 with capped exponential back-off and full jitter, waiting at least as long as a
-Retry-After header asks; other client errors (400, 401, 404) fail at once, since
-no retry fixes them.
+Retry-After header asks. A request the server refuses (400, 422: say, a prompt
+longer than the model's context) fails alone and is not retried; 401, 403 and 404
+(bad key, no access, no such model) stop the job, since every request would fail.
 """
 
 from __future__ import annotations
@@ -21,13 +22,8 @@ import openai
 from factory.teacher import Attempt, Request, Sample, TeacherError, TeacherOptions, api_key
 
 BASE_DELAY_S, MAX_DELAY_S = 0.25, 30.0
-FATAL = (
-    openai.AuthenticationError,
-    openai.PermissionDeniedError,
-    openai.NotFoundError,
-    openai.BadRequestError,
-    openai.UnprocessableEntityError,
-)
+FATAL = (openai.AuthenticationError, openai.PermissionDeniedError, openai.NotFoundError)
+REFUSED = (openai.BadRequestError, openai.UnprocessableEntityError)
 
 
 def _retry_after(exc: Exception) -> float | None:
@@ -150,6 +146,9 @@ class OpenAIBackend:
                     except FATAL as exc:
                         report(index, Attempt([], time.perf_counter() - started, _describe(exc)))
                         raise TeacherError(f"the endpoint refused the request: {_describe(exc)}") from exc
+                    except REFUSED as exc:
+                        open_[0] = report(index, Attempt([], time.perf_counter() - started, _describe(exc)))
+                        return
                     except Exception as exc:
                         failure = Attempt(
                             [], time.perf_counter() - started, _describe(exc), _retry_after(exc)
