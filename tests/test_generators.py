@@ -293,9 +293,9 @@ def test_generators_against_the_real_vllm_server(tmp_path, vllm_server):
 RESUMABLE = {
     "distill": ["--file", "{prompts}", "--set", "sampling.max_tokens=24"],
     "self-instruct": ["--on", "seeds", "--rounds", "8", "--set", "requests_per_round=3",
-                      "--set", "sampling.max_tokens=24", "--set", "instance_sampling.max_tokens=24"],
-    "evol-instruct": ["--on", "seeds", "--rounds", "3", "--set", "rewrite_sampling.max_tokens=16",
-                      "--set", "answer_sampling.max_tokens=16"],
+                      "--set", "sampling.max_tokens=48", "--set", "instance_sampling.max_tokens=48"],
+    "evol-instruct": ["--on", "seeds", "--rounds", "3", "--set", "rewrite_sampling.max_tokens=48",
+                      "--set", "answer_sampling.max_tokens=48"],
 }  # fmt: skip
 
 
@@ -321,15 +321,19 @@ def test_sigkill_resume_repeats_no_call_and_ends_with_the_same_rows(generator, t
 
     proc = subprocess.Popen(command(tmp_path / "killed"), stdout=subprocess.PIPE, stderr=subprocess.PIPE)
     journals = tmp_path / "killed" / ".calls"
-    deadline = time.monotonic() + 120
-    while time.monotonic() < deadline and proc.poll() is None:
-        files = list(journals.glob("*.jsonl")) if journals.exists() else []
-        if files and sum(f.read_text().count("\n") for f in files) >= total // 3:
+    flushes, last, deadline = 0, 0, time.monotonic() + 120
+    while time.monotonic() < deadline and proc.poll() is None:  # kill it mid-batch, part-way through
+        lines = sum(f.read_text().count("\n") for f in journals.glob("*.jsonl")) if journals.exists() else 0
+        flushes += lines < last  # the journal empties when a batch is committed
+        last = lines
+        if lines >= total // 3 or (flushes >= 2 and lines >= 2):
             break
-        time.sleep(0.01)
+        time.sleep(0.005)
     proc.send_signal(signal.SIGKILL)
     proc.wait()
-    answered = sum(f.read_text().count("\n") for f in journals.glob("*.jsonl"))
+    with factory.open(tmp_path / "killed") as wh:
+        stored = wh.sql("SELECT count(*) AS n FROM llm_calls")["n"][0]
+    answered = stored + sum(f.read_text().count("\n") for f in journals.glob("*.jsonl"))
     assert 0 < answered < total  # killed part-way
 
     resumed = subprocess.run(command(tmp_path / "killed"), capture_output=True, text=True)

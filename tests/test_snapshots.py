@@ -146,7 +146,7 @@ def test_schema_version_checked_on_open(wh):
     )
     folder = wh.folder
     wh.close()
-    with pytest.raises(WarehouseError, match="schema version 999, this instruction-factory expects 1"):
+    with pytest.raises(WarehouseError, match="schema version 999, this instruction-factory expects 2"):
         factory.open(str(folder))
 
 
