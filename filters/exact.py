@@ -31,7 +31,8 @@ class ExactConfig(BaseModel):
     )
 
 
-def _key(config: ExactConfig) -> pl.Expr:
+def key_expression(key: str) -> pl.Expr:
+    """The text two rows are compared on: the instruction, instruction + input, or the record."""
     parts = {
         "instruction": [pl.col("instruction")],
         "instruction_input": [pl.col("instruction"), pl.col("input")],
@@ -43,8 +44,12 @@ def _key(config: ExactConfig) -> pl.Expr:
             pl.col("messages").list.eval(pl.element().struct.field("content")).list.join("\x1e"),
             pl.col("rejected"),
         ],
-    }[config.key]
-    key = pl.concat_str(parts, separator="\x1f", ignore_nulls=True)
+    }[key]
+    return pl.concat_str(parts, separator="\x1f", ignore_nulls=True)
+
+
+def _key(config: ExactConfig) -> pl.Expr:
+    key = key_expression(config.key)
     if config.lowercase:
         key = key.str.to_lowercase()
     if config.strip_punctuation:

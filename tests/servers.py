@@ -181,7 +181,7 @@ class VLLMServer:
     def url(self) -> str:
         return f"http://127.0.0.1:{self.port}/v1"
 
-    def wait(self, timeout_s: float = 300) -> VLLMServer:
+    def wait(self, timeout_s: float = 600) -> VLLMServer:
         deadline = time.monotonic() + timeout_s
         while time.monotonic() < deadline:
             if self.proc.poll() is not None:

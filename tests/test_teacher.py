@@ -113,8 +113,10 @@ def test_budget_stops_cleanly_and_a_rerun_goes_on(wh, tiny_model):
 
 def test_openai_backend_survives_faults_and_records_each(wh):
     """30% of requests fail in every way a server can fail; the job still gets every answer."""
-    with ScriptedServer(lambda prompt: f"echo {prompt[-12:]}", fault_rate=0.3, slow_s=1.0) as server:
-        options = TeacherOptions(timeout_s=0.4, concurrency=8, max_retries=10)
+    # A slow reply takes 3 s against a 1.5 s timeout: far from the few ms of a normal one,
+    # so a loaded machine does not turn normal replies into timeouts.
+    with ScriptedServer(lambda prompt: f"echo {prompt[-12:]}", fault_rate=0.3, slow_s=3.0) as server:
+        options = TeacherOptions(timeout_s=1.5, concurrency=8, max_retries=10)
         teacher = _teacher(wh, f"openai:scripted@{server.url}", options=options)
         requests = [Request(prompt=f"prompt {i:03d}", n=1 + i % 2) for i in range(80)]
         requests += [Request(messages=(("user", f"chat {i}"),)) for i in range(40)]
