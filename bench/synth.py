@@ -58,7 +58,7 @@ WORDS = pl.Series(
 )
 
 
-def _text(rng: np.random.Generator, n: int, words: int) -> pl.Series:
+def random_text(rng: np.random.Generator, n: int, words: int) -> pl.Series:
     columns = [WORDS.gather(rng.integers(0, len(WORDS), size=n)) for _ in range(words)]
     return pl.select(pl.concat_str(columns, separator=" ")).to_series()
 
@@ -69,9 +69,9 @@ def alpaca_frame(n: int, seed: int = 0, words: int = 60, prefix: str = "") -> pl
     number = pl.Series(np.arange(n)).cast(pl.String)
     return pl.DataFrame(
         {
-            "instruction": _text(rng, n, 12) + f" {prefix}#" + number,
-            "input": _text(rng, n, 8),
-            "output": _text(rng, n, words),
+            "instruction": random_text(rng, n, 12) + f" {prefix}#" + number,
+            "input": random_text(rng, n, 8),
+            "output": random_text(rng, n, words),
         }
     )
 
