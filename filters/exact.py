@@ -16,6 +16,7 @@ import polars as pl
 from pydantic import BaseModel, Field
 
 from factory.plugins import Plugin
+from filters import dedup
 
 
 class ExactConfig(BaseModel):
@@ -56,35 +57,14 @@ def _key(config: ExactConfig) -> pl.Expr:
         key = key.str.replace_all(r"[\p{P}\p{S}]", "")
     if config.collapse_whitespace:
         key = key.str.replace_all(r"\s+", " ").str.strip_chars()
-    return key.alias("_key")
+    return key
 
 
 def run(candidates: pl.DataFrame, kept: pl.DataFrame, config: ExactConfig) -> pl.DataFrame:
     """One verdict per candidate: keep the representative of each key, drop the other copies."""
-    pool = kept.select("id", _key(config), pl.lit(0).alias("_rank"), pl.lit(0).alias("_order"))
-    order = (
-        -pl.col("output").str.len_chars().cast(pl.Int64) if config.keep == "longest" else pl.lit(0, pl.Int64)
-    )
-    new = candidates.with_row_index("_order").select(
-        "id", _key(config), pl.lit(1).alias("_rank"), order.alias("_pref"), pl.col("_order").cast(pl.Int64)
-    )
-    everyone = pl.concat(
-        [pool.with_columns(pl.lit(0, pl.Int64).alias("_pref")).select(new.columns), new],
-        how="vertical_relaxed",
-    )
-    ranked = everyone.sort("_rank", "_pref", "_order").with_columns(
-        pl.col("id").first().over("_key").alias("_winner")
-    )
-    judged = ranked.filter(pl.col("_rank") == 1)
-    return judged.select(
-        "id",
-        (pl.col("id") == pl.col("_winner")).alias("keep"),
-        pl.lit(None, pl.Float64).alias("score"),
-        pl.when(pl.col("id") == pl.col("_winner"))
-        .then(pl.lit("unique"))
-        .otherwise(pl.lit("exact_duplicate of ") + pl.col("_winner"))
-        .alias("reason"),
-    )
+    everyone = dedup.contenders(candidates, kept, _key(config), config.keep)
+    judged = everyone.with_columns(pl.col("id").first().over("_key").alias("_winner"))
+    return dedup.verdicts(judged, "exact_duplicate")
 
 
 plugin = Plugin(

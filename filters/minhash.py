@@ -29,6 +29,7 @@ import polars_hash  # noqa: F401  (registers the `nchash` namespace)
 from pydantic import BaseModel, Field
 
 from factory.plugins import Plugin
+from filters import dedup
 from filters.exact import key_expression
 
 CHUNK_SHINGLES = 4096  # shingles per permutation block: 4096 x 128 x 4 bytes = 2 MB, cache-sized
@@ -231,18 +232,7 @@ def _groups(n: int, pairs: np.ndarray) -> np.ndarray:
 
 def run(candidates: pl.DataFrame, kept: pl.DataFrame, config: MinHashConfig) -> pl.DataFrame:
     """One verdict per candidate: keep one row per near-duplicate group, drop the rest with the match."""
-    pool = kept.select("id", key_expression(config.key).alias("_key"), pl.lit(0).alias("_rank"))
-    pref = (
-        -pl.col("output").str.len_chars().cast(pl.Int64) if config.keep == "longest" else pl.lit(0, pl.Int64)
-    )
-    new = candidates.with_row_index("_order").select(
-        "id", key_expression(config.key).alias("_key"), pl.lit(1).alias("_rank"), pref.alias("_pref"),
-        pl.col("_order").cast(pl.Int64),
-    )  # fmt: skip
-    everyone = pl.concat(
-        [pool.with_columns(pl.lit(0, pl.Int64).alias("_pref"), pl.lit(-1, pl.Int64).alias("_order")), new],
-        how="vertical_relaxed",
-    ).sort("_rank", "_pref", "_order")  # winners first: the kept pool, then by policy and order
+    everyone = dedup.contenders(candidates, kept, key_expression(config.key), config.keep)
     rows, hashes = shingle_hashes(everyone["_key"], config.ngram)
     sig = signatures(rows, hashes, everyone.height, config.num_perm, config.seed)
     bands, per_band = (
@@ -253,7 +243,7 @@ def run(candidates: pl.DataFrame, kept: pl.DataFrame, config: MinHashConfig) -> 
     pairs = candidate_pairs(sig, bands, per_band)
     similarity = jaccard(rows, hashes, pairs) if len(pairs) else np.empty(0)
     close = pairs[similarity >= config.threshold]
-    group = _groups(everyone.height, close)  # the smallest member, i.e. the winner, labels a group
+    group = _groups(everyone.height, close)  # contenders come winners first: the smallest index wins
     best = {}
     for (i, j), s in zip(pairs.tolist(), similarity.tolist(), strict=True):
         if s >= config.threshold and group[j] == i:
@@ -262,17 +252,8 @@ def run(candidates: pl.DataFrame, kept: pl.DataFrame, config: MinHashConfig) -> 
     judged = everyone.with_columns(
         pl.Series("_winner", [ids[g] for g in group.tolist()]),
         pl.Series("_score", [best.get(k) for k in range(everyone.height)], dtype=pl.Float64),
-    ).filter(pl.col("_rank") == 1)
-    duplicate = pl.col("id") != pl.col("_winner")
-    return judged.select(
-        "id",
-        (~duplicate).alias("keep"),
-        pl.col("_score").alias("score"),
-        pl.when(duplicate)
-        .then(pl.lit("near_duplicate of ") + pl.col("_winner"))
-        .otherwise(pl.lit("unique"))
-        .alias("reason"),
     )
+    return dedup.verdicts(judged, "near_duplicate", pl.col("_score"))
 
 
 plugin = Plugin(
