@@ -171,9 +171,24 @@ def signatures(rows: np.ndarray, hashes: np.ndarray, n_rows: int, num_perm: int,
     return out
 
 
+def _pairs_within_runs(order: np.ndarray, keys: np.ndarray) -> np.ndarray:
+    """Every pair of rows whose keys are equal, from rows sorted by key, as packed (i << 32 | j), i < j."""
+    n = len(keys)
+    edges = np.flatnonzero(keys[1:] != keys[:-1]) + 1
+    ends = np.repeat(np.concatenate((edges, [n])), np.diff(np.concatenate(([0], edges, [n]))))
+    later = ends - np.arange(n) - 1  # members after this one in its run
+    total = int(later.sum())
+    if total == 0:
+        return np.empty(0, dtype=np.uint64)
+    left = np.repeat(np.arange(n), later)
+    step = np.arange(total) - np.repeat(np.cumsum(later) - later, later)
+    right = left + 1 + step
+    a, b = order[left].astype(np.uint64), order[right].astype(np.uint64)
+    return (np.minimum(a, b) << np.uint64(32)) | np.maximum(a, b)
+
+
 def candidate_pairs(signature: np.ndarray, bands: int, rows_per_band: int) -> np.ndarray:
     """Every pair (i < j) of rows that share at least one LSH bucket, as an (m, 2) array."""
-    n = signature.shape[0]
     mixer = np.random.RandomState(0).randint(1, 1 << 62, rows_per_band, dtype=np.int64).astype(np.uint64) | 1
     found = []
     with np.errstate(over="ignore"):
@@ -181,18 +196,14 @@ def candidate_pairs(signature: np.ndarray, bands: int, rows_per_band: int) -> np
             block = signature[:, band * rows_per_band : (band + 1) * rows_per_band].astype(np.uint64)
             keys = (block * mixer).sum(axis=1)  # a 64-bit bucket key per row (wrapping)
             order = np.argsort(keys, kind="stable")
-            sorted_keys = keys[order]
-            edges = np.flatnonzero(np.diff(sorted_keys)) + 1
-            starts, ends = np.concatenate(([0], edges)), np.concatenate((edges, [n]))
-            for s, e in zip(
-                starts[ends - starts > 1].tolist(), ends[ends - starts > 1].tolist(), strict=True
-            ):
-                members = np.sort(order[s:e])
-                i, j = np.triu_indices(len(members), k=1)
-                found.append(np.stack([members[i], members[j]], axis=1))
-    if not found:
-        return np.empty((0, 2), dtype=np.int64)
-    return np.unique(np.concatenate(found), axis=0)
+            found.append(_pairs_within_runs(order, keys[order]))
+    packed = np.concatenate(found) if found else np.empty(0, dtype=np.uint64)
+    packed = np.sort(packed)
+    packed = packed[np.concatenate(([True], packed[1:] != packed[:-1]))] if len(packed) else packed
+    return np.stack(
+        [(packed >> np.uint64(32)).astype(np.int64), (packed & np.uint64(0xFFFFFFFF)).astype(np.int64)],
+        axis=1,
+    )
 
 
 def jaccard(rows: np.ndarray, hashes: np.ndarray, pairs: np.ndarray) -> np.ndarray:
