@@ -19,7 +19,7 @@ import random
 import re
 from typing import Any
 
-from pydantic import BaseModel, Field
+from pydantic import BaseModel, Field, field_validator
 
 from factory.generation import (
     GenerationSummary,
@@ -156,6 +156,16 @@ class EvolInstructConfig(BaseModel):
     answer_sampling: Sampling = Field(default_factory=lambda: Sampling(temperature=0.7, max_tokens=512))
     teacher: TeacherConfig = Field(default_factory=TeacherConfig)
 
+    @field_validator("operations")
+    @classmethod
+    def _known(cls, operations: list[str]) -> list[str]:
+        for operation in operations:
+            if operation != "breadth" and operation not in DEPTH_METHODS:
+                raise ValueError(
+                    f"unknown operation '{operation}': use {', '.join([*DEPTH_METHODS, 'breadth'])}"
+                )
+        return operations
+
 
 def evolution_prompt(instruction: str, operation: str) -> str:
     if operation == "breadth":
@@ -190,9 +200,7 @@ def _request(text: str, chat: bool, sampling: Sampling) -> Request:
 
 def evolve(pool: list[dict[str, Any]], cfg: EvolInstructConfig, teacher: Teacher, out: Output) -> None:
     chat = cfg.style == "chat" or (cfg.style == "auto" and teacher.backend.chat)
-    for operation in cfg.operations:
-        if operation != "breadth" and operation not in DEPTH_METHODS:
-            raise ValueError(f"unknown operation '{operation}': use {', '.join([*DEPTH_METHODS, 'breadth'])}")
+    template = template_hash(NAME, _DEPTH_INTRO, BREADTH_INTRO, EQUALITY_PROMPT)
     for rnd in range(cfg.rounds):
         rng = random.Random(f"{cfg.teacher.seed}:{rnd}")
         ops = [rng.choice(cfg.operations) for _ in pool]
@@ -207,7 +215,6 @@ def evolve(pool: list[dict[str, Any]], cfg: EvolInstructConfig, teacher: Teacher
             [_request(EQUALITY_PROMPT.format(a=p["instruction"], b=e), chat, Sampling(temperature=0, max_tokens=4))
              for p, e in zip(pool, evolved, strict=True)]
         )  # fmt: skip
-        template = template_hash(NAME, _DEPTH_INTRO, BREADTH_INTRO, EQUALITY_PROMPT)
         for k, (item, op, text, (answer,), (check,)) in enumerate(
             zip(pool, ops, evolved, answers, checks, strict=True)
         ):

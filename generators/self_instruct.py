@@ -226,10 +226,17 @@ def self_instruct(
     seed_id = {s["instruction"]: s["id"] for s in seeds}
     parents: dict[str, list[str]] = {}  # instruction -> the seed rows in the prompt that made it
 
-    def row(instruction: str, rnd: int, output: str = "", input: str = "", **params: Any) -> dict[str, Any]:
+    def row(
+        instruction: str,
+        rnd: int,
+        output: str = "",
+        input: str = "",
+        tags: list[str] | None = None,
+        **params: Any,
+    ) -> dict[str, Any]:
         return make_row(NAME, teacher.model, instruction, output=output, input=input,
                         parents=parents.get(instruction, []), params={"round": rnd, **params},
-                        template=template, origin=f"{NAME}:round{rnd}")  # fmt: skip
+                        template=template, origin=f"{NAME}:round{rnd}", tags=tags)  # fmt: skip
 
     for rnd in range(cfg.rounds):
         if cfg.target is not None and len(machine) >= cfg.target:
@@ -286,9 +293,7 @@ def self_instruct(
             if not kept:
                 out.reject(row(text, rnd, classification=cls), "no_valid_instance")
             for inp, output in kept:
-                r = row(text, rnd, output, inp, classification=cls)
-                r["tags"] = tags
-                out.rows.append(r)
+                out.rows.append(row(text, rnd, output, inp, tags, classification=cls))
 
 
 def run(wh: Warehouse, cfg: SelfInstructConfig, progress: bool = False) -> GenerationSummary:
