@@ -417,6 +417,9 @@ def filter_(
     name: Annotated[str, typer.Argument(help="filter plugin (see `factory plugins`), e.g. exact")],
     on: Annotated[str | None, typer.Option("--on", help="judge the rows of this snapshot")] = None,
     where: Annotated[str | None, typer.Option(help="judge the rows matching this SQL condition")] = None,
+    engine: Annotated[
+        str, typer.Option(help="local, or ray: row-local filters on a Ray Data cluster (started if none)")
+    ] = "local",
     set_: Settings = None,
     config: ConfigFile = None,
     warehouse: Warehouse = None,
@@ -427,6 +430,8 @@ def filter_(
     Examples:
       factory filter exact
       factory filter exact --on base --set key=instruction --set keep=longest
+      factory filter heuristics --set 'languages=[en]' --engine ray
+      factory filter decontaminate --set 'eval_files=[gsm8k.jsonl]'
     """
     import yaml
     from pydantic import ValidationError
@@ -440,14 +445,18 @@ def filter_(
         _err(_validation_message(exc))
     wh = _open(warehouse)
     try:
-        summary = filtering.run_filter(wh, name, cfg, on=on, where=where)
+        if engine not in ("local", "ray"):
+            raise ValueError(f"--engine must be local or ray, not {engine!r}")
+        summary = filtering.run_filter(wh, name, cfg, on=on, where=where, engine=engine)
     except Exception as exc:
         _err(str(exc))
     reasons = ", ".join(f"{reason} {n:,}" for reason, n in summary.reasons.items()) or "none"
     _console().print(
         f"filter {name} (run {summary.run_id}): {summary.candidates:,} row(s) judged, "
         f"{summary.already_judged:,} already judged by this config; kept {summary.kept:,}, "
-        f"dropped {summary.dropped:,} ({reasons}). See why: factory why ROW_ID"
+        f"dropped {summary.dropped:,} ({reasons})"
+        + (f"; wrote {summary.new_rows:,} new row(s)" if summary.new_rows else "")
+        + ". See why: factory why ROW_ID"
     )
 
 

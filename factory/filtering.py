@@ -2,24 +2,50 @@
 
 A filter plugin (registered under `factory.filters`) gets the candidate rows and
 the pool its earlier runs kept (both in insertion order, with the DuckLake rowid
-as `_row`), and returns one verdict per candidate: id, keep, score, reason. The runner records the run as a job whose config is the plugin's
-validated config, writes the verdicts and the job's end in one commit, and never
-deletes a row. A rerun with the same config skips rows that config already judged
-and passes the rows it kept as the pool, so new rows are judged against what was
-accepted before (datatrove-style incremental dedup).
+as `_row`) and a `FilterContext`, and returns one verdict per candidate (id, keep,
+score, reason), or a `FilterResult` that also carries new rows derived from
+candidates (a redacted copy, with the original in `parent_ids`). The runner
+records the run as a job whose config is the plugin's validated config, writes
+new rows, verdicts and the job's end in one commit, and never deletes a row. A
+rerun with the same config skips rows that config already judged and passes the
+rows it kept as the pool, so new rows are judged against what was accepted
+before (datatrove-style incremental dedup).
+
+Row-local plugins (each verdict depends on its row alone) can run on Ray Data
+(`engine="ray"`): the candidates are split into blocks, judged by workers, and
+gathered back, giving the same verdicts as in-process.
 """
 
 from __future__ import annotations
 
 import json
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, Literal
 
 import polars as pl
 from pydantic import BaseModel
 
-from factory import plugins, snapshots
-from factory.warehouse import Warehouse
+from factory import lake, plugins, snapshots
+from factory.warehouse import Warehouse, verdict_frame
+
+Engine = Literal["local", "ray"]
+
+
+@dataclass
+class FilterContext:
+    """What a filter may use besides its rows: the warehouse (None on a Ray worker) and its run."""
+
+    warehouse: Warehouse | None
+    run_id: str
+    progress: bool = False
+
+
+@dataclass
+class FilterResult:
+    """Verdicts, plus new rows derived from candidates (rows columns; `parent_ids` names the original)."""
+
+    verdicts: pl.DataFrame
+    rows: pl.DataFrame | None = None
 
 
 @dataclass
@@ -30,6 +56,7 @@ class FilterSummary:
     already_judged: int = 0
     kept: int = 0
     dropped: int = 0
+    new_rows: int = 0
     reasons: dict[str, int] = field(default_factory=dict)
 
 
@@ -40,7 +67,7 @@ def _selection(wh: Warehouse, on: str | None, where: str | None) -> str:
     return f"SELECT id FROM {source}{condition}"
 
 
-def _rows(ids_sql: str) -> str:
+def rows_by_id(ids_sql: str) -> str:
     """Rows by id, one copy each, in insertion order (`_row`, the DuckLake rowid)."""
     return (
         f"SELECT * FROM (SELECT r.*, r.rowid AS _row FROM rows r WHERE r.id IN ({ids_sql})) "
@@ -62,22 +89,30 @@ def run_filter(
     config: BaseModel | dict[str, Any] | None = None,
     on: str | None = None,
     where: str | None = None,
+    engine: Engine = "local",
+    progress: bool = False,
 ) -> FilterSummary:
     """Judge the rows of a snapshot (or matching a condition, or all rows) with one filter."""
     plugin = plugins.get("filter", name)
     cfg = config if isinstance(config, BaseModel) else plugin.config(**(config or {}))
+    if engine == "ray" and not plugin.row_local:
+        raise ValueError(
+            f"filter '{name}' compares rows with each other, so it runs in-process only: drop --engine ray"
+        )
     config_json = json.dumps(cfg.model_dump(mode="json"), sort_keys=True)
     runs = _earlier_runs(wh, name, config_json)
     selection = _selection(wh, on, where)
     judged = "SELECT id FROM verdicts WHERE list_contains($runs, run_id)"
-    candidates = wh.sql(_rows(f"SELECT id FROM ({selection}) WHERE id NOT IN ({judged})"), {"runs": runs})
+    candidates = wh.sql(
+        rows_by_id(f"SELECT id FROM ({selection}) WHERE id NOT IN ({judged})"), {"runs": runs}
+    )
     already = int(
         wh.sql(f"SELECT count(DISTINCT id) AS n FROM ({selection}) WHERE id IN ({judged})", {"runs": runs})[
             "n"
         ][0]
     )
     kept_pool = wh.sql(
-        _rows(
+        rows_by_id(
             "SELECT id FROM verdicts WHERE list_contains($runs, run_id) GROUP BY id "
             "HAVING arg_max(keep, (created_at, run_id))"
         ),
@@ -86,7 +121,13 @@ def run_filter(
     job = wh.start_job("filter", name, json.loads(config_json))
     summary = FilterSummary(run_id=job, filter=name, candidates=candidates.height, already_judged=already)
     try:
-        verdicts = plugin.run(candidates, kept_pool, cfg) if candidates.height else _no_verdicts()
+        if not candidates.height:
+            result = FilterResult(_no_verdicts())
+        elif engine == "ray":
+            result = on_ray(plugin, candidates, cfg)
+        else:
+            result = as_result(plugin.run(candidates, kept_pool, cfg, FilterContext(wh, job, progress)))
+        verdicts = verdict_frame(result.verdicts)
         if verdicts.height != candidates.height or set(verdicts["id"]) != set(candidates["id"]):
             raise RuntimeError(f"filter '{name}' must return one verdict per candidate row")
         summary.kept = int(verdicts["keep"].sum())
@@ -94,18 +135,80 @@ def run_filter(
         reasons = (
             verdicts.filter(~pl.col("keep")).group_by(pl.col("reason").str.split(" ").list.first()).len()
         )
-        summary.reasons = {r: int(n) for r, n in reasons.iter_rows()}
-        stats = {k: v for k, v in summary.__dict__.items() if k != "run_id"}
-        wh.add_verdicts(
-            verdicts, name, run_id=job, on_commit=lambda lk: wh.finish_job(lk, job, "succeeded", stats)
-        )
+        summary.reasons = {r: int(n) for r, n in reasons.sort("len", descending=True).iter_rows()}
+        new_rows = result.rows if result.rows is not None and result.rows.height else None
+
+        def finish(lk: lake.Lake, inserted: Any = None) -> None:
+            summary.new_rows = inserted.inserted if inserted is not None else 0
+            wh.insert_verdicts(lk, verdicts, name, job)
+            stats = {k: v for k, v in summary.__dict__.items() if k != "run_id"}
+            wh.finish_job(lk, job, "succeeded", stats)
+
+        if new_rows is None:
+            wh.lake.write(f"filter: {name} run {job} ({verdicts.height} verdicts)", finish)
+        else:
+            wh.add_rows([new_rows], f"filter: {name} run {job} ({verdicts.height} verdicts)", job, finish)
     except Exception as exc:
         wh.fail_job(job, f"{type(exc).__name__}: {exc}")
         raise
     return summary
 
 
+def as_result(outcome: pl.DataFrame | FilterResult) -> FilterResult:
+    return outcome if isinstance(outcome, FilterResult) else FilterResult(outcome)
+
+
 def _no_verdicts() -> pl.DataFrame:
     return pl.DataFrame(
         schema={"id": pl.String, "keep": pl.Boolean, "score": pl.Float64, "reason": pl.String}
     )
+
+
+# -- Ray Data engine -------------------------------------------------------------------------------
+NEW = "new."  # prefix of a derived row's columns when verdicts and new rows travel as one table
+
+
+def _pack(result: FilterResult) -> pl.DataFrame:
+    """Verdicts with each candidate's derived row (if any) alongside, as one frame."""
+    verdicts = verdict_frame(result.verdicts)
+    if result.rows is None or not result.rows.height:
+        return verdicts
+    derived = result.rows.with_columns(pl.col("parent_ids").list.first().alias("id"))
+    derived = derived.rename({c: NEW + c for c in derived.columns if c != "id"})
+    return verdicts.join(derived, on="id", how="left")
+
+
+def _unpack(frame: pl.DataFrame) -> FilterResult:
+    new_columns = [c for c in frame.columns if c.startswith(NEW)]
+    verdicts = frame.select("id", "keep", "score", "reason")
+    if not new_columns:
+        return FilterResult(verdicts)
+    rows = (
+        frame.filter(pl.col(NEW + "parent_ids").is_not_null())
+        .select(new_columns)
+        .rename({c: c.removeprefix(NEW) for c in new_columns})
+    )
+    return FilterResult(verdicts, rows)
+
+
+def on_ray(
+    plugin: plugins.Plugin, candidates: pl.DataFrame, config: BaseModel, blocks: int = 8
+) -> FilterResult:
+    """Judge the candidates on Ray Data, a block per task; starts a local cluster if none is running."""
+    try:
+        import ray
+    except ImportError as exc:
+        raise RuntimeError("--engine ray needs Ray Data: pip install 'instruction-factory[ray]'") from exc
+    if not ray.is_initialized():
+        ray.init(include_dashboard=False, log_to_driver=False, configure_logging=False)
+
+    def judge(batch: Any) -> Any:
+        frame = pl.from_arrow(batch)
+        return _pack(as_result(plugin.run(frame, frame.clear(), config, FilterContext(None, "")))).to_arrow()
+
+    dataset = ray.data.from_arrow(candidates.to_arrow()).repartition(min(blocks, candidates.height))
+    tables = [
+        pl.from_arrow(ray.get(ref))
+        for ref in dataset.map_batches(judge, batch_format="pyarrow", batch_size=None).to_arrow_refs()
+    ]
+    return _unpack(pl.concat(tables, how="diagonal_relaxed"))

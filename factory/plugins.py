@@ -26,6 +26,7 @@ class Plugin:
     config: type[BaseModel]
     run: Callable[..., Any]
     summary: str
+    row_local: bool = False  # a filter whose verdict on a row depends on that row alone (Ray-able)
 
 
 class PluginError(LookupError):

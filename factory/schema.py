@@ -9,6 +9,8 @@ read it with plain SQL (`factory sql`, or the DuckDB CLI after ATTACH):
 - llm_calls: every teacher request; also the cache that makes reruns free.
 - jobs: generator / filter / train runs with status and progress.
 - runs: training and evaluation runs on a snapshot.
+- embeddings / sketches: per-row vectors and MinHash signatures, cached so that
+  an incremental filter run only computes them for new rows.
 - meta: the schema version.
 
 The row id is a content hash of the normalised record (`row_id`), so it is the
@@ -20,7 +22,9 @@ from __future__ import annotations
 import polars as pl
 import polars_hash  # noqa: F401  (registers the `chash` namespace used by row_id)
 
-SCHEMA_VERSION = 2
+SCHEMA_VERSION = 3
+# Versions that differ from this one by added tables only: opening one creates them.
+ADDITIVE_FROM = {"2": ("embeddings", "sketches")}
 
 MESSAGE_TYPE = "STRUCT(role VARCHAR, content VARCHAR)[]"
 
@@ -110,6 +114,19 @@ TABLES: dict[str, dict[str, str]] = {
         "author": "VARCHAR",
         "started_at": "TIMESTAMPTZ",
         "finished_at": "TIMESTAMPTZ",
+    },
+    "embeddings": {
+        "id": "VARCHAR",  # the embedded row
+        "model": "VARCHAR",  # embedding model (name or path)
+        "field": "VARCHAR",  # what was embedded: instruction, instruction_input, output, record
+        "vector": "FLOAT[]",  # normalised to unit length
+        "created_at": "TIMESTAMPTZ",
+    },
+    "sketches": {
+        "id": "VARCHAR",  # the sketched row
+        "scheme": "VARCHAR",  # hash of what the signature depends on (key, shingles, permutations, seed)
+        "signature": "UINTEGER[]",
+        "created_at": "TIMESTAMPTZ",
     },
     "runs": {
         "id": "VARCHAR",

@@ -103,6 +103,10 @@ def open_warehouse(path: str | os.PathLike | None = None, read_only: bool = Fals
         raise WarehouseError(f"{config_path}: not a valid warehouse config ({exc})") from exc
     conn = lake.connect(location, read_only=read_only)
     version = conn.scalar("SELECT value FROM meta WHERE key = 'schema_version'")
+    if version in schema.ADDITIVE_FROM:  # only tables were added since: create them (readers skip it)
+        if not read_only:
+            conn.write(f"migrate: schema {version} -> {schema.SCHEMA_VERSION}", _add_tables(version))
+        version = str(schema.SCHEMA_VERSION)
     if version != str(schema.SCHEMA_VERSION):
         conn.close()
         raise WarehouseError(
@@ -110,6 +114,15 @@ def open_warehouse(path: str | os.PathLike | None = None, read_only: bool = Fals
             f"{schema.SCHEMA_VERSION}; use a matching release of instruction-factory"
         )
     return Warehouse(folder, conn)
+
+
+def _add_tables(version: str) -> Callable[[lake.Lake], None]:
+    def work(lk: lake.Lake) -> None:
+        for table in schema.ADDITIVE_FROM[version]:
+            lk.execute(schema.create_sql(table))
+        lk.execute("UPDATE meta SET value = ? WHERE key = 'schema_version'", [str(schema.SCHEMA_VERSION)])
+
+    return work
 
 
 @dataclass

@@ -60,7 +60,9 @@ def _key(config: ExactConfig) -> pl.Expr:
     return key
 
 
-def run(candidates: pl.DataFrame, kept: pl.DataFrame, config: ExactConfig) -> pl.DataFrame:
+def run(
+    candidates: pl.DataFrame, kept: pl.DataFrame, config: ExactConfig, ctx: object = None
+) -> pl.DataFrame:
     """One verdict per candidate: keep the representative of each key, drop the other copies."""
     everyone = dedup.contenders(candidates, kept, _key(config), config.keep)
     judged = everyone.with_columns(pl.col("id").first().over("_key").alias("_winner"))

