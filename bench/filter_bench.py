@@ -21,6 +21,7 @@ import numpy as np
 import polars as pl
 
 from bench.synth import random_text
+from factory.schema import row_text
 from filters import minhash as mh
 
 
@@ -53,7 +54,7 @@ def ours(frame: pl.DataFrame) -> tuple[float, set[int]]:
 def datasketch_lsh(frame: pl.DataFrame) -> tuple[float, set[int]]:
     from datasketch import MinHash, MinHashLSH
 
-    rows, hashes = mh.shingle_hashes(frame.select(mh.key_expression("instruction_input")).to_series(), 5)
+    rows, hashes = mh.shingle_hashes(frame.select(row_text("instruction_input")).to_series(), 5)
     bounds = np.searchsorted(rows, np.arange(frame.height + 1))
     per_row = [hashes[bounds[k] : bounds[k + 1]].tolist() for k in range(frame.height)]
     started = time.perf_counter()

@@ -186,6 +186,25 @@ def row_ids(rows: pl.DataFrame) -> pl.Series:
     return rows.select(record.chash.sha2_256().str.slice(0, 32).alias("id")).to_series()
 
 
+def row_text(key: str) -> pl.Expr:
+    """The text of a row that filters compare or embed: the instruction, instruction + input, the
+    output, or the whole record (every turn, the rejected response), fields joined by separators."""
+    parts = {
+        "instruction": [pl.col("instruction")],
+        "output": [pl.col("output")],
+        "instruction_input": [pl.col("instruction"), pl.col("input")],
+        "record": [
+            pl.col("system"),
+            pl.col("instruction"),
+            pl.col("input"),
+            pl.col("output"),
+            pl.col("messages").list.eval(pl.element().struct.field("content")).list.join("\x1e"),
+            pl.col("rejected"),
+        ],
+    }[key]
+    return pl.concat_str(parts, separator="\x1f", ignore_nulls=True)
+
+
 def create_sql(table: str) -> str:
     columns = ", ".join(f'"{name}" {kind}' for name, kind in TABLES[table].items())
     return f"CREATE TABLE IF NOT EXISTS {table} ({columns})"

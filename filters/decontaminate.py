@@ -22,7 +22,7 @@ from pydantic import BaseModel, Field, model_validator
 
 from factory import readers, snapshots
 from factory.plugins import Plugin
-from filters.exact import key_expression
+from factory.schema import row_text
 from filters.minhash import shingle_hashes
 
 
@@ -73,7 +73,7 @@ def eval_items(config: DecontaminateConfig, wh: Any) -> pl.DataFrame:
         rows = wh.sql(f"SELECT * FROM snapshot('{snap}')")
         frames.append(
             rows.select(
-                pl.format("{}:{}", pl.lit(snap), "id").alias("item"), key_expression("record").alias("text")
+                pl.format("{}:{}", pl.lit(snap), "id").alias("item"), row_text("record").alias("text")
             )
         )
     return pl.concat(frames) if frames else pl.DataFrame(schema={"item": pl.String, "text": pl.String})
@@ -92,9 +92,9 @@ def run(
     """One verdict per row: dropped, naming the eval item, when it shares an n-gram with one."""
     items = eval_items(config, getattr(ctx, "warehouse", None))
     eval_text = items.select(_normal(pl.col("text"))).to_series()
-    row_text = candidates.select(_normal(key_expression(config.key))).to_series()
+    texts_of_rows = candidates.select(_normal(row_text(config.key))).to_series()
     eval_owner, eval_hash = shingle_hashes(eval_text, config.ngram)  # 32-bit: every hit is confirmed
-    row_owner, row_hash = shingle_hashes(row_text, config.ngram)
+    row_owner, row_hash = shingle_hashes(texts_of_rows, config.ngram)
     order = np.argsort(eval_hash, kind="stable")
     sorted_hash, sorted_owner = eval_hash[order], eval_owner[order]
     at = np.searchsorted(sorted_hash, row_hash)
@@ -102,7 +102,7 @@ def run(
     if len(sorted_hash):
         hit = (at < len(sorted_hash)) & (sorted_hash[np.minimum(at, len(sorted_hash) - 1)] == row_hash)
     matched: dict[int, tuple[str, int]] = {}
-    texts, evals, item_names = row_text.to_list(), eval_text.to_list(), items["item"].to_list()
+    texts, evals, item_names = texts_of_rows.to_list(), eval_text.to_list(), items["item"].to_list()
     for row, item in sorted(set(zip(row_owner[hit].tolist(), sorted_owner[at[hit]].tolist(), strict=True))):
         if row in matched:
             continue

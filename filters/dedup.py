@@ -1,32 +1,69 @@
 """What every dedup filter shares: who competes for a key, in which order, and the verdicts.
 
 The rows kept by earlier runs of the same config come first and always win; new
-rows follow in the keep policy's order (first imported, or longest output first,
-then first imported). A dedup filter only has to say, for each row, which row
-won its group (`_winner`); `verdicts` turns that into keep / drop with a reason.
+rows follow in the keep policy's order: first imported, longest output first, or
+highest score first (the latest score another filter gave the row, e.g. a judge's
+rating), ties broken by import order. A dedup filter only has to say, for each
+row, which row won its group (`_winner`); `verdicts` turns that into keep / drop
+with a reason.
 """
 
 from __future__ import annotations
 
-from typing import Literal
+from typing import Any, Literal
 
 import polars as pl
+from pydantic import BaseModel, Field, model_validator
+
+
+class KeepPolicy(BaseModel):
+    keep: Literal["first", "longest", "score"] = Field(
+        "first", description="which copy to keep: first imported, longest output, or highest score"
+    )
+    score_filter: str | None = Field(
+        None, description="keep=score: the filter whose latest score on a row ranks it (e.g. judge)"
+    )
+
+    @model_validator(mode="after")
+    def _score_needs_a_filter(self) -> KeepPolicy:
+        if self.keep == "score" and not self.score_filter:
+            raise ValueError("keep=score needs score_filter: the filter whose scores rank rows")
+        return self
+
+
+def latest_scores(ctx: Any, filter_name: str) -> pl.DataFrame:
+    """The latest score a filter gave each row (id, score), from the warehouse in the context."""
+    wh = getattr(ctx, "warehouse", None)
+    if wh is None:
+        raise ValueError("keep=score reads scores from the warehouse: run this filter in-process")
+    return wh.sql(
+        "SELECT id, arg_max(score, created_at) AS score FROM verdicts WHERE filter = ? GROUP BY id",
+        [filter_name],
+    )
 
 
 def contenders(
-    candidates: pl.DataFrame, kept: pl.DataFrame, key: pl.Expr, keep: Literal["first", "longest"]
+    candidates: pl.DataFrame, kept: pl.DataFrame, key: pl.Expr, policy: KeepPolicy, ctx: Any = None
 ) -> pl.DataFrame:
     """Pool and candidates with their key (`_key`), winners first (`_rank` 0 = kept before)."""
     pool = kept.select(
-        "id", key.alias("_key"), pl.lit(0).alias("_rank"), pl.lit(0, pl.Int64).alias("_pref"),
+        "id", key.alias("_key"), pl.lit(0).alias("_rank"), pl.lit(0.0).alias("_pref"),
         pl.lit(-1, pl.Int64).alias("_order"),
     )  # fmt: skip
-    pref = -pl.col("output").str.len_chars().cast(pl.Int64) if keep == "longest" else pl.lit(0, pl.Int64)
-    new = candidates.with_row_index("_order").select(
+    new = candidates.with_row_index("_order")
+    if policy.keep == "score":
+        scores = latest_scores(ctx, policy.score_filter or "")
+        new = new.join(scores, on="id", how="left", maintain_order="left")
+        pref = -pl.col("score").fill_null(float("-inf"))
+    elif policy.keep == "longest":
+        pref = -pl.col("output").str.len_chars().cast(pl.Float64)
+    else:
+        pref = pl.lit(0.0)
+    new = new.select(
         "id",
         key.alias("_key"),
         pl.lit(1).alias("_rank"),
-        pref.alias("_pref"),
+        pref.cast(pl.Float64).alias("_pref"),
         pl.col("_order").cast(pl.Int64),
     )
     return pl.concat([pool, new], how="vertical_relaxed").sort("_rank", "_pref", "_order")

@@ -10,16 +10,17 @@ win over new ones, so a rerun deduplicates new rows against what was accepted.
 
 from __future__ import annotations
 
-from typing import Literal
+from typing import Any, Literal
 
 import polars as pl
-from pydantic import BaseModel, Field
+from pydantic import Field
 
 from factory.plugins import Plugin
+from factory.schema import row_text
 from filters import dedup
 
 
-class ExactConfig(BaseModel):
+class ExactConfig(dedup.KeepPolicy):
     key: Literal["instruction", "instruction_input", "record"] = Field(
         "instruction_input",
         description="what must match: the instruction, instruction + input, or the whole record",
@@ -27,30 +28,10 @@ class ExactConfig(BaseModel):
     lowercase: bool = Field(True, description="ignore case")
     collapse_whitespace: bool = Field(True, description="treat runs of whitespace as one space")
     strip_punctuation: bool = Field(False, description="ignore punctuation")
-    keep: Literal["first", "longest"] = Field(
-        "first", description="which copy to keep: first imported or longest output"
-    )
-
-
-def key_expression(key: str) -> pl.Expr:
-    """The text two rows are compared on: the instruction, instruction + input, or the record."""
-    parts = {
-        "instruction": [pl.col("instruction")],
-        "instruction_input": [pl.col("instruction"), pl.col("input")],
-        "record": [
-            pl.col("system"),
-            pl.col("instruction"),
-            pl.col("input"),
-            pl.col("output"),
-            pl.col("messages").list.eval(pl.element().struct.field("content")).list.join("\x1e"),
-            pl.col("rejected"),
-        ],
-    }[key]
-    return pl.concat_str(parts, separator="\x1f", ignore_nulls=True)
 
 
 def _key(config: ExactConfig) -> pl.Expr:
-    key = key_expression(config.key)
+    key = row_text(config.key)
     if config.lowercase:
         key = key.str.to_lowercase()
     if config.strip_punctuation:
@@ -60,11 +41,9 @@ def _key(config: ExactConfig) -> pl.Expr:
     return key
 
 
-def run(
-    candidates: pl.DataFrame, kept: pl.DataFrame, config: ExactConfig, ctx: object = None
-) -> pl.DataFrame:
+def run(candidates: pl.DataFrame, kept: pl.DataFrame, config: ExactConfig, ctx: Any = None) -> pl.DataFrame:
     """One verdict per candidate: keep the representative of each key, drop the other copies."""
-    everyone = dedup.contenders(candidates, kept, _key(config), config.keep)
+    everyone = dedup.contenders(candidates, kept, _key(config), config, ctx)
     judged = everyone.with_columns(pl.col("id").first().over("_key").alias("_winner"))
     return dedup.verdicts(judged, "exact_duplicate")
 

@@ -8,7 +8,7 @@ permutations and takes each row's minimum in chunks; LSH buckets rows by a hash
 of each band of their signature; every candidate pair that shares a bucket has
 its Jaccard computed exactly before it becomes a verdict, so LSH only decides
 what gets compared. Connected pairs form groups; one row per group is kept
-(first imported, or longest output), and rows kept by earlier runs of the same
+(first imported, longest output, or highest score), and rows kept by earlier runs of the same
 config win over new ones.
 
 The signature scheme is datasketch 2.x's `affine32` (the MurmurHash3 finalizer,
@@ -21,22 +21,22 @@ areas). datasketch is the oracle in the tests.
 
 from __future__ import annotations
 
-from typing import Literal
+from typing import Any, Literal
 
 import numpy as np
 import polars as pl
 import polars_hash  # noqa: F401  (registers the `nchash` namespace)
-from pydantic import BaseModel, Field
+from pydantic import Field
 
 from factory.plugins import Plugin
+from factory.schema import row_text
 from filters import dedup
-from filters.exact import key_expression
 
 CHUNK_SHINGLES = 4096  # shingles per permutation block: 4096 x 128 x 4 bytes = 2 MB, cache-sized
 _FMIX32 = (16, 0x85EBCA6B, 13, 0xC2B2AE35, 16)
 
 
-class MinHashConfig(BaseModel):
+class MinHashConfig(dedup.KeepPolicy):
     key: Literal["instruction", "instruction_input", "record"] = Field(
         "instruction_input",
         description="what is compared: the instruction, instruction + input, or the record",
@@ -47,7 +47,6 @@ class MinHashConfig(BaseModel):
     bands: int | None = Field(None, gt=0, description="LSH bands (default: derived from the threshold)")
     rows_per_band: int | None = Field(None, gt=0, description="LSH rows per band (default: derived)")
     seed: int = Field(1, description="seed of the permutations (datasketch's default is 1)")
-    keep: Literal["first", "longest"] = Field("first", description="which copy to keep")
 
 
 def optimal_bands(threshold: float, num_perm: int, fp_weight: float = 0.5, fn_weight: float = 0.5) -> tuple[int, int]:  # fmt: skip
@@ -241,11 +240,9 @@ def _groups(n: int, pairs: np.ndarray) -> np.ndarray:
     return np.array([find(x) for x in range(n)])
 
 
-def run(
-    candidates: pl.DataFrame, kept: pl.DataFrame, config: MinHashConfig, ctx: object = None
-) -> pl.DataFrame:
+def run(candidates: pl.DataFrame, kept: pl.DataFrame, config: MinHashConfig, ctx: Any = None) -> pl.DataFrame:
     """One verdict per candidate: keep one row per near-duplicate group, drop the rest with the match."""
-    everyone = dedup.contenders(candidates, kept, key_expression(config.key), config.keep)
+    everyone = dedup.contenders(candidates, kept, row_text(config.key), config, ctx)
     rows, hashes = shingle_hashes(everyone["_key"], config.ngram)
     sig = signatures(rows, hashes, everyone.height, config.num_perm, config.seed)
     bands, per_band = (
