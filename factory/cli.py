@@ -432,15 +432,16 @@ def filter_(
       factory filter exact --on base --set key=instruction --set keep=longest
       factory filter heuristics --set 'languages=[en]' --engine ray
       factory filter decontaminate --set 'eval_files=[gsm8k.jsonl]'
+      factory filter judge --set teacher.teacher=openai:gpt-4o-mini --set threshold=4.5
     """
     import yaml
     from pydantic import ValidationError
 
     from factory import filtering
-    from factory import plugins as registry
+    from factory.generation import plugin_config
 
     try:
-        cfg = registry.get("filter", name).config(**_values(config, set_))
+        _, cfg = plugin_config("filter", name, _values(config, set_))
     except (ValidationError, OSError, yaml.YAMLError, LookupError) as exc:
         _err(_validation_message(exc))
     wh = _open(warehouse)

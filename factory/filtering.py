@@ -26,6 +26,7 @@ import polars as pl
 from pydantic import BaseModel
 
 from factory import lake, plugins, snapshots
+from factory.generation import plugin_config, stored_config
 from factory.warehouse import Warehouse, verdict_frame
 
 Engine = Literal["local", "ray"]
@@ -93,13 +94,17 @@ def run_filter(
     progress: bool = False,
 ) -> FilterSummary:
     """Judge the rows of a snapshot (or matching a condition, or all rows) with one filter."""
-    plugin = plugins.get("filter", name)
-    cfg = config if isinstance(config, BaseModel) else plugin.config(**(config or {}))
+    plugin, cfg = (
+        (plugins.get("filter", name), config)
+        if isinstance(config, BaseModel)
+        else plugin_config("filter", name, config or {})
+    )
+    name = plugin.name
     if engine == "ray" and not plugin.row_local:
         raise ValueError(
             f"filter '{name}' compares rows with each other, so it runs in-process only: drop --engine ray"
         )
-    config_json = json.dumps(cfg.model_dump(mode="json"), sort_keys=True)
+    config_json = json.dumps(stored_config(cfg), sort_keys=True)
     runs = _earlier_runs(wh, name, config_json)
     selection = _selection(wh, on, where)
     judged = "SELECT id FROM verdicts WHERE list_contains($runs, run_id)"
@@ -135,7 +140,9 @@ def run_filter(
         reasons = (
             verdicts.filter(~pl.col("keep")).group_by(pl.col("reason").str.split(" ").list.first()).len()
         )
-        summary.reasons = {r: int(n) for r, n in reasons.sort("len", descending=True).iter_rows()}
+        summary.reasons = {
+            r: int(n) for r, n in reasons.sort(["len", "reason"], descending=[True, False]).iter_rows()
+        }
         new_rows = result.rows if result.rows is not None and result.rows.height else None
 
         def finish(lk: lake.Lake, inserted: Any = None) -> None:

@@ -121,11 +121,7 @@ def run_generator(
 ) -> GenerationSummary:
     """Run `produce` with a cached teacher and store what it made in one commit."""
     spec = parse_spec(teacher_config.teacher)
-    # The job records the teacher as BACKEND:MODEL: a base URL is never stored.
-    job_config = json.loads(
-        config.model_dump_json().replace(json.dumps(teacher_config.teacher), json.dumps(str(spec)))
-    )
-    job = wh.start_job("generate", name, job_config)
+    job = wh.start_job("generate", name, stored_config(config))
     summary = GenerationSummary(job_id=job, generator=name, teacher=str(spec))
     out = Output()
     teacher: Teacher | None = None
@@ -171,8 +167,29 @@ def run_generator(
     return summary
 
 
+def stored_config(config: BaseModel) -> dict[str, Any]:
+    """A config as jobs record it: every teacher as BACKEND:MODEL, since a base URL is never stored."""
+
+    def strip(value: Any) -> Any:
+        if isinstance(value, dict):
+            return {
+                k: str(parse_spec(v)) if k == "teacher" and isinstance(v, str) else strip(v)
+                for k, v in value.items()
+            }
+        if isinstance(value, list):
+            return [strip(v) for v in value]
+        return value
+
+    return strip(config.model_dump(mode="json"))
+
+
 def generator_config(name: str, values: dict[str, Any]) -> tuple[Any, BaseModel]:
-    """The plugin a CLI name means (self-instruct -> self_instruct) and its validated config.
+    """The generator a CLI name means (self-instruct -> self_instruct) and its validated config."""
+    return plugin_config("generator", name, values)
+
+
+def plugin_config(kind: str, name: str, values: dict[str, Any]) -> tuple[Any, BaseModel]:
+    """A plugin by CLI name (dashes or underscores) and its config validated from `values`.
 
     `values` may use dotted keys (teacher.max_calls=100) or nested dicts; either way a
     nested setting changes only that field, keeping the defaults of its siblings (setting
@@ -180,7 +197,7 @@ def generator_config(name: str, values: dict[str, Any]) -> tuple[Any, BaseModel]
     """
     from factory import plugins
 
-    plugin = plugins.get("generator", name.replace("-", "_"))
+    plugin = plugins.get(kind, name.replace("-", "_"))
     nested: dict[str, Any] = {}
     for key, value in values.items():
         target = nested

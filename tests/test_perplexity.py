@@ -14,7 +14,11 @@ from tests.conftest import write_jsonl
 
 ROWS = [
     {"instruction": "Say the number seven", "input": "", "output": "seven"},
-    {"instruction": "Count to three", "input": "one two", "output": "one two three and then a much longer tail"},
+    {
+        "instruction": "Count to three",
+        "input": "one two",
+        "output": "one two three and then a much longer tail",
+    },
     {"instruction": "Name a colour", "input": "", "output": "blue blue blue"},
     {"instruction": "Spell cat", "input": "", "output": "c a t"},
     {"instruction": "Greet me", "input": "", "output": "hello there friend"},
@@ -46,7 +50,14 @@ def test_batched_losses_equal_a_plain_forward_pass(tiny_model):
     for k in range(len(ROWS)):
         assert batched[k] == pytest.approx(_by_hand(net, tokenizer, prompts[k], responses[k]), rel=1e-4)
         assert alone[k] == pytest.approx(_by_hand(net, tokenizer, None, responses[k]), rel=1e-4)
-    cut = response_losses(net, tokenizer, prompts[:1], responses[:1], batch_size=1, max_tokens=len(tokenizer(prompts[0])["input_ids"]))
+    cut = response_losses(
+        net,
+        tokenizer,
+        prompts[:1],
+        responses[:1],
+        batch_size=1,
+        max_tokens=len(tokenizer(prompts[0])["input_ids"]),
+    )
     assert np.isnan(cut[0])  # the response did not fit: no score rather than a wrong one
 
 
@@ -59,16 +70,22 @@ def test_perplexity_and_ifd_filters(wh, tmp_path, tiny_model):
     rows = wh.sql("SELECT r.*, v.score FROM verdicts v JOIN rows r USING (id) WHERE filter = 'perplexity'")
     prompts = _prompts(rows, tokenizer)
     for k, row in enumerate(rows.iter_rows(named=True)):
-        assert row["score"] == pytest.approx(math.exp(_by_hand(net, tokenizer, prompts[k], row["output"])), rel=1e-3)
+        assert row["score"] == pytest.approx(
+            math.exp(_by_hand(net, tokenizer, prompts[k], row["output"])), rel=1e-3
+        )
     cap = sorted(rows["score"])[2]
     bounded = run_filter(wh, "perplexity", model | {"max_perplexity": cap})
     assert bounded.dropped == 2 and bounded.reasons == {"high_perplexity": 2}
 
     ifd = run_filter(wh, "ifd", model | {"max_ifd": 1.5, "keep_share": 0.5})
-    verdicts = wh.sql(f"SELECT r.*, v.score, v.keep, v.reason FROM verdicts v JOIN rows r USING (id) WHERE run_id = '{ifd.run_id}'")
+    verdicts = wh.sql(
+        f"SELECT r.*, v.score, v.keep, v.reason FROM verdicts v JOIN rows r USING (id) WHERE run_id = '{ifd.run_id}'"
+    )
     expected = {}
     for row, prompt in zip(verdicts.iter_rows(named=True), _prompts(verdicts, tokenizer), strict=True):
-        expected[row["id"]] = _by_hand(net, tokenizer, prompt, row["output"]) / _by_hand(net, tokenizer, None, row["output"])
+        expected[row["id"]] = _by_hand(net, tokenizer, prompt, row["output"]) / _by_hand(
+            net, tokenizer, None, row["output"]
+        )
         assert row["score"] == pytest.approx(expected[row["id"]], rel=1e-3)
     aligned = sorted((v for v in expected.values() if v <= 1.5), reverse=True)
     assert ifd.kept == math.ceil(len(aligned) * 0.5)
