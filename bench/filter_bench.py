@@ -23,6 +23,7 @@ import polars as pl
 from bench.synth import random_text
 from factory.schema import row_text
 from filters import minhash as mh
+from filters import shingles
 
 
 def corpus(n: int, seed: int = 0) -> tuple[pl.DataFrame, np.ndarray]:
@@ -54,7 +55,8 @@ def ours(frame: pl.DataFrame) -> tuple[float, set[int]]:
 def datasketch_lsh(frame: pl.DataFrame) -> tuple[float, set[int]]:
     from datasketch import MinHash, MinHashLSH
 
-    rows, hashes = mh.shingle_hashes(frame.select(row_text("instruction_input")).to_series(), 5)
+    texts = frame.select(row_text("instruction_input")).to_series().str.to_lowercase()
+    rows, hashes = shingles.shingle_hashes(texts, 5)
     bounds = np.searchsorted(rows, np.arange(frame.height + 1))
     per_row = [hashes[bounds[k] : bounds[k + 1]].tolist() for k in range(frame.height)]
     started = time.perf_counter()

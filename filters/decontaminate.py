@@ -23,7 +23,7 @@ from pydantic import BaseModel, Field, model_validator
 from factory import readers, snapshots
 from factory.plugins import Plugin
 from factory.schema import row_text
-from filters.minhash import shingle_hashes
+from filters.shingles import shingle_hashes
 
 
 class DecontaminateConfig(BaseModel):

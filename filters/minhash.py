@@ -1,45 +1,46 @@
-"""Near-duplicate removal with MinHash and LSH, vectorised over whole batches.
+"""Near-duplicate removal with MinHash and LSH, in compiled loops over whole batches.
 
 Rows whose word 5-gram sets have a Jaccard similarity of at least 0.7 are one
-row. Every step works on arrays, not rows: polars splits the key into words and
-hashes each (xxhash32, stable across versions); numpy combines word hashes into
-n-gram hashes, applies the
-permutations and takes each row's minimum in chunks; LSH buckets rows by a hash
-of each band of their signature; every candidate pair that shares a bucket has
-its Jaccard computed exactly before it becomes a verdict, so LSH only decides
-what gets compared. Connected pairs form groups; one row per group is kept
-(first imported, longest output, or highest score), and rows kept by earlier runs of the same
-config win over new ones.
+row. Texts are lowercased by polars and shingled by `shingles` (xxhash32 word
+hashes straight from the Arrow buffers, n-gram hashes combined from them); a
+numba kernel applies the permutations and keeps each row's minima, in parallel
+over rows; LSH buckets rows by a hash of each band of their signature; every
+candidate pair that shares a bucket has its Jaccard computed exactly before it
+becomes a verdict, so LSH only decides what gets compared. Connected pairs form
+groups; one row per group is kept (first imported, longest output, or highest
+score), and rows kept by earlier runs of the same config win over new ones.
+Signatures are stored in the `sketches` table under a scheme hash, so an
+incremental run only sketches new rows.
 
 The signature scheme is datasketch 2.x's `affine32` (the MurmurHash3 finalizer,
 then h -> a*h + b mod 2^32 with its seeded odd a), so a signature here equals
-`datasketch.MinHash(num_perm, seed, scheme="affine32")` fed the
-same shingle hashes, and the bands and rows come from the threshold as datasketch
-derives them (minimising equally weighted false-positive and false-negative
-areas). datasketch is the oracle in the tests.
+`datasketch.MinHash(num_perm, seed, scheme="affine32")` fed the same shingle
+hashes, and the bands and rows come from the threshold as datasketch derives them
+(minimising equally weighted false-positive and false-negative areas). datasketch
+is the oracle in the tests.
 """
 
 from __future__ import annotations
 
+import hashlib
+from functools import cache
 from typing import Any, Literal
 
+import numba
 import numpy as np
 import polars as pl
-import polars_hash  # noqa: F401  (registers the `nchash` namespace)
 from pydantic import Field
 
 from factory.plugins import Plugin
 from factory.schema import row_text
-from filters import dedup
-
-CHUNK_SHINGLES = 4096  # shingles per permutation block: 4096 x 128 x 4 bytes = 2 MB, cache-sized
-_FMIX32 = (16, 0x85EBCA6B, 13, 0xC2B2AE35, 16)
+from filters import dedup, shingles
 
 
 class MinHashConfig(dedup.KeepPolicy):
-    key: Literal["instruction", "instruction_input", "record"] = Field(
+    key: Literal["instruction", "instruction_input", "record", "turns"] = Field(
         "instruction_input",
-        description="what is compared: the instruction, instruction + input, or the record",
+        description="what is compared: the instruction, instruction + input, the record, or the user "
+        "turns (shingled turn by turn, so no n-gram spans two turns)",
     )
     ngram: int = Field(5, gt=0, description="words per shingle")
     num_perm: int = Field(128, gt=0, le=1024, description="permutations in a signature")
@@ -49,6 +50,7 @@ class MinHashConfig(dedup.KeepPolicy):
     seed: int = Field(1, description="seed of the permutations (datasketch's default is 1)")
 
 
+@cache
 def optimal_bands(threshold: float, num_perm: int, fp_weight: float = 0.5, fn_weight: float = 0.5) -> tuple[int, int]:  # fmt: skip
     """(bands, rows) minimising weighted false-positive and false-negative areas, as datasketch does."""
     grid = 1001
@@ -69,67 +71,6 @@ def optimal_bands(threshold: float, num_perm: int, fp_weight: float = 0.5, fn_we
     return best
 
 
-def _combine(acc: np.ndarray, h: np.ndarray) -> np.ndarray:
-    """One step of the n-gram hash: FNV-style multiply, then xor in the next word's hash."""
-    return (acc * np.uint32(0x01000193)) ^ h
-
-
-def shingle_hashes(texts: pl.Series, ngram: int) -> tuple[np.ndarray, np.ndarray]:
-    """The distinct word n-gram hashes of each text: (row of each hash, hash), sorted by row.
-
-    Text is lowercased and split on whitespace (and the key's field separators). Each word
-    is hashed once with xxhash32 (stable across versions) and an n-gram's hash combines its
-    words' hashes in order (`shingle_hash`), all on flat arrays. A text shorter than n words
-    is one shingle; an empty text has none.
-    """
-    spaced = texts.str.to_lowercase().str.replace_all(r"[\s\x1e\x1f]+", " ").str.strip_chars()
-    words = (
-        pl.DataFrame({"w": spaced.str.split(" ")})
-        .with_row_index("row")
-        .explode("w")
-        .filter(pl.col("w").is_not_null() & (pl.col("w") != ""))
-        .select("row", pl.col("w").nchash.xxhash32().alias("h"))
-    )
-    row = words["row"].to_numpy().astype(np.int64)
-    h = words["h"].to_numpy().astype(np.uint32)
-    if len(row) == 0:
-        return row, h
-    counts = np.bincount(row, minlength=len(texts))
-    first = np.concatenate(([0], np.cumsum(counts)[:-1]))
-    position = np.arange(len(row)) - first[row]  # word index within its row
-    with np.errstate(over="ignore"):
-        acc = np.zeros(len(row), dtype=np.uint32)
-        for k in range(ngram):  # acc[i] = hash of the n-gram starting at word i (where it fits)
-            shifted = np.zeros(len(row), dtype=np.uint32)
-            shifted[: len(row) - k] = h[k:]
-            acc = _combine(acc, shifted)
-        starts = position <= counts[row] - ngram
-        short = counts[row] < ngram  # fewer words than n: one shingle of all of them
-        whole = np.zeros(len(row), dtype=np.uint32)
-        for k in range(ngram - 1):
-            shifted = np.zeros(len(row), dtype=np.uint32)
-            shifted[: len(row) - k] = h[k:]
-            take = short & (position == 0) & (k < counts[row])
-            whole[take] = _combine(whole[take], shifted[take])
-    pick = starts | (short & (position == 0))
-    values = np.where(short, whole, acc)[pick]
-    owners = row[pick]
-    packed = np.sort((owners.astype(np.uint64) << np.uint64(32)) | values.astype(np.uint64))
-    packed = packed[np.concatenate(([True], packed[1:] != packed[:-1]))]  # np.unique, minus its cost
-    return (packed >> np.uint64(32)).astype(np.int64), (packed & np.uint64(0xFFFFFFFF)).astype(np.uint32)
-
-
-def shingle_hash(words: list[str]) -> int:
-    """The hash `shingle_hashes` gives an n-gram of these words (for tests and other tools)."""
-    import xxhash
-
-    acc = np.zeros(1, dtype=np.uint32)
-    with np.errstate(over="ignore"):
-        for word in words:
-            acc = _combine(acc, np.array([xxhash.xxh32_intdigest(word.encode())], dtype=np.uint32))
-    return int(acc[0])
-
-
 def permutations(num_perm: int, seed: int) -> tuple[np.ndarray, np.ndarray]:
     """datasketch's affine32 parameters: odd multipliers and offsets from RandomState(seed)."""
     gen = np.random.RandomState(seed)
@@ -138,36 +79,45 @@ def permutations(num_perm: int, seed: int) -> tuple[np.ndarray, np.ndarray]:
     return a, b
 
 
-def _fmix32(h: np.ndarray) -> np.ndarray:
-    s1, m1, s2, m2, s3 = _FMIX32
-    h = h ^ (h >> np.uint32(s1))
-    h = h * np.uint32(m1)
-    h = h ^ (h >> np.uint32(s2))
-    h = h * np.uint32(m2)
-    return h ^ (h >> np.uint32(s3))
+@numba.njit(cache=True, inline="always")
+def _fmix32(h: int) -> int:
+    h ^= h >> 16
+    h = (h * 0x85EBCA6B) & 0xFFFFFFFF
+    h ^= h >> 13
+    h = (h * 0xC2B2AE35) & 0xFFFFFFFF
+    return h ^ (h >> 16)
 
 
-def signatures(rows: np.ndarray, hashes: np.ndarray, n_rows: int, num_perm: int, seed: int) -> np.ndarray:
-    """(n_rows, num_perm) uint32 MinHash signatures; a row without shingles is all 0xFFFFFFFF.
-
-    Shingles go through the permutations a cache-sized block at a time, into one reused
-    buffer; each row's minimum comes from `minimum.reduceat` over its run of shingles.
-    """
-    a, b = permutations(num_perm, seed)
-    out = np.full((n_rows, num_perm), np.iinfo(np.uint32).max, dtype=np.uint32)
-    mixed = _fmix32(hashes)
-    buffer = np.empty((CHUNK_SHINGLES, num_perm), dtype=np.uint32)
-    with np.errstate(over="ignore"):
-        for start in range(0, len(mixed), CHUNK_SHINGLES):
-            block = mixed[start : start + CHUNK_SHINGLES]
-            part = buffer[: len(block)]
-            np.multiply(block[:, None], a, out=part)  # wraps mod 2^32
-            part += b
-            owner = rows[start : start + CHUNK_SHINGLES]
-            starts = np.concatenate(([0], np.flatnonzero(np.diff(owner)) + 1))
-            targets = owner[starts]
-            out[targets] = np.minimum(out[targets], np.minimum.reduceat(part, starts, axis=0))
+@numba.njit(cache=True, parallel=True)
+def _signatures(
+    starts: np.ndarray, hashes: np.ndarray, ngram: int, a: np.ndarray, b: np.ndarray
+) -> np.ndarray:
+    n, width = len(starts) - 1, len(a)
+    out = np.full((n, width), 0xFFFFFFFF, dtype=np.uint32)
+    for row in numba.prange(n):
+        words = starts[row + 1] - starts[row]
+        span = min(words, ngram)
+        best = out[row]
+        value = np.empty(width, dtype=np.uint32)
+        for k in range(shingles.ngram_count(words, ngram)):
+            x = np.uint32(
+                _fmix32(np.int64(shingles.ngram_hash(hashes, starts[row] + k, starts[row] + k + span)))
+            )
+            for p in range(
+                width
+            ):  # three plain loops: each compiles to 32-bit SIMD (one fused loop does not)
+                value[p] = a[p] * x
+            for p in range(width):
+                value[p] += b[p]
+            for p in range(width):
+                best[p] = min(best[p], value[p])
     return out
+
+
+def signatures(starts: np.ndarray, hashes: np.ndarray, ngram: int, num_perm: int, seed: int) -> np.ndarray:
+    """(texts, num_perm) uint32 MinHash signatures from word-hash CSR; a text without words is all 0xFFFFFFFF."""
+    a, b = permutations(num_perm, seed)
+    return _signatures(starts, hashes, ngram, a, b)
 
 
 def _pairs_within_runs(order: np.ndarray, keys: np.ndarray) -> np.ndarray:
@@ -186,82 +136,186 @@ def _pairs_within_runs(order: np.ndarray, keys: np.ndarray) -> np.ndarray:
     return (np.minimum(a, b) << np.uint64(32)) | np.maximum(a, b)
 
 
+@numba.njit(cache=True, parallel=True)
+def _band_keys(signature: np.ndarray, bands: int, rows_per_band: int, mixer: np.ndarray) -> np.ndarray:
+    """A 64-bit bucket key per band and row: the band's values mixed by odd multipliers (wrapping)."""
+    n = signature.shape[0]
+    keys = np.zeros((bands, n), dtype=np.uint64)
+    for row in numba.prange(n):
+        for band in range(bands):
+            acc = np.uint64(0)
+            for k in range(rows_per_band):
+                acc += np.uint64(signature[row, band * rows_per_band + k]) * mixer[k]
+            keys[band, row] = acc
+    return keys
+
+
 def candidate_pairs(signature: np.ndarray, bands: int, rows_per_band: int) -> np.ndarray:
     """Every pair (i < j) of rows that share at least one LSH bucket, as an (m, 2) array."""
     mixer = np.random.RandomState(0).randint(1, 1 << 62, rows_per_band, dtype=np.int64).astype(np.uint64) | 1
     found = []
-    with np.errstate(over="ignore"):
-        for band in range(bands):
-            block = signature[:, band * rows_per_band : (band + 1) * rows_per_band].astype(np.uint64)
-            keys = (block * mixer).sum(axis=1)  # a 64-bit bucket key per row (wrapping)
-            order = np.argsort(keys, kind="stable")
-            found.append(_pairs_within_runs(order, keys[order]))
+    for keys in _band_keys(signature, bands, rows_per_band, mixer):
+        order = np.argsort(keys)  # pairs are normalised and deduplicated below: no need for a stable sort
+        found.append(_pairs_within_runs(order, keys[order]))
     packed = np.concatenate(found) if found else np.empty(0, dtype=np.uint64)
-    packed = np.sort(packed)
-    packed = packed[np.concatenate(([True], packed[1:] != packed[:-1]))] if len(packed) else packed
+    packed = np.unique(packed)
     return np.stack(
         [(packed >> np.uint64(32)).astype(np.int64), (packed & np.uint64(0xFFFFFFFF)).astype(np.int64)],
         axis=1,
     )
 
 
-def jaccard(rows: np.ndarray, hashes: np.ndarray, pairs: np.ndarray) -> np.ndarray:
-    """Exact Jaccard of each pair's shingle-hash sets."""
-    bounds = np.searchsorted(rows, np.arange(rows.max() + 2 if len(rows) else 1))
-    sets: dict[int, set[int]] = {}
-
-    def shingles(i: int) -> set[int]:
-        if i not in sets:
-            sets[i] = set(hashes[bounds[i] : bounds[i + 1]].tolist())
-        return sets[i]
-
-    out = np.empty(len(pairs))
-    for k, (i, j) in enumerate(pairs.tolist()):
-        a, b = shingles(i), shingles(j)
-        union = len(a | b)
-        out[k] = len(a & b) / union if union else 0.0
-    return out
-
-
+@numba.njit(cache=True)
 def _groups(n: int, pairs: np.ndarray) -> np.ndarray:
-    """Connected components over the verified pairs: a group label per row."""
-    parent = list(range(n))
+    """Connected components over the verified pairs: each row's label is its component's smallest index."""
+    parent = np.arange(n)
+    for p in range(len(pairs)):
+        i, j = pairs[p, 0], pairs[p, 1]
+        while parent[i] != i:
+            parent[i] = parent[parent[i]]
+            i = parent[i]
+        while parent[j] != j:
+            parent[j] = parent[parent[j]]
+            j = parent[j]
+        if i != j:
+            parent[max(i, j)] = min(i, j)
+    for x in range(n):  # parents point to smaller indices, so one pass in order resolves every root
+        parent[x] = parent[parent[x]]
+    return parent
 
-    def find(x: int) -> int:
-        while parent[x] != x:
-            parent[x] = parent[parent[x]]
-            x = parent[x]
-        return x
 
-    for i, j in pairs.tolist():
-        ri, rj = find(i), find(j)
-        if ri != rj:
-            parent[max(ri, rj)] = min(ri, rj)
-    return np.array([find(x) for x in range(n)])
+def scheme(config: MinHashConfig) -> str:
+    """What a stored signature depends on, hashed: signatures of another scheme are never mixed in."""
+    text = f"minhash-v1 lower xxh32-words fnv-ngram affine32 {config.key} {config.ngram} {config.num_perm} {config.seed}"
+    return hashlib.sha256(text.encode()).hexdigest()[:16]
+
+
+def _stored(wh: Any, ids: pl.Series, name: str, num_perm: int) -> pl.DataFrame:
+    wh.lake.register("wanted_ids", pl.DataFrame({"id": ids}))
+    try:
+        stored = wh.sql(
+            "SELECT s.id, any_value(s.signature) AS signature FROM sketches s SEMI JOIN wanted_ids w ON w.id = s.id "
+            "WHERE s.scheme = ? GROUP BY s.id",
+            [name],
+        )
+    finally:
+        wh.lake.unregister("wanted_ids")
+    return stored.with_columns(pl.col("signature").cast(pl.Array(pl.UInt32, num_perm)))
+
+
+def _store(wh: Any, ids: pl.Series, sig: np.ndarray, name: str) -> None:
+    new = pl.DataFrame({"id": ids, "signature": sig})  # a 2-D array becomes a fixed-size list column
+
+    def work(lk: Any) -> None:
+        lk.register("new_sketches", new.with_columns(pl.col("signature").arr.to_list()))
+        try:
+            lk.execute(
+                "INSERT INTO sketches (id, scheme, signature, created_at) SELECT id, ?, signature, now() FROM new_sketches",
+                [name],
+            )
+        finally:
+            lk.unregister("new_sketches")
+
+    wh.lake.write(f"sketches: {new.height} minhash signatures ({name})", work)
+
+
+def key_expression(key: str) -> pl.Expr:
+    """The key text; for `turns`, the list of a conversation's user turns (instruction + input otherwise)."""
+    if key != "turns":
+        return row_text(key)
+    users = pl.col("messages").list.eval(
+        pl.element().filter(pl.element().struct.field("role") == "user").struct.field("content")
+    )
+    return (
+        pl.when(pl.col("messages").is_null())
+        .then(pl.concat_list(row_text("instruction_input")))
+        .otherwise(users)
+    )
+
+
+def segments(keys: pl.Series) -> tuple[pl.Series, np.ndarray]:
+    """The texts to shingle and, per row, where its texts start (one text a row, or one a turn)."""
+    if keys.dtype != pl.List(pl.String):
+        return keys, np.arange(len(keys) + 1)
+    lengths = (
+        keys.list.len().fill_null(0).clip(lower_bound=1).to_numpy().astype(np.int64)
+    )  # none: one empty text
+    texts = keys.fill_null([]).list.eval(pl.element()).explode(empty_as_null=True).fill_null("")
+    return texts, np.concatenate((np.zeros(1, np.int64), np.cumsum(lengths)))
+
+
+def sketch(
+    everyone: pl.DataFrame, config: MinHashConfig, wh: Any = None
+) -> tuple[np.ndarray, tuple[np.ndarray, np.ndarray, np.ndarray]]:
+    """Signatures of the contenders (stored ones reused, new ones stored) and their shingling input.
+
+    A row of several texts (turns) gets the element-wise minimum of its texts' signatures,
+    which is the signature of the union of their shingle sets.
+    """
+    texts, rows = segments(everyone["_key"])
+    starts, hashes = shingles.word_hashes(texts.str.to_lowercase())
+
+    def compute(which: np.ndarray) -> np.ndarray:
+        first, last = rows[which], rows[which + 1]
+        parts = np.concatenate([np.arange(f, t) for f, t in zip(first.tolist(), last.tolist(), strict=True)])
+        sub_starts = np.concatenate(([0], np.cumsum(starts[parts + 1] - starts[parts])))
+        sub_hashes = np.concatenate([hashes[starts[p] : starts[p + 1]] for p in parts.tolist()])
+        per_text = signatures(sub_starts, sub_hashes, config.ngram, config.num_perm, config.seed)
+        return np.minimum.reduceat(per_text, np.concatenate(([0], np.cumsum(last - first)[:-1])), axis=0)
+
+    def compute_all() -> np.ndarray:
+        per_text = signatures(starts, hashes, config.ngram, config.num_perm, config.seed)
+        return per_text if len(texts) == everyone.height else np.minimum.reduceat(per_text, rows[:-1], axis=0)
+
+    if wh is None:
+        return compute_all(), (starts, hashes, rows)
+    name = scheme(config)
+    stored = _stored(wh, everyone["id"], name, config.num_perm)
+    known = (
+        everyone.select("id").with_row_index("_k").join(stored, on="id", how="left", maintain_order="left")
+    )
+    missing = known.filter(pl.col("signature").is_null())
+    if missing.height == everyone.height:
+        sig = compute_all()
+    else:
+        sig = np.empty((everyone.height, config.num_perm), dtype=np.uint32)
+        found = known.filter(pl.col("signature").is_not_null())
+        sig[found["_k"].to_numpy()] = found["signature"].to_numpy()
+        if missing.height:
+            sig[missing["_k"].to_numpy()] = compute(missing["_k"].to_numpy())
+    if missing.height:
+        which = missing["_k"].to_numpy()[_first_of_each(missing["id"])]
+        _store(wh, everyone["id"].gather(which), sig[which], name)
+    return sig, (starts, hashes, rows)
+
+
+def _first_of_each(ids: pl.Series) -> np.ndarray:
+    return (
+        ids.to_frame().with_row_index("_i").unique("id", keep="first", maintain_order=True)["_i"].to_numpy()
+    )
 
 
 def run(candidates: pl.DataFrame, kept: pl.DataFrame, config: MinHashConfig, ctx: Any = None) -> pl.DataFrame:
     """One verdict per candidate: keep one row per near-duplicate group, drop the rest with the match."""
-    everyone = dedup.contenders(candidates, kept, row_text(config.key), config, ctx)
-    rows, hashes = shingle_hashes(everyone["_key"], config.ngram)
-    sig = signatures(rows, hashes, everyone.height, config.num_perm, config.seed)
+    everyone = dedup.contenders(candidates, kept, key_expression(config.key), config, ctx)
+    sig, (starts, hashes, rows) = sketch(everyone, config, getattr(ctx, "warehouse", None))
     bands, per_band = (
         (config.bands, config.rows_per_band)
         if config.bands and config.rows_per_band
         else optimal_bands(config.threshold, config.num_perm)
     )
     pairs = candidate_pairs(sig, bands, per_band)
-    similarity = jaccard(rows, hashes, pairs) if len(pairs) else np.empty(0)
-    close = pairs[similarity >= config.threshold]
-    group = _groups(everyone.height, close)  # contenders come winners first: the smallest index wins
-    best = {}
-    for (i, j), s in zip(pairs.tolist(), similarity.tolist(), strict=True):
-        if s >= config.threshold and group[j] == i:
-            best[j] = s
-    ids = everyone["id"].to_list()
+    similarity = (
+        shingles.jaccard_pairs(starts, hashes, rows, config.ngram, pairs) if len(pairs) else np.empty(0)
+    )
+    close = similarity >= config.threshold
+    group = _groups(everyone.height, pairs[close])  # contenders come winners first: the smallest index wins
+    score = np.full(everyone.height, -np.inf)  # a dropped row's Jaccard with the row that won its group
+    to_root = close & (group[pairs[:, 1]] == pairs[:, 0])
+    np.maximum.at(score, pairs[to_root, 1], similarity[to_root])
     judged = everyone.with_columns(
-        pl.Series("_winner", [ids[g] for g in group.tolist()]),
-        pl.Series("_score", [best.get(k) for k in range(everyone.height)], dtype=pl.Float64),
+        everyone["id"].gather(group).alias("_winner"),
+        pl.Series("_score", np.where(np.isinf(score), np.nan, score)).fill_nan(None),
     )
     return dedup.verdicts(judged, "near_duplicate", pl.col("_score"))
 

@@ -13,6 +13,7 @@ from datasketch.lsh import _optimal_param
 import factory
 from factory.filtering import run_filter
 from filters import minhash as mh
+from filters import shingles
 from tests.conftest import write_jsonl
 
 WORDS = "alpha beta gamma delta epsilon zeta eta theta iota kappa lambda mu nu xi omicron pi rho sigma tau".split()
@@ -44,23 +45,36 @@ def test_bands_and_rows_as_datasketch_derives_them(threshold, num_perm):
     assert mh.optimal_bands(threshold, num_perm) == _optimal_param(threshold, num_perm, 0.5, 0.5)
 
 
+def test_word_hashes_are_xxhash32_of_each_word():
+    import xxhash
+
+    rng = random.Random(1)
+    alphabet = "abcxyzäöüßéñ中文日本語🙂-_.,0123456789"
+    words = ["".join(rng.choices(alphabet, k=rng.randint(1, 40))) for _ in range(400)]
+    texts = [" ".join(words[k : k + 7]) + "\t\x1e" for k in range(0, 400, 7)] + ["", "  \n "]
+    starts, hashes = shingles.word_hashes(pl.Series(texts))
+    split = [t.replace("\x1e", " ").split() for t in texts]
+    assert starts.tolist() == np.cumsum([0] + [len(w) for w in split]).tolist()
+    assert hashes.tolist() == [xxhash.xxh32_intdigest(w.encode()) for ws in split for w in ws]
+
+
 def test_shingle_hashes_match_the_per_shingle_reference():
     texts = corpus(40)
-    rows, hashes = mh.shingle_hashes(pl.Series(texts), 5)
+    rows, hashes = shingles.shingle_hashes(pl.Series(texts).str.to_lowercase(), 5)
     for k, text in enumerate(texts):
-        expected = sorted({mh.shingle_hash(g.split()) for g in grams(text)})
+        expected = sorted({shingles.shingle_hash(g.split()) for g in grams(text)})
         assert hashes[rows == k].tolist() == expected, text
 
 
 def test_signatures_and_candidate_pairs_equal_datasketch():
     texts = corpus()
-    rows, hashes = mh.shingle_hashes(pl.Series(texts), 5)
-    sig = mh.signatures(rows, hashes, len(texts), 128, 1)
+    starts, hashes = shingles.word_hashes(pl.Series(texts).str.to_lowercase())
+    sig = mh.signatures(starts, hashes, 5, 128, 1)
     lsh = MinHashLSH(threshold=0.7, num_perm=128)
     sketches = []
     for k, text in enumerate(texts):
         m = MinHash(num_perm=128, seed=1, hashfunc=lambda x: x, scheme="affine32")
-        m.update_batch([mh.shingle_hash(g.split()) for g in grams(text)])
+        m.update_batch([shingles.shingle_hash(g.split()) for g in grams(text)])
         assert np.array_equal(m.hashvalues.astype(np.uint32), sig[k])
         sketches.append(m)
         if grams(text):
@@ -112,8 +126,19 @@ def test_incremental_run_judges_new_rows_against_the_kept_pool(wh, tmp_path):
     later = [{"instruction": "write a short story about a river that flows uphill at night time", "input": "",
               "output": "a much longer answer than the first one"}]  # fmt: skip
     factory.import_file(wh, str(write_jsonl(tmp_path / "b.jsonl", later)))
+    assert wh.count("sketches") == 2
     third = run_filter(wh, "minhash", {"keep": "longest"})
     assert (third.candidates, third.dropped) == (1, 1)  # the kept row wins, however long the new one is
+    assert wh.count("sketches") == 3  # only the new row was sketched; the pool's signatures were read back
+    stored = wh.sql(
+        "SELECT r.instruction, s.signature FROM sketches s JOIN rows r USING (id) ORDER BY r.rowid"
+    )
+    starts, hashes = shingles.word_hashes(stored["instruction"].str.to_lowercase())
+    assert np.array_equal(
+        np.array(stored["signature"].to_list(), dtype=np.uint32), mh.signatures(starts, hashes, 5, 128, 1)
+    )
+    other = run_filter(wh, "minhash", {"ngram": 3})  # another scheme: sketched afresh, never mixed
+    assert other.candidates == 3 and wh.count("sketches") == 6
     [kept_id] = wh.sql("SELECT id FROM rows WHERE output = 'a'")["id"]
     assert wh.sql("SELECT reason FROM verdicts WHERE NOT keep")["reason"][0] == f"near_duplicate of {kept_id}"
 
@@ -126,3 +151,37 @@ def test_keep_longest_within_a_batch(wh, tmp_path):
     run_filter(wh, "minhash", {"keep": "longest"})
     kept = wh.sql("SELECT r.output FROM verdicts v JOIN rows r USING (id) WHERE v.keep")["output"].to_list()
     assert kept == ["a much longer explanation"]
+
+
+def _chat(*turns: str) -> dict:
+    roles = ["user", "assistant"] * len(turns)
+    return {"messages": [{"role": r, "content": t} for r, t in zip(roles, turns, strict=False)]}
+
+
+def test_turns_key_shingles_each_user_turn_on_its_own(wh, tmp_path):
+    story = "tell me a long story about a brave little toaster that crossed the desert alone"
+    rows = [
+        _chat("alpha beta gamma", "ok", "delta epsilon zeta", "fine"),
+        _chat("alpha beta gamma delta", "ok", "epsilon zeta", "fine"),  # same words, other turn boundaries
+        _chat(story, "once upon a time", "and then?", "the end"),
+        _chat(story + " please", "a different tale", "and then?", "another end"),
+    ]
+    factory.import_file(wh, str(write_jsonl(tmp_path / "c.jsonl", rows)))
+    summary = run_filter(wh, "minhash", {"key": "turns"})
+    dropped = wh.sql(
+        "SELECT r.messages[1].content AS first FROM verdicts v JOIN rows r USING (id) WHERE NOT v.keep"
+    )
+    assert dropped["first"].to_list() == [story + " please"] and summary.dropped == 1
+    joined = [" ".join(m["content"] for m in r["messages"] if m["role"] == "user") for r in rows[:2]]
+    assert grams(joined[0]) == grams(
+        joined[1]
+    )  # joined, the first two would be one text: turns keep them apart
+
+    frame = wh.sql("SELECT *, rowid AS _row FROM rows ORDER BY rowid")
+    everyone = frame.select("id", mh.key_expression("turns").alias("_key"))
+    sig, _ = mh.sketch(everyone, mh.MinHashConfig(key="turns"))
+    for k, row in enumerate(rows):
+        union = set().union(*(grams(m["content"]) for m in row["messages"] if m["role"] == "user"))
+        m = MinHash(num_perm=128, seed=1, hashfunc=lambda x: x, scheme="affine32")
+        m.update_batch([shingles.shingle_hash(g.split()) for g in union])
+        assert np.array_equal(m.hashvalues.astype(np.uint32), sig[k])
