@@ -111,8 +111,8 @@ def _word_hashes(offsets: np.ndarray, data: np.ndarray) -> tuple[np.ndarray, np.
     return starts, hashes
 
 
-def word_hashes(texts: pl.Series) -> tuple[np.ndarray, np.ndarray]:
-    """Each text's word hashes as CSR: (starts, hashes); words of text k are hashes[starts[k]:starts[k+1]]."""
+def utf8_buffers(texts: pl.Series) -> tuple[np.ndarray, np.ndarray]:
+    """The texts as Arrow lays them out: (int64 offsets, UTF-8 bytes), without copying each string."""
     array = texts.fill_null("").to_arrow()
     array = array.cast(pa.large_string()) if array.type != pa.large_string() else array
     if isinstance(array, pa.ChunkedArray):
@@ -120,7 +120,12 @@ def word_hashes(texts: pl.Series) -> tuple[np.ndarray, np.ndarray]:
     _, offsets_buffer, data_buffer = array.buffers()
     offsets = np.frombuffer(offsets_buffer, dtype=np.int64)[array.offset : array.offset + len(array) + 1]
     data = np.frombuffer(data_buffer, dtype=np.uint8) if data_buffer is not None else np.zeros(1, np.uint8)
-    return _word_hashes(offsets, data)
+    return offsets, data
+
+
+def word_hashes(texts: pl.Series) -> tuple[np.ndarray, np.ndarray]:
+    """Each text's word hashes as CSR: (starts, hashes); words of text k are hashes[starts[k]:starts[k+1]]."""
+    return _word_hashes(*utf8_buffers(texts))
 
 
 @numba.njit(cache=True, inline="always")
