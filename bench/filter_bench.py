@@ -1,14 +1,21 @@
 """Filter benchmarks, each against its peer in the same script.
 
-MinHash near-dup dedup on synthetic rows with injected near-duplicates (a tenth of
-the rows are copies of another 60-word row with one word changed: Jaccard of word
-5-grams about 0.84): rows/s and peak
-memory of our vectorised sketching + LSH + exact check, against datasketch's
-per-row `MinHash.update_batch` + `MinHashLSH` on the same shingles (sketching and
-LSH only: the part the two share), with precision and recall of both against the
-injected pairs. Target (issue 4): >= 100k rows/s end to end at datasketch's recall.
+- MinHash near-dup dedup on synthetic rows with injected near-duplicates (a tenth of
+  the rows are copies of another 60-word row with one word changed: Jaccard of word
+  5-grams about 0.84): rows/s and peak memory of our compiled shingling + sketching
+  + LSH + exact check, against datasketch's per-row `MinHash.update_batch` +
+  `MinHashLSH` on the same shingles (sketching and LSH only: the part the two
+  share), with precision and recall of both against the injected pairs; then the
+  whole `factory filter minhash` path through a warehouse (read rows, store
+  signatures and verdicts). Target (issue 4): >= 100k rows/s at datasketch's recall.
+- Exact dedup on 1M rows: ours against the plain polars way (regex-normalised key,
+  `is_first_distinct`), same kept rows. Target: >= 1M rows/s.
+- Semantic dedup: sentences/s of the whole filter (MiniLM embeddings, k-means,
+  within-cluster cosine) against raw sentence-transformers `encode` of the same
+  sentences. Target: ratio >= 0.9.
 
-Run: `python -m bench.filter_bench --rows 100000` (part of `make bench`).
+Run: `python -m bench.filter_bench` (part of `make bench`); `--full` also runs
+datasketch on the 1M-row corpus (about 8 minutes on 2 cores).
 """
 
 from __future__ import annotations
@@ -78,23 +85,112 @@ def score(dropped: set[int], n: int) -> tuple[float, float]:
     return hits / max(len(dropped), 1), hits / len(truth)
 
 
+def minhash_bench(rows: int, peer: bool) -> None:
+    frame, _ = corpus(rows)
+    elapsed, dropped = ours(frame)
+    precision, recall = score(dropped, rows)
+    peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+    print(
+        f"minhash dedup, {rows:,} rows: ours {rows / elapsed:,.0f} rows/s ({elapsed:.2f} s), "
+        f"precision {precision:.3f}, recall {recall:.3f}, peak RSS so far {peak:,.0f} MB",
+        flush=True,
+    )
+    if peer:
+        elapsed, dropped = datasketch_lsh(frame)
+        precision, recall = score(dropped, rows)
+        print(
+            f"  datasketch per-row MinHash + MinHashLSH (sketch + query only): {rows / elapsed:,.0f} rows/s "
+            f"({elapsed:.2f} s), precision {precision:.3f}, recall {recall:.3f}",
+            flush=True,
+        )
+
+
+def minhash_warehouse_bench(rows: int) -> None:
+    """`run_filter(wh, "minhash")` on rows stored in a warehouse, then again after 10% new rows."""
+    import tempfile
+
+    import factory
+    from factory.filtering import run_filter
+
+    frame, _ = corpus(rows)
+    with tempfile.TemporaryDirectory() as folder:
+        wh = factory.init(f"{folder}/wh")
+        new = rows // 10
+        first = frame.head(rows - new).drop("id").with_columns(pl.lit("instruction").alias("kind"))
+        wh.add_rows([first], "bench rows")
+        started = time.perf_counter()
+        summary = run_filter(wh, "minhash")
+        elapsed = time.perf_counter() - started
+        wh.add_rows(
+            [frame.tail(new).drop("id").with_columns(pl.lit("instruction").alias("kind"))], "more rows"
+        )
+        started = time.perf_counter()
+        later = run_filter(wh, "minhash")
+        incremental = time.perf_counter() - started
+        wh.close()
+    print(
+        f"  through the warehouse (read rows, store {summary.candidates:,} signatures and verdicts): "
+        f"{summary.candidates / elapsed:,.0f} rows/s ({elapsed:.2f} s); incremental run over "
+        f"{later.candidates:,} new rows against {later.already_judged:,} judged: {incremental:.2f} s, "
+        f"dropped {later.dropped:,}",
+        flush=True,
+    )
+
+
+def exact_bench(rows: int) -> None:
+    from filters import exact
+
+    frame, _ = corpus(rows)
+    frame = frame.with_columns(pl.col("instruction").str.slice(0, 80))  # instruction-length keys
+    config = exact.ExactConfig()
+    started = time.perf_counter()
+    verdicts = exact.run(frame, frame.head(0), config)
+    ours_s = time.perf_counter() - started
+    started = time.perf_counter()
+    key = row_text("instruction_input").str.to_lowercase().str.replace_all(r"\s+", " ").str.strip_chars()
+    plain = frame.select("id", key.is_first_distinct().alias("keep"))
+    peer_s = time.perf_counter() - started
+    same = verdicts.select("id", "keep").sort("id").equals(plain.sort("id"))
+    print(
+        f"exact dedup, {rows:,} rows: ours {rows / ours_s:,.0f} rows/s ({ours_s:.2f} s); polars regex key + "
+        f"is_first_distinct {rows / peer_s:,.0f} rows/s ({peer_s:.2f} s); same kept rows: {same}",
+        flush=True,
+    )
+
+
+def semantic_bench(rows: int) -> None:
+    from factory import embeddings
+    from filters import semantic
+
+    rng = np.random.default_rng(1)
+    texts = random_text(rng, rows, 16)
+    frame = pl.DataFrame({"id": [f"s{k}" for k in range(rows)], "instruction": texts, "input": [""] * rows,
+                          "output": [""] * rows})  # fmt: skip
+    model = embeddings.load()
+    model.encode(texts.head(64).to_list(), batch_size=64)  # warm both paths alike
+    started = time.perf_counter()
+    verdicts = semantic.run(frame, frame.head(0), semantic.SemanticConfig(cluster_size=500))
+    ours_s = time.perf_counter() - started
+    started = time.perf_counter()
+    model.encode(texts.to_list(), batch_size=64, normalize_embeddings=True)
+    raw_s = time.perf_counter() - started
+    print(
+        f"semantic dedup, {rows:,} sentences: ours {rows / ours_s:,.0f} sentences/s ({ours_s:.2f} s, "
+        f"{int((~verdicts['keep']).sum())} dropped); raw sentence-transformers encode {rows / raw_s:,.0f} "
+        f"sentences/s ({raw_s:.2f} s); ratio {raw_s / ours_s:.2f}",
+        flush=True,
+    )
+
+
 if __name__ == "__main__":
     parser = argparse.ArgumentParser()
     parser.add_argument("--rows", type=int, default=100_000)
-    parser.add_argument("--peer", action=argparse.BooleanOptionalAction, default=True)
+    parser.add_argument("--large", type=int, default=1_000_000)
+    parser.add_argument("--full", action="store_true", help="also run datasketch on the large corpus")
     args, _ = parser.parse_known_args()
-    frame, _ = corpus(args.rows)
-    elapsed, dropped = ours(frame)
-    precision, recall = score(dropped, args.rows)
-    peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
-    print(
-        f"minhash dedup, {args.rows:,} rows: ours {args.rows / elapsed:,.0f} rows/s ({elapsed:.2f} s), "
-        f"precision {precision:.3f}, recall {recall:.3f}, peak RSS so far {peak:,.0f} MB"
-    )
-    if args.peer:
-        elapsed, dropped = datasketch_lsh(frame)
-        precision, recall = score(dropped, args.rows)
-        print(
-            f"  datasketch per-row MinHash + MinHashLSH (sketch + query only): {args.rows / elapsed:,.0f} rows/s "
-            f"({elapsed:.2f} s), precision {precision:.3f}, recall {recall:.3f}"
-        )
+    minhash_bench(2_000, peer=False)  # compiles the kernels (cached on disk after the first run)
+    minhash_bench(args.rows, peer=True)
+    minhash_warehouse_bench(args.rows)
+    minhash_bench(args.large, peer=args.full)
+    exact_bench(args.large)
+    semantic_bench(4_000)

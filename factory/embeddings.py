@@ -25,9 +25,13 @@ if TYPE_CHECKING:
 BUNDLED = "all-MiniLM-L6-v2"
 
 
-@cache
 def load(name: str = BUNDLED, device: str | None = None) -> Any:
-    """The sentence-transformers model: the bundled MiniLM by name, any other by local path."""
+    """The sentence-transformers model: the bundled MiniLM by name, any other by local path (loaded once)."""
+    return _load(name, device)
+
+
+@cache
+def _load(name: str, device: str | None) -> Any:
     try:
         from sentence_transformers import SentenceTransformer
     except ImportError as exc:

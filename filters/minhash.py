@@ -120,20 +120,57 @@ def signatures(starts: np.ndarray, hashes: np.ndarray, ngram: int, num_perm: int
     return _signatures(starts, hashes, ngram, a, b)
 
 
-def _pairs_within_runs(order: np.ndarray, keys: np.ndarray) -> np.ndarray:
-    """Every pair of rows whose keys are equal, from rows sorted by key, as packed (i << 32 | j), i < j."""
+@numba.njit(cache=True)
+def _bucket_pairs(keys: np.ndarray) -> np.ndarray:
+    """Every pair of rows with equal keys, as packed (i << 32 | j) with i < j, in O(rows).
+
+    Rows get a bucket number from an open-addressing table on their key, are placed
+    bucket by bucket (a counting sort), and each bucket of two or more emits its pairs.
+    """
     n = len(keys)
-    edges = np.flatnonzero(keys[1:] != keys[:-1]) + 1
-    ends = np.repeat(np.concatenate((edges, [n])), np.diff(np.concatenate(([0], edges, [n]))))
-    later = ends - np.arange(n) - 1  # members after this one in its run
-    total = int(later.sum())
-    if total == 0:
-        return np.empty(0, dtype=np.uint64)
-    left = np.repeat(np.arange(n), later)
-    step = np.arange(total) - np.repeat(np.cumsum(later) - later, later)
-    right = left + 1 + step
-    a, b = order[left].astype(np.uint64), order[right].astype(np.uint64)
-    return (np.minimum(a, b) << np.uint64(32)) | np.maximum(a, b)
+    size = 1
+    while size < 2 * n:
+        size *= 2
+    slots = np.full(size, -1, dtype=np.int64)
+    bucket = np.empty(n, dtype=np.int64)
+    owner_key = np.empty(n, dtype=np.uint64)
+    buckets = 0
+    for row in range(n):
+        slot = np.int64(keys[row] & np.uint64(size - 1))
+        while True:
+            seen = slots[slot]
+            if seen < 0:
+                slots[slot] = buckets
+                owner_key[buckets] = keys[row]
+                bucket[row] = buckets
+                buckets += 1
+                break
+            if owner_key[seen] == keys[row]:
+                bucket[row] = seen
+                break
+            slot = (slot + 1) & (size - 1)
+    starts = np.zeros(buckets + 1, dtype=np.int64)
+    for row in range(n):
+        starts[bucket[row] + 1] += 1
+    total = 0
+    for b in range(buckets):
+        members = starts[b + 1]
+        total += members * (members - 1) // 2
+    for b in range(buckets):
+        starts[b + 1] += starts[b]
+    placed = starts[:-1].copy()
+    members_of = np.empty(n, dtype=np.int64)
+    for row in range(n):  # rows in order, so each bucket lists its members ascending
+        members_of[placed[bucket[row]]] = row
+        placed[bucket[row]] += 1
+    out = np.empty(total, dtype=np.uint64)
+    k = 0
+    for b in range(buckets):
+        for x in range(starts[b], starts[b + 1]):
+            for y in range(x + 1, starts[b + 1]):
+                out[k] = (np.uint64(members_of[x]) << np.uint64(32)) | np.uint64(members_of[y])
+                k += 1
+    return out
 
 
 @numba.njit(cache=True, parallel=True)
@@ -155,8 +192,7 @@ def candidate_pairs(signature: np.ndarray, bands: int, rows_per_band: int) -> np
     mixer = np.random.RandomState(0).randint(1, 1 << 62, rows_per_band, dtype=np.int64).astype(np.uint64) | 1
     found = []
     for keys in _band_keys(signature, bands, rows_per_band, mixer):
-        order = np.argsort(keys)  # pairs are normalised and deduplicated below: no need for a stable sort
-        found.append(_pairs_within_runs(order, keys[order]))
+        found.append(_bucket_pairs(keys))
     packed = np.concatenate(found) if found else np.empty(0, dtype=np.uint64)
     packed = np.unique(packed)
     return np.stack(

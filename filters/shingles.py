@@ -208,16 +208,16 @@ def _union_shingles(
     return out[:keep]
 
 
-@numba.njit(cache=True)
+@numba.njit(cache=True, parallel=True)
 def jaccard_pairs(
     starts: np.ndarray, hashes: np.ndarray, segments: np.ndarray, ngram: int, pairs: np.ndarray
 ) -> np.ndarray:
     """Exact Jaccard similarity of the shingle sets of each pair of rows (a row: one or more texts)."""
     out = np.empty(len(pairs), dtype=np.float64)
-    for p in range(len(pairs)):
+    for p in numba.prange(len(pairs)):
         a = _union_shingles(starts, hashes, segments, pairs[p, 0], ngram)
         b = _union_shingles(starts, hashes, segments, pairs[p, 1], ngram)
-        i = j = common = 0
+        i, j, common = 0, 0, 0
         while i < len(a) and j < len(b):
             if a[i] == b[j]:
                 common += 1
