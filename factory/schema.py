@@ -125,7 +125,7 @@ TABLES: dict[str, dict[str, str]] = {
     "sketches": {
         "id": "VARCHAR",  # the sketched row
         "scheme": "VARCHAR",  # hash of what the signature depends on (key, shingles, permutations, seed)
-        "signature": "UINTEGER[]",
+        "signature": "BLOB",  # num_perm little-endian uint32 values
         "created_at": "TIMESTAMPTZ",
     },
     "runs": {

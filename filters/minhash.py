@@ -29,6 +29,7 @@ from typing import Any, Literal
 import numba
 import numpy as np
 import polars as pl
+import pyarrow as pa
 from pydantic import Field
 
 from factory.plugins import Plugin
@@ -226,24 +227,29 @@ def scheme(config: MinHashConfig) -> str:
     return hashlib.sha256(text.encode()).hexdigest()[:16]
 
 
-def _stored(wh: Any, ids: pl.Series, name: str, num_perm: int) -> pl.DataFrame:
+def _stored(wh: Any, ids: pl.Series, name: str) -> pl.DataFrame:
+    """Stored signatures of these rows under this scheme (id, signature bytes), one per id."""
     wh.lake.register("wanted_ids", pl.DataFrame({"id": ids}))
     try:
-        stored = wh.sql(
+        return wh.sql(
             "SELECT s.id, any_value(s.signature) AS signature FROM sketches s SEMI JOIN wanted_ids w ON w.id = s.id "
             "WHERE s.scheme = ? GROUP BY s.id",
             [name],
         )
     finally:
         wh.lake.unregister("wanted_ids")
-    return stored.with_columns(pl.col("signature").cast(pl.Array(pl.UInt32, num_perm)))
 
 
 def _store(wh: Any, ids: pl.Series, sig: np.ndarray, name: str) -> None:
-    new = pl.DataFrame({"id": ids, "signature": sig})  # a 2-D array becomes a fixed-size list column
+    """Signatures as BLOBs (the uint32 values' bytes): written and read back without a per-value list."""
+    width = sig.shape[1] * 4
+    blobs = pa.FixedSizeBinaryArray.from_buffers(
+        pa.binary(width), len(sig), [None, pa.py_buffer(np.ascontiguousarray(sig, dtype="<u4").tobytes())]
+    )
+    new = pa.table({"id": ids.to_arrow(), "signature": blobs.cast(pa.binary())})
 
     def work(lk: Any) -> None:
-        lk.register("new_sketches", new.with_columns(pl.col("signature").arr.to_list()))
+        lk.register("new_sketches", new)
         try:
             lk.execute(
                 "INSERT INTO sketches (id, scheme, signature, created_at) SELECT id, ?, signature, now() FROM new_sketches",
@@ -252,7 +258,11 @@ def _store(wh: Any, ids: pl.Series, sig: np.ndarray, name: str) -> None:
         finally:
             lk.unregister("new_sketches")
 
-    wh.lake.write(f"sketches: {new.height} minhash signatures ({name})", work)
+    wh.lake.write(f"sketches: {len(sig)} minhash signatures ({name})", work)
+
+
+def _unpack(blobs: pl.Series, num_perm: int) -> np.ndarray:
+    return np.frombuffer(b"".join(blobs.to_list()), dtype="<u4").reshape(len(blobs), num_perm)
 
 
 def key_expression(key: str) -> pl.Expr:
@@ -306,7 +316,7 @@ def sketch(
     if wh is None:
         return compute_all(), (starts, hashes, rows)
     name = scheme(config)
-    stored = _stored(wh, everyone["id"], name, config.num_perm)
+    stored = _stored(wh, everyone["id"], name)
     known = (
         everyone.select("id").with_row_index("_k").join(stored, on="id", how="left", maintain_order="left")
     )
@@ -316,7 +326,7 @@ def sketch(
     else:
         sig = np.empty((everyone.height, config.num_perm), dtype=np.uint32)
         found = known.filter(pl.col("signature").is_not_null())
-        sig[found["_k"].to_numpy()] = found["signature"].to_numpy()
+        sig[found["_k"].to_numpy()] = _unpack(found["signature"], config.num_perm)
         if missing.height:
             sig[missing["_k"].to_numpy()] = compute(missing["_k"].to_numpy())
     if missing.height:

@@ -134,9 +134,8 @@ def test_incremental_run_judges_new_rows_against_the_kept_pool(wh, tmp_path):
         "SELECT r.instruction, s.signature FROM sketches s JOIN rows r USING (id) ORDER BY r.rowid"
     )
     starts, hashes = shingles.word_hashes(stored["instruction"].str.to_lowercase())
-    assert np.array_equal(
-        np.array(stored["signature"].to_list(), dtype=np.uint32), mh.signatures(starts, hashes, 5, 128, 1)
-    )
+    stored_sig = np.frombuffer(b"".join(stored["signature"]), dtype="<u4").reshape(-1, 128)
+    assert np.array_equal(stored_sig, mh.signatures(starts, hashes, 5, 128, 1))
     other = run_filter(wh, "minhash", {"ngram": 3})  # another scheme: sketched afresh, never mixed
     assert other.candidates == 3 and wh.count("sketches") == 6
     [kept_id] = wh.sql("SELECT id FROM rows WHERE output = 'a'")["id"]
