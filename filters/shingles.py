@@ -145,6 +145,18 @@ def ngram_hash(hashes: np.ndarray, start: int, stop: int) -> np.uint32:
 
 
 @numba.njit(cache=True)
+def _sorted_distinct(values: np.ndarray) -> np.ndarray:
+    """The distinct values, sorted (sorts in place and returns a prefix view)."""
+    values.sort()
+    keep = 0
+    for k in range(len(values)):
+        if k == 0 or values[k] != values[k - 1]:
+            values[keep] = values[k]
+            keep += 1
+    return values[:keep]
+
+
+@numba.njit(cache=True)
 def _row_shingles(starts: np.ndarray, hashes: np.ndarray, row: int, ngram: int) -> np.ndarray:
     """The sorted distinct shingle hashes of one text."""
     begin, words = starts[row], starts[row + 1] - starts[row]
@@ -153,13 +165,7 @@ def _row_shingles(starts: np.ndarray, hashes: np.ndarray, row: int, ngram: int) 
     width = min(words, ngram)
     for k in range(count):
         out[k] = ngram_hash(hashes, begin + k, begin + k + width)
-    out.sort()
-    keep = 0
-    for k in range(count):
-        if k == 0 or out[k] != out[k - 1]:
-            out[keep] = out[k]
-            keep += 1
-    return out[:keep]
+    return _sorted_distinct(out)
 
 
 @numba.njit(cache=True)
@@ -199,13 +205,7 @@ def _union_shingles(
     for part in parts:
         out[k : k + len(part)] = part
         k += len(part)
-    out.sort()
-    keep = 0
-    for k in range(total):
-        if k == 0 or out[k] != out[k - 1]:
-            out[keep] = out[k]
-            keep += 1
-    return out[:keep]
+    return _sorted_distinct(out)
 
 
 @numba.njit(cache=True, parallel=True)

@@ -146,8 +146,26 @@ def test_schema_version_checked_on_open(wh):
     )
     folder = wh.folder
     wh.close()
-    with pytest.raises(WarehouseError, match="schema version 999, this instruction-factory expects 2"):
+    with pytest.raises(WarehouseError, match="schema version 999, this instruction-factory expects 3"):
         factory.open(str(folder))
+
+
+def test_a_schema_2_warehouse_gains_the_new_tables_on_open(wh):
+    def downgrade(lk) -> None:
+        lk.execute("DROP TABLE embeddings")
+        lk.execute("DROP TABLE sketches")
+        lk.execute("UPDATE meta SET value = '2' WHERE key = 'schema_version'")
+
+    wh.lake.write("test: a schema 2 warehouse", downgrade)
+    folder = wh.folder
+    wh.close()
+    reader = factory.open(str(folder), read_only=True)  # readers open it as it is
+    assert reader.count("rows") == 0
+    reader.close()
+    upgraded = factory.open(str(folder))
+    assert upgraded.count("sketches") == 0 and upgraded.count("embeddings") == 0
+    assert upgraded.sql("SELECT value FROM meta WHERE key = 'schema_version'")["value"][0] == "3"
+    upgraded.close()
 
 
 def test_missing_warehouse_says_how_to_create_one(tmp_path):
