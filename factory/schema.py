@@ -202,7 +202,8 @@ def row_text(key: str) -> pl.Expr:
             pl.col("rejected"),
         ],
     }[key]
-    return pl.concat_str(parts, separator="\x1f", ignore_nulls=True)
+    present = [pl.when(part != "").then(part) for part in parts]  # an empty field adds no separator
+    return pl.concat_str(present, separator="\x1f", ignore_nulls=True).fill_null("")
 
 
 def create_sql(table: str) -> str:

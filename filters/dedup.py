@@ -66,7 +66,10 @@ def contenders(
         pref.cast(pl.Float64).alias("_pref"),
         pl.col("_order").cast(pl.Int64),
     )
-    return pl.concat([pool, new], how="vertical_relaxed").sort("_rank", "_pref", "_order")
+    everyone = pl.concat([pool, new], how="vertical_relaxed")
+    return (
+        everyone if policy.keep == "first" else everyone.sort("_rank", "_pref", "_order")
+    )  # first: in order
 
 
 def verdicts(judged: pl.DataFrame, reason: str, score: pl.Expr | None = None) -> pl.DataFrame:
