@@ -122,6 +122,9 @@ def _clean(wh, console: Console) -> None:
 
 
 def main(out: Path = OUT) -> None:
+    from transformers.utils import logging as hf_logging
+
+    hf_logging.disable_progress_bar()  # model loads are reported by the steps themselves
     console = Console(highlight=False)
     started = time.time()
     if out.exists():
