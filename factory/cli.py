@@ -448,7 +448,9 @@ def filter_(
     try:
         if engine not in ("local", "ray"):
             raise ValueError(f"--engine must be local or ray, not {engine!r}")
-        summary = filtering.run_filter(wh, name, cfg, on=on, where=where, engine=engine)
+        summary = filtering.run_filter(
+            wh, name, cfg, on=on, where=where, engine=engine, progress=sys.stderr.isatty()
+        )
     except Exception as exc:
         _err(str(exc))
     reasons = ", ".join(f"{reason} {n:,}" for reason, n in summary.reasons.items()) or "none"
