@@ -6,6 +6,7 @@ Heavy modules are imported inside the commands so `factory --help` is instant.
 
 from __future__ import annotations
 
+import re
 import sys
 from pathlib import Path
 from typing import TYPE_CHECKING, Annotated, Any
@@ -368,6 +369,13 @@ def export(
     name: Annotated[
         str | None, typer.Option(help="dataset name in dataset_info.json [default: snapshot]")
     ] = None,
+    mosaic: Annotated[
+        str | None,
+        typer.Option(
+            help="compose the train split Mosaic-IT style: KEY=VALUE,... of the mosaic settings "
+            "(tokenizer=PATH,max_tokens=N,max_k=N,passes=N,strategies=[format,permute]); '' for the defaults"
+        ),
+    ] = None,
     warehouse: Warehouse = None,
 ) -> None:
     """Write a snapshot in a trainer's format, with a deterministic train/eval split.
@@ -375,15 +383,40 @@ def export(
     Examples:
       factory export short --format sharegpt --out out/ --eval-split 0.05 --seed 0
       factory export short --format llamafactory --out lf/
+      factory export short --format openai --out mosaic/ --mosaic tokenizer=models/my-llm,max_tokens=4096
     """
+    import yaml
+    from pydantic import ValidationError
+
+    from factory.mosaic import MosaicConfig
+
+    composition = None
+    if mosaic is not None:
+        try:
+            settings = [item for item in re.split(r",(?![^\[]*\])", mosaic) if item.strip()]
+            pairs = [item.partition("=") for item in settings]
+            if any(not sep for _, sep, _ in pairs):
+                raise ValueError(f"--mosaic {mosaic}: expected KEY=VALUE,...")
+            composition = MosaicConfig(**{k.strip(): yaml.safe_load(v) for k, _, v in pairs})
+        except (ValidationError, ValueError, yaml.YAMLError) as exc:
+            if isinstance(exc, ValidationError):
+                first = exc.errors()[0]
+                _err(f"--mosaic {'.'.join(map(str, first['loc'])) or 'settings'}: {first['msg']}")
+            _err(str(exc))
     wh = _open(warehouse, read_only=True)
     try:
-        result = wh.export(snapshot, out, format, eval_split=eval_split, seed=seed, name=name)
+        result = wh.export(
+            snapshot, out, format, eval_split=eval_split, seed=seed, name=name, mosaic=composition
+        )
     except Exception as exc:
         _err(str(exc))
     counts = ", ".join(f"{split} {n:,}" for split, n in result["counts"].items())
     files = ", ".join(str(out / f) for f in result["files"].values())
     _console().print(f"exported {snapshot} as {format}: {counts} -> {files}")
+    if "mosaic" in result:
+        _console().print(
+            f"  mosaic: the train split holds {result['mosaic']['composed_rows']:,} composed row(s)"
+        )
     for reason, n in result["skipped"].items():
         _console().print(
             f"[yellow]skipped {n:,} row(s): {reason.removeprefix('skipped_').replace('_', ' ')}[/]"

@@ -31,6 +31,7 @@ from typing import Any
 import polars as pl
 
 from factory import schema, snapshots
+from factory.mosaic import MosaicConfig, load_tokenizer, mosaic_frame
 from factory.warehouse import Warehouse
 
 EVAL_BUCKETS = 1_000_000
@@ -225,8 +226,13 @@ def export(
     eval_split: float = 0.0,
     seed: int = 0,
     name: str | None = None,
+    mosaic: MosaicConfig | None = None,
 ) -> dict[str, Any]:
-    """Write a snapshot in `fmt` under `out`; returns the files written and the counts."""
+    """Write a snapshot in `fmt` under `out`; returns the files written and the counts.
+
+    With `mosaic`, the train split's single-exchange rows are composed Mosaic-IT style
+    (the eval split stays as it is), so the trainer's tokenizer and length set the budget.
+    """
     if fmt not in FORMATS:
         raise ValueError(f"unknown export format '{fmt}'; choose one of {', '.join(FORMATS)}")
     if not 0.0 <= eval_split < 1.0:
@@ -244,8 +250,11 @@ def export(
     counts: dict[str, int] = {}
     skipped: dict[str, int] = {}
     splits = [("train", ~pl.col("_eval"))] + ([("eval", pl.col("_eval"))] if eval_split > 0 else [])
+    composed = 0
     for split, mask in splits:
         part = frame.filter(mask).drop("_eval")
+        if mosaic is not None and split == "train":
+            part, composed = mosaic_frame(part, mosaic, load_tokenizer(mosaic.tokenizer))
         records, stats = builder(part, preference)
         for reason, n in stats.items():
             skipped[reason] = skipped.get(reason, 0) + n
@@ -270,5 +279,7 @@ def export(
         "counts": counts,
         "skipped": {k: v for k, v in skipped.items() if v},
     }
+    if mosaic is not None:
+        manifest["mosaic"] = {"config": mosaic.model_dump(mode="json"), "composed_rows": composed}
     (out / "export.json").write_text(json.dumps(manifest, indent=2) + "\n")
     return {**manifest, "out": str(out)}
