@@ -158,9 +158,11 @@ def main(out: Path = OUT) -> None:
         message="short answers for a first SFT run",
     )
     prefs = wh.create_snapshot("prefs", parent="base", where="kind = 'preference'", message="DPO pairs")
+    composed = factory.generate(wh, "mosaic", on="short", passes=1, max_tokens=1024)
     console.print(
         f"[bold]4. snapshots[/]  base {base['row_count']} rows ({base['digest'][:12]}), "
-        f"short {short['row_count']} rows, prefs {prefs['row_count']} rows"
+        f"short {short['row_count']} rows, prefs {prefs['row_count']} rows; mosaic: {composed.accepted} "
+        f"Mosaic-IT examples composed from short (one pass, 1,024-token budget, Gemma's tokenizer)"
     )
 
     by_source = wh.sql(
