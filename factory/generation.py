@@ -23,7 +23,7 @@ from pydantic import BaseModel, Field
 
 from factory import lake
 from factory.call_cache import CallCache
-from factory.teacher import BudgetExhausted, Teacher, TeacherOptions, make_backend, parse_spec
+from factory.teacher import BACKENDS, BudgetExhausted, Teacher, TeacherOptions, make_backend, parse_spec
 from factory.warehouse import Warehouse, ids_of, verdict_frame
 
 
@@ -172,12 +172,11 @@ def stored_config(config: BaseModel) -> dict[str, Any]:
 
     def strip(value: Any) -> Any:
         if isinstance(value, dict):
-            return {
-                k: str(parse_spec(v)) if k == "teacher" and isinstance(v, str) else strip(v)
-                for k, v in value.items()
-            }
+            return {k: strip(v) for k, v in value.items()}
         if isinstance(value, list):
             return [strip(v) for v in value]
+        if isinstance(value, str) and "@" in value and value.partition(":")[0] in BACKENDS:
+            return str(parse_spec(value))  # a teacher spec (teacher, judge, ...): its URL goes
         return value
 
     return strip(config.model_dump(mode="json"))
