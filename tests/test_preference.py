@@ -103,3 +103,25 @@ def test_critique_revise_keeps_principle_and_critique(wh, tmp_path):
 def test_scores_parser():
     assert preference.scores("Response 1: 7\nResponse 2 - 3.5\nresponse 1: 9", 2) == {1: 7.0, 2: 3.5}
     assert preference.scores("Response 3: 8", 2) == {}
+
+
+def test_preference_on_the_tiny_model(wh, tmp_path, tiny_model):
+    """The whole path on a real (random) model: every prompt ends as a pair or an explained rejection."""
+    factory.import_file(wh, str(write_jsonl(tmp_path / "p.jsonl", PROMPTS)))
+    wh.create_snapshot("prompts")
+    small = {"max_tokens": 16, "temperature": 1.0}
+    for mode, extra in (("rank", {"n": 2}), ("critique_revise", {"principles": str(tmp_path / "c.txt")})):
+        (tmp_path / "c.txt").write_text("Be kind.\n")
+        summary = factory.generate(
+            wh, "preference", on="prompts", mode=mode, sampling=small, judge_sampling=small,
+            **extra, **{"teacher.teacher": f"hf:{tiny_model}"},
+        )  # fmt: skip
+        assert summary.accepted + sum(summary.rejected.values()) == len(PROMPTS)
+        assert summary.teacher_stats["calls"] > 0
+        status = wh.sql(f"SELECT status FROM jobs WHERE id = '{summary.job_id}'")["status"][0]
+        assert status == "succeeded"
+    rejected = wh.sql("SELECT count(*) AS n FROM verdicts WHERE filter = 'preference' AND NOT keep")["n"][0]
+    made = wh.sql("SELECT count(*) AS n FROM rows WHERE generator = 'preference' AND kind = 'preference'")[
+        "n"
+    ][0]
+    assert rejected + made >= 1
