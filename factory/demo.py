@@ -5,7 +5,8 @@ file in each other format and a noisy "scraped" file, runs two Self-Instruct
 rounds and distils answers for the new instructions with the embedded teacher
 (Gemma 3 270M on the CPU), cleans everything with exact, MinHash and semantic
 dedup, the quality heuristics and the safety filters (PII is redacted into new
-rows), freezes snapshots that honour those verdicts, runs two SQL queries,
+rows), freezes snapshots that honour those verdicts, composes Mosaic-IT examples
+and runs a small IDEA-MCTS search, runs two SQL queries,
 exports two trainer formats and prints a one-screen summary. Later parts of the
 factory (trainers) extend it.
 """
@@ -159,10 +160,20 @@ def main(out: Path = OUT) -> None:
     )
     prefs = wh.create_snapshot("prefs", parent="base", where="kind = 'preference'", message="DPO pairs")
     composed = factory.generate(wh, "mosaic", on="short", passes=1, max_tokens=1024)
+    search_started = time.time()
+    searched = factory.generate(
+        wh, "mcts",
+        **{"on": "seeds", "limit": 2, "rollouts": 2, "expand": 1, "max_depth": 2, "task_actions": 0,
+           "sampling.max_tokens": 32, "judge_sampling.max_tokens": 8, "answer_sampling.max_tokens": 32,
+           "teacher.teacher": "hf:embedded", "teacher.options.batch_size": 16},
+    )  # fmt: skip
+    mcts_s = time.time() - search_started
     console.print(
         f"[bold]4. snapshots[/]  base {base['row_count']} rows ({base['digest'][:12]}), "
         f"short {short['row_count']} rows, prefs {prefs['row_count']} rows; mosaic: {composed.accepted} "
-        f"Mosaic-IT examples composed from short (one pass, 1,024-token budget, Gemma's tokenizer)"
+        f"Mosaic-IT examples composed from short (one pass, 1,024-token budget, Gemma's tokenizer); "
+        f"mcts: 2 roots x 2 rollouts, {wh.count('mcts_nodes')} tree nodes (SQL: mcts_nodes), "
+        f"{searched.accepted} best instruction(s) kept, {searched.teacher_stats['calls']} teacher calls, {mcts_s:.0f} s"
     )
 
     by_source = wh.sql(

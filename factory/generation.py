@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any, Protocol
 
@@ -23,7 +24,16 @@ from pydantic import BaseModel, Field
 
 from factory import lake
 from factory.call_cache import CallCache
-from factory.teacher import BACKENDS, BudgetExhausted, Teacher, TeacherOptions, make_backend, parse_spec
+from factory.teacher import (
+    BACKENDS,
+    BudgetExhausted,
+    Request,
+    Sampling,
+    Teacher,
+    TeacherOptions,
+    make_backend,
+    parse_spec,
+)
 from factory.warehouse import Warehouse, ids_of, verdict_frame
 
 
@@ -65,6 +75,13 @@ class GenerationSummary:
 
     def as_dict(self) -> dict[str, Any]:
         return dict(self.__dict__)
+
+
+def plain_request(teacher: Teacher, text: str, sampling: Sampling, n: int = 1) -> Request:
+    """One prompt as the teacher takes it: a user message for a chat model, the text itself for a base model."""
+    if getattr(teacher.backend, "chat", True):
+        return Request(messages=(("user", text),), sampling=sampling, n=n)
+    return Request(prompt=text, sampling=sampling, n=n)
 
 
 def template_hash(*parts: str) -> str:
@@ -118,8 +135,12 @@ def run_generator(
     teacher_config: TeacherConfig,
     produce: Produce,
     progress: bool = False,
+    also: Callable[[lake.Lake], None] | None = None,
 ) -> GenerationSummary:
-    """Run `produce` with a cached teacher and store what it made in one commit."""
+    """Run `produce` with a cached teacher and store what it made in one commit.
+
+    `also` writes more in that commit (a generator's own state, e.g. a search tree).
+    """
     spec = parse_spec(teacher_config.teacher)
     job = wh.start_job("generate", name, stored_config(config))
     summary = GenerationSummary(job_id=job, generator=name, teacher=str(spec))
@@ -156,6 +177,8 @@ def run_generator(
         def finish(lk: lake.Lake, result: Any) -> None:
             summary.inserted = result.inserted
             wh.insert_verdicts(lk, verdict_frame(verdicts), name, job, once=True)
+            if also is not None:
+                also(lk)
             wh.finish_job(lk, job, status, summary.as_dict())
 
         wh.add_rows([_frame(rows)] if rows else [], f"generate: {name} job {job}", job, on_commit=finish)

@@ -11,6 +11,8 @@ read it with plain SQL (`factory sql`, or the DuckDB CLI after ATTACH):
 - runs: training and evaluation runs on a snapshot.
 - embeddings / sketches: per-row vectors and MinHash signatures, cached so that
   an incremental filter run only computes them for new rows.
+- mcts_nodes: the IDEA-MCTS search trees (node, parent, action, instruction,
+  reward, visits, value), so a rerun continues a search and SQL can inspect it.
 - meta: the schema version.
 
 The row id is a content hash of the normalised record (`row_id`), so it is the
@@ -22,9 +24,9 @@ from __future__ import annotations
 import polars as pl
 import polars_hash  # noqa: F401  (registers the `chash` namespace used by row_id)
 
-SCHEMA_VERSION = 3
+SCHEMA_VERSION = 4
 # Versions that differ from this one by added tables only: opening one creates them.
-ADDITIVE_FROM = {"2": ("embeddings", "sketches")}
+ADDITIVE_FROM = {"2": ("embeddings", "sketches", "mcts_nodes"), "3": ("mcts_nodes",)}
 
 MESSAGE_TYPE = "STRUCT(role VARCHAR, content VARCHAR)[]"
 
@@ -127,6 +129,20 @@ TABLES: dict[str, dict[str, str]] = {
         "scheme": "VARCHAR",  # hash of what the signature depends on (key, shingles, permutations, seed)
         "signature": "BLOB",  # num_perm little-endian uint32 values
         "created_at": "TIMESTAMPTZ",
+    },
+    "mcts_nodes": {
+        "tree": "VARCHAR",  # hash of the root row id and the search settings
+        "node": "VARCHAR",  # hash of the path from the root
+        "parent": "VARCHAR",  # NULL for the root
+        "root_id": "VARCHAR",  # the seed row the tree grows from
+        "depth": "BIGINT",
+        "action": "VARCHAR",  # the evolution that made this node from its parent
+        "instruction": "VARCHAR",
+        "reward": "DOUBLE",  # quality + diversity + complexity when the node was evaluated
+        "visits": "BIGINT",
+        "value": "DOUBLE",  # sum of the rewards backed up through the node
+        "job_id": "VARCHAR",
+        "updated_at": "TIMESTAMPTZ",
     },
     "runs": {
         "id": "VARCHAR",

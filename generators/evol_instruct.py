@@ -36,7 +36,7 @@ from factory.warehouse import Warehouse
 from generators.distill import request_for
 
 NAME = "evol_instruct"
-_DEPTH_INTRO = (
+DEPTH_INTRO = (
     "I want you to act as a Prompt Rewriter. Rewrite the given prompt into a more complex version that "
     "famous AI systems would find harder to handle, while it stays reasonable and answerable by humans. "
     "Keep any non-text parts such as tables and code. {method} The rewritten prompt may add only 10 to "
@@ -170,7 +170,7 @@ class EvolInstructConfig(BaseModel):
 def evolution_prompt(instruction: str, operation: str) -> str:
     if operation == "breadth":
         return f"{BREADTH_INTRO}#Given Prompt#:\n{instruction}\n\n#Created Prompt#:\n"
-    intro = _DEPTH_INTRO.format(method=DEPTH_METHODS[operation])
+    intro = DEPTH_INTRO.format(method=DEPTH_METHODS[operation])
     return f"{intro}#Given Prompt#:\n{instruction}\n\n#Rewritten Prompt#:\n"
 
 
@@ -200,7 +200,7 @@ def _request(text: str, chat: bool, sampling: Sampling) -> Request:
 
 def evolve(pool: list[dict[str, Any]], cfg: EvolInstructConfig, teacher: Teacher, out: Output) -> None:
     chat = cfg.style == "chat" or (cfg.style == "auto" and teacher.backend.chat)
-    template = template_hash(NAME, _DEPTH_INTRO, BREADTH_INTRO, EQUALITY_PROMPT)
+    template = template_hash(NAME, DEPTH_INTRO, BREADTH_INTRO, EQUALITY_PROMPT)
     for rnd in range(cfg.rounds):
         rng = random.Random(f"{cfg.teacher.seed}:{rnd}")
         ops = [rng.choice(cfg.operations) for _ in pool]

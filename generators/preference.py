@@ -29,11 +29,12 @@ from factory.generation import (
     Output,
     TeacherConfig,
     make_row,
+    plain_request,
     run_generator,
     template_hash,
 )
 from factory.plugins import Plugin
-from factory.teacher import Request, Sampling, Teacher, make_backend, parse_spec
+from factory.teacher import Sampling, Teacher, make_backend, parse_spec
 from factory.warehouse import Warehouse
 from generators.distill import prompts
 
@@ -118,7 +119,7 @@ def _user(instruction: str, input: str) -> str:
 
 
 def _ask(teacher: Teacher, texts: list[str], sampling: Sampling, n: int = 1) -> list[list[str | None]]:
-    answers = teacher.generate([Request(messages=(("user", t),), sampling=sampling, n=n) for t in texts])
+    answers = teacher.generate([plain_request(teacher, t, sampling, n) for t in texts])
     return [[s.text.strip() if s.text and not s.error else None for s in samples] for samples in answers]
 
 

@@ -146,7 +146,7 @@ def test_schema_version_checked_on_open(wh):
     )
     folder = wh.folder
     wh.close()
-    with pytest.raises(WarehouseError, match="schema version 999, this instruction-factory expects 3"):
+    with pytest.raises(WarehouseError, match="schema version 999, this instruction-factory expects 4"):
         factory.open(str(folder))
 
 
@@ -154,6 +154,7 @@ def test_a_schema_2_warehouse_gains_the_new_tables_on_open(wh):
     def downgrade(lk) -> None:
         lk.execute("DROP TABLE embeddings")
         lk.execute("DROP TABLE sketches")
+        lk.execute("DROP TABLE mcts_nodes")
         lk.execute("UPDATE meta SET value = '2' WHERE key = 'schema_version'")
 
     wh.lake.write("test: a schema 2 warehouse", downgrade)
@@ -164,7 +165,8 @@ def test_a_schema_2_warehouse_gains_the_new_tables_on_open(wh):
     reader.close()
     upgraded = factory.open(str(folder))
     assert upgraded.count("sketches") == 0 and upgraded.count("embeddings") == 0
-    assert upgraded.sql("SELECT value FROM meta WHERE key = 'schema_version'")["value"][0] == "3"
+    assert upgraded.count("mcts_nodes") == 0
+    assert upgraded.sql("SELECT value FROM meta WHERE key = 'schema_version'")["value"][0] == "4"
     upgraded.close()
 
 
