@@ -76,15 +76,12 @@ class CallCache:
         found = {k: self._answers[k] for k in keys if k in self._answers}
         wanted = [k for k in dict.fromkeys(keys) if k not in found]
         if wanted:
-            self.wh.lake.register("wanted_keys", pl.DataFrame({"key": wanted}))
-            try:
+            with self.wh.lake.registered("wanted_keys", pl.DataFrame({"key": wanted})):
                 stored = self.wh.sql(
                     "SELECT key, response, logprobs, finish_reason, prompt_tokens, completion_tokens "
                     "FROM llm_calls WHERE error IS NULL AND key IN (SELECT key FROM wanted_keys) "
                     "QUALIFY row_number() OVER (PARTITION BY key ORDER BY created_at DESC) = 1"
                 )
-            finally:
-                self.wh.lake.unregister("wanted_keys")
             for record in stored.iter_rows(named=True):
                 found[record["key"]] = record
         return found
@@ -127,14 +124,11 @@ def _insert(wh: Warehouse, frame: pl.DataFrame, message: str) -> None:
     """Append calls, skipping any already stored (a journal moved in twice counts once)."""
 
     def work(lk: Any) -> None:
-        lk.register("staged_calls", frame)
-        try:
+        with lk.registered("staged_calls", frame):
             lk.execute(
                 f"INSERT INTO llm_calls ({schema.column_list('llm_calls')}) SELECT s.* FROM staged_calls s "
                 "ANTI JOIN llm_calls c ON c.key = s.key AND c.job_id = s.job_id AND c.created_at = s.created_at"
             )
-        finally:
-            lk.unregister("staged_calls")
 
     wh.lake.write(message, work)
 

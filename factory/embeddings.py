@@ -62,15 +62,12 @@ def encode(texts: list[str], name: str = BUNDLED, batch_size: int = 64) -> np.nd
 
 
 def _stored(wh: Warehouse, ids: pl.Series, name: str, field: str) -> pl.DataFrame:
-    wh.lake.register("wanted_ids", pl.DataFrame({"id": ids}))
-    try:
+    with wh.lake.registered("wanted_ids", pl.DataFrame({"id": ids})):
         return wh.sql(
             "SELECT e.id, any_value(e.vector) AS vector FROM embeddings e SEMI JOIN wanted_ids w ON w.id = e.id "
             "WHERE e.model = ? AND e.field = ? GROUP BY e.id",
             [name, field],
         )
-    finally:
-        wh.lake.unregister("wanted_ids")
 
 
 def row_embeddings(
@@ -92,15 +89,12 @@ def row_embeddings(
         )
 
         def work(lk: Any) -> None:
-            lk.register("new_embeddings", new)
-            try:
+            with lk.registered("new_embeddings", new):
                 lk.execute(
                     "INSERT INTO embeddings (id, model, field, vector, created_at) "
                     "SELECT id, ?, ?, vector, now() FROM new_embeddings",
                     [name, field],
                 )
-            finally:
-                lk.unregister("new_embeddings")
 
         wh.lake.write(f"embeddings: {new.height} x {name} ({field})", work)
         stored = pl.concat([stored, new.with_columns(pl.col("vector").cast(stored.schema["vector"]))])

@@ -175,12 +175,14 @@ class Lake:
         row = self.row(sql, params)
         return None if row is None else row[0]
 
-    def register(self, name: str, data: pa.Table | pl.DataFrame) -> None:
-        """Expose an in-memory Arrow table or polars frame to SQL under a name."""
+    @contextlib.contextmanager
+    def registered(self, name: str, data: pa.Table | pl.DataFrame) -> Iterator[None]:
+        """Expose an in-memory Arrow table or polars frame to SQL under a name, for the `with` block."""
         self.con.register(name, data.to_arrow() if isinstance(data, pl.DataFrame) else data)
-
-    def unregister(self, name: str) -> None:
-        self.con.unregister(name)
+        try:
+            yield
+        finally:
+            self.con.unregister(name)
 
     def execute(self, sql: str, params: Params = None) -> None:
         self.con.execute(sql, params or [])

@@ -331,16 +331,13 @@ class Warehouse:
         lk: lake.Lake, frame: pl.DataFrame, filter_name: str, run: str, once: bool = False
     ) -> None:
         """Append verdicts inside a write; with `once`, skip rows this filter has judged already."""
-        lk.register("staged_verdicts", frame)
         skip = " WHERE id NOT IN (SELECT id FROM verdicts WHERE filter = $filter)" if once else ""
-        try:
+        with lk.registered("staged_verdicts", frame):
             lk.execute(
                 "INSERT INTO verdicts (id, filter, run_id, score, keep, reason, created_at) "
                 f"SELECT id, $filter, $run, score, keep, reason, now() FROM staged_verdicts{skip}",
                 {"filter": filter_name, "run": run},
             )
-        finally:
-            lk.unregister("staged_verdicts")
 
     def why(self, row_id: str) -> pl.DataFrame:
         """Every verdict on one row (by full id or unique prefix), newest first."""

@@ -229,15 +229,12 @@ def scheme(config: MinHashConfig) -> str:
 
 def _stored(wh: Any, ids: pl.Series, name: str) -> pl.DataFrame:
     """Stored signatures of these rows under this scheme (id, signature bytes), one per id."""
-    wh.lake.register("wanted_ids", pl.DataFrame({"id": ids}))
-    try:
+    with wh.lake.registered("wanted_ids", pl.DataFrame({"id": ids})):
         return wh.sql(
             "SELECT s.id, any_value(s.signature) AS signature FROM sketches s SEMI JOIN wanted_ids w ON w.id = s.id "
             "WHERE s.scheme = ? GROUP BY s.id",
             [name],
         )
-    finally:
-        wh.lake.unregister("wanted_ids")
 
 
 def _store(wh: Any, ids: pl.Series, sig: np.ndarray, name: str) -> None:
@@ -249,14 +246,11 @@ def _store(wh: Any, ids: pl.Series, sig: np.ndarray, name: str) -> None:
     new = pa.table({"id": ids.to_arrow(), "signature": blobs.cast(pa.binary())})
 
     def work(lk: Any) -> None:
-        lk.register("new_sketches", new)
-        try:
+        with lk.registered("new_sketches", new):
             lk.execute(
                 "INSERT INTO sketches (id, scheme, signature, created_at) SELECT id, ?, signature, now() FROM new_sketches",
                 [name],
             )
-        finally:
-            lk.unregister("new_sketches")
 
     wh.lake.write(f"sketches: {len(sig)} minhash signatures ({name})", work)
 

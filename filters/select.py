@@ -47,14 +47,11 @@ def _scores(candidates: pl.DataFrame, config: SelectConfig, ctx: Any) -> pl.Seri
         wh = getattr(ctx, "warehouse", None)
         if wh is None:
             raise ValueError("score_sql is run in the warehouse: run this filter in-process")
-        wh.lake.register("select_ids", candidates.select("id"))
-        try:
+        with wh.lake.registered("select_ids", candidates.select("id")):
             found = wh.sql(
                 f"SELECT id, any_value(({config.score_sql}))::DOUBLE AS score FROM rows "
                 "WHERE id IN (SELECT id FROM select_ids) GROUP BY id"
             )
-        finally:
-            wh.lake.unregister("select_ids")
     joined = candidates.select("id").join(found, on="id", how="left", maintain_order="left")
     return joined["score"]
 

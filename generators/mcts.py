@@ -340,8 +340,7 @@ def run(wh: Warehouse, cfg: MctsConfig, progress: bool = False) -> GenerationSum
 
     def store_trees(lk: lake.Lake) -> None:
         frame = _tree_frame(trees, holder.get("job", ""))
-        lk.register("staged_nodes", frame)
-        try:
+        with lk.registered("staged_nodes", frame):
             lk.execute(
                 "DELETE FROM mcts_nodes WHERE list_contains($trees, tree)", {"trees": [t.tree for t in trees]}
             )
@@ -349,8 +348,6 @@ def run(wh: Warehouse, cfg: MctsConfig, progress: bool = False) -> GenerationSum
             lk.execute(
                 f"INSERT INTO mcts_nodes ({columns}, updated_at) SELECT {columns}, now() FROM staged_nodes"
             )
-        finally:
-            lk.unregister("staged_nodes")
 
     return run_generator(wh, "mcts", cfg, cfg.teacher, produce, progress, also=store_trees)
 
