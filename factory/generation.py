@@ -77,9 +77,9 @@ class GenerationSummary:
         return dict(self.__dict__)
 
 
-def plain_request(teacher: Teacher, text: str, sampling: Sampling, n: int = 1) -> Request:
-    """One prompt as the teacher takes it: a user message for a chat model, the text itself for a base model."""
-    if getattr(teacher.backend, "chat", True):
+def plain_request(text: str, chat: bool, sampling: Sampling, n: int = 1) -> Request:
+    """One prompt as a teacher takes it: a user message for a chat model, the text itself for a base model."""
+    if chat:
         return Request(messages=(("user", text),), sampling=sampling, n=n)
     return Request(prompt=text, sampling=sampling, n=n)
 

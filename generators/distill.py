@@ -44,8 +44,8 @@ COMPLETION_FRAME = (
 )
 
 
-class DistillConfig(BaseModel):
-    """Settings of one distillation run (the CLI flags and the Python API share them)."""
+class PromptSource(BaseModel):
+    """Where a teacher generator's prompts come from: a snapshot, an SQL query or a file."""
 
     on: str | None = Field(None, description="snapshot whose rows' instructions are the prompts")
     query: str | None = Field(
@@ -55,6 +55,17 @@ class DistillConfig(BaseModel):
         None, description="JSONL (instruction or prompt, input) or text file of prompts"
     )
     limit: int | None = Field(None, gt=0, description="use at most this many prompts")
+
+    @model_validator(mode="after")
+    def _one_source(self) -> PromptSource:
+        if sum(x is not None for x in (self.on, self.query, self.file)) != 1:
+            raise ValueError("give exactly one source of prompts: on (a snapshot), query or file")
+        return self
+
+
+class DistillConfig(PromptSource):
+    """Settings of one distillation run (the CLI flags and the Python API share them)."""
+
     n: int = Field(1, gt=0, le=16, description="responses per prompt")
     system: Literal["none", "role", "cot", "format"] = Field("none", description="system-prompt template")
     role: str = Field("an expert assistant", description="who the teacher is, for --system role")
@@ -64,12 +75,6 @@ class DistillConfig(BaseModel):
     )
     sampling: Sampling = Field(default_factory=lambda: Sampling(temperature=0.7, max_tokens=512))
     teacher: TeacherConfig = Field(default_factory=TeacherConfig)
-
-    @model_validator(mode="after")
-    def _one_source(self) -> DistillConfig:
-        if sum(x is not None for x in (self.on, self.query, self.file)) != 1:
-            raise ValueError("give exactly one source of prompts: on (a snapshot), query or file")
-        return self
 
 
 def _from_file(path: Path) -> pl.DataFrame:
@@ -93,7 +98,7 @@ def _from_file(path: Path) -> pl.DataFrame:
     return pl.DataFrame(records, schema={"instruction": pl.String, "input": pl.String})
 
 
-def prompts(wh: Warehouse, cfg: DistillConfig) -> pl.DataFrame:
+def prompts(wh: Warehouse, cfg: PromptSource) -> pl.DataFrame:
     """The prompts as a frame with instruction, input and parent id (NULL for file prompts)."""
     if cfg.file is not None:
         frame = _from_file(cfg.file)

@@ -26,12 +26,13 @@ from factory.generation import (
     Output,
     TeacherConfig,
     make_row,
+    plain_request,
     row_id,
     run_generator,
     template_hash,
 )
 from factory.plugins import Plugin
-from factory.teacher import Request, Sampling, Teacher
+from factory.teacher import Sampling, Teacher
 from factory.warehouse import Warehouse
 from generators.distill import request_for
 
@@ -192,12 +193,6 @@ def elimination(original: str, evolved: str, answer: str, equal: bool) -> str | 
     return None
 
 
-def _request(text: str, chat: bool, sampling: Sampling) -> Request:
-    if chat:
-        return Request(messages=(("user", text),), sampling=sampling)
-    return Request(prompt=text, sampling=sampling)
-
-
 def evolve(pool: list[dict[str, Any]], cfg: EvolInstructConfig, teacher: Teacher, out: Output) -> None:
     chat = cfg.style == "chat" or (cfg.style == "auto" and teacher.backend.chat)
     template = template_hash(NAME, DEPTH_INTRO, BREADTH_INTRO, EQUALITY_PROMPT)
@@ -205,14 +200,14 @@ def evolve(pool: list[dict[str, Any]], cfg: EvolInstructConfig, teacher: Teacher
         rng = random.Random(f"{cfg.teacher.seed}:{rnd}")
         ops = [rng.choice(cfg.operations) for _ in pool]
         rewrites = teacher.generate(
-            [_request(evolution_prompt(p["instruction"], op), chat, cfg.rewrite_sampling) for p, op in zip(pool, ops, strict=True)]
+            [plain_request(evolution_prompt(p["instruction"], op), chat, cfg.rewrite_sampling) for p, op in zip(pool, ops, strict=True)]
         )  # fmt: skip
         evolved = [(s.text or "").strip() if not s.error else "" for (s,) in rewrites]
         answers = teacher.generate(
             [request_for(e or "-", "", "", chat, cfg.answer_sampling) for e in evolved]
         )
         checks = teacher.generate(
-            [_request(EQUALITY_PROMPT.format(a=p["instruction"], b=e), chat, Sampling(temperature=0, max_tokens=4))
+            [plain_request(EQUALITY_PROMPT.format(a=p["instruction"], b=e), chat, Sampling(temperature=0, max_tokens=4))
              for p, e in zip(pool, evolved, strict=True)]
         )  # fmt: skip
         for k, (item, op, text, (answer,), (check,)) in enumerate(

@@ -175,7 +175,9 @@ class Search:
         self._judgements: dict[str, dict[str, float]] = {}
 
     def _ask(self, prompts: list[str], sampling: Sampling) -> list[str]:
-        samples = self.teacher.generate([plain_request(self.teacher, p, sampling) for p in prompts])
+        samples = self.teacher.generate(
+            [plain_request(p, self.teacher.backend.chat, sampling) for p in prompts]
+        )
         return [(s[0].text or "").strip() for s in samples]
 
     def _judged(self, texts: list[str]) -> list[dict[str, float]]:

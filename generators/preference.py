@@ -22,7 +22,7 @@ from pathlib import Path
 from typing import Literal
 
 import polars as pl
-from pydantic import BaseModel, Field, model_validator
+from pydantic import Field, model_validator
 
 from factory.generation import (
     GenerationSummary,
@@ -36,7 +36,7 @@ from factory.generation import (
 from factory.plugins import Plugin
 from factory.teacher import Sampling, Teacher, make_backend, parse_spec
 from factory.warehouse import Warehouse
-from generators.distill import prompts
+from generators.distill import PromptSource, prompts
 
 JUDGE_TEMPLATE = """Rate each response to the instruction below on a scale of 1 to 10 for helpfulness, correctness and harmlessness.
 
@@ -65,13 +65,7 @@ Write only the new response."""
 SCORE = re.compile(r"response\s*(\d+)\s*[:=-]\s*(\d+(?:\.\d+)?)", re.IGNORECASE)
 
 
-class PreferenceConfig(BaseModel):
-    on: str | None = Field(None, description="snapshot whose rows' instructions are the prompts")
-    query: str | None = Field(
-        None, description="SQL returning an instruction column (and optional input, id)"
-    )
-    file: Path | None = Field(None, description="JSONL or text file of prompts")
-    limit: int | None = Field(None, gt=0, description="use at most this many prompts")
+class PreferenceConfig(PromptSource):
     mode: Literal["rank", "critique_revise"] = Field("rank", description="RLAIF ranking or critique-revise")
     n: int = Field(2, ge=1, le=16, description="rank: samples per prompt from each teacher")
     teacher: TeacherConfig = Field(default_factory=TeacherConfig, description="the (first) answering teacher")
@@ -85,8 +79,6 @@ class PreferenceConfig(BaseModel):
 
     @model_validator(mode="after")
     def _consistent(self) -> PreferenceConfig:
-        if sum(x is not None for x in (self.on, self.query, self.file)) != 1:
-            raise ValueError("give exactly one source of prompts: on (a snapshot), query or file")
         if self.mode == "critique_revise" and self.principles is None:
             raise ValueError("critique_revise needs principles=FILE (one principle per paragraph)")
         if self.mode == "rank" and self.n * (1 + len(self.more_teachers)) < 2:
@@ -119,7 +111,7 @@ def _user(instruction: str, input: str) -> str:
 
 
 def _ask(teacher: Teacher, texts: list[str], sampling: Sampling, n: int = 1) -> list[list[str | None]]:
-    answers = teacher.generate([plain_request(teacher, t, sampling, n) for t in texts])
+    answers = teacher.generate([plain_request(t, teacher.backend.chat, sampling, n) for t in texts])
     return [[s.text.strip() if s.text and not s.error else None for s in samples] for samples in answers]
 
 
@@ -208,7 +200,7 @@ def _params(values: dict) -> str:
 
 
 def run(wh: Warehouse, cfg: PreferenceConfig, progress: bool = False) -> GenerationSummary:
-    frame = prompts(wh, cfg)  # type: ignore[arg-type]  (the same source fields as distill)
+    frame = prompts(wh, cfg)
     produce = rank if cfg.mode == "rank" else critique_revise
     return run_generator(
         wh, "preference", cfg, cfg.teacher, lambda t, out: produce(frame, cfg, t, out), progress
