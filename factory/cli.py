@@ -645,6 +645,27 @@ def why(
     _print_frame(frame)
 
 
+@app.command()
+def alignment(
+    row_id: Annotated[
+        str, typer.Argument(help="id (or unique prefix) of a row made by the reflect generator")
+    ],
+    png: Annotated[Path | None, typer.Option(help="also save the heat map as this PNG file")] = None,
+    warehouse: Warehouse = None,
+) -> None:
+    """The alignment matrix of a reflect row as a heat map (levels x iterations, survey eq. 31)."""
+    from factory import alignment as drawing
+
+    wh = _open(warehouse, read_only=True)
+    try:
+        found = drawing.alignment(wh, row_id)
+        _console().print(drawing.heatmap_table(found))
+        if png is not None:
+            _console().print(f"saved {drawing.heatmap_png(found, png)}")
+    except (LookupError, RuntimeError, OSError) as exc:
+        _err(str(exc))
+
+
 def main() -> None:
     app()
 

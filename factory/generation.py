@@ -84,6 +84,12 @@ def plain_request(text: str, chat: bool, sampling: Sampling, n: int = 1) -> Requ
     return Request(prompt=text, sampling=sampling, n=n)
 
 
+def ask(teacher: Teacher, texts: list[str], sampling: Sampling, n: int = 1) -> list[list[str | None]]:
+    """Each text asked as a plain prompt (one batch): the stripped answers per text, None where a sample failed."""
+    answers = teacher.generate([plain_request(t, teacher.backend.chat, sampling, n) for t in texts])
+    return [[s.text.strip() if s.text and not s.error else None for s in samples] for samples in answers]
+
+
 def template_hash(*parts: str) -> str:
     return hashlib.sha256("\x1e".join(parts).encode()).hexdigest()[:16]
 

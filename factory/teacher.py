@@ -217,6 +217,18 @@ class Teacher:
     def model(self) -> str:
         return self.backend.model
 
+    def alongside(self, spec: str, options: TeacherOptions) -> Teacher:
+        """Another model (judge, student, second teacher) in the same job: same cache, budgets, statistics."""
+        other = Teacher(
+            make_backend(parse_spec(spec), options),
+            self.cache,
+            self.max_calls,
+            self.max_tokens,
+            self.progress,
+        )
+        other.stats = self.stats
+        return other
+
     def _budget_left(self) -> bool:
         s = self.stats
         calls_ok = self.max_calls is None or s.calls < self.max_calls

@@ -40,8 +40,8 @@ from factory.generation import (
     GenerationSummary,
     Output,
     TeacherConfig,
+    ask,
     make_row,
-    plain_request,
     run_generator,
     template_hash,
 )
@@ -175,10 +175,7 @@ class Search:
         self._judgements: dict[str, dict[str, float]] = {}
 
     def _ask(self, prompts: list[str], sampling: Sampling) -> list[str]:
-        samples = self.teacher.generate(
-            [plain_request(p, self.teacher.backend.chat, sampling) for p in prompts]
-        )
-        return [(s[0].text or "").strip() for s in samples]
+        return [samples[0] or "" for samples in ask(self.teacher, prompts, sampling)]
 
     def _judged(self, texts: list[str]) -> list[dict[str, float]]:
         missing = [t for t in dict.fromkeys(texts) if t not in self._judgements]

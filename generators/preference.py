@@ -28,13 +28,13 @@ from factory.generation import (
     GenerationSummary,
     Output,
     TeacherConfig,
+    ask,
     make_row,
-    plain_request,
     run_generator,
     template_hash,
 )
 from factory.plugins import Plugin
-from factory.teacher import Sampling, Teacher, make_backend, parse_spec
+from factory.teacher import Sampling, Teacher
 from factory.warehouse import Warehouse
 from generators.distill import PromptSource, prompts
 
@@ -110,31 +110,19 @@ def _user(instruction: str, input: str) -> str:
     return f"{instruction}\n\n{input}" if input else instruction
 
 
-def _ask(teacher: Teacher, texts: list[str], sampling: Sampling, n: int = 1) -> list[list[str | None]]:
-    answers = teacher.generate([plain_request(t, teacher.backend.chat, sampling, n) for t in texts])
-    return [[s.text.strip() if s.text and not s.error else None for s in samples] for samples in answers]
-
-
 def rank(frame: pl.DataFrame, cfg: PreferenceConfig, teacher: Teacher, out: Output) -> None:
-    teachers = [teacher] + [
-        Teacher(make_backend(parse_spec(spec), cfg.teacher.options), teacher.cache)
-        for spec in cfg.more_teachers
-    ]
-    judge = (
-        Teacher(make_backend(parse_spec(cfg.judge), cfg.teacher.options), teacher.cache)
-        if cfg.judge
-        else teacher
-    )
+    teachers = [teacher] + [teacher.alongside(spec, cfg.teacher.options) for spec in cfg.more_teachers]
+    judge = teacher.alongside(cfg.judge, cfg.teacher.options) if cfg.judge else teacher
     users = [_user(i, n) for i, n in frame.select("instruction", "input").iter_rows()]
     candidates: list[list[tuple[str, str]]] = [[] for _ in users]  # (teacher, text) per prompt
     for t in teachers:
-        for k, samples in enumerate(_ask(t, users, cfg.sampling, cfg.n)):
+        for k, samples in enumerate(ask(t, users, cfg.sampling, cfg.n)):
             candidates[k].extend((str(t.backend.name) + ":" + t.model, s) for s in samples if s)
     listing = [
         "\n\n".join(f"### Response {j}:\n{text}" for j, (_, text) in enumerate(c, start=1))
         for c in candidates
     ]
-    verdicts = _ask(judge, [JUDGE_TEMPLATE.format(prompt=u, responses=r) for u, r in zip(users, listing, strict=True)],
+    verdicts = ask(judge, [JUDGE_TEMPLATE.format(prompt=u, responses=r) for u, r in zip(users, listing, strict=True)],
                     cfg.judge_sampling)  # fmt: skip
     template = template_hash("preference-rank", JUDGE_TEMPLATE)
     for record, pool, (verdict,) in zip(frame.iter_rows(named=True), candidates, verdicts, strict=True):
@@ -164,16 +152,16 @@ def critique_revise(frame: pl.DataFrame, cfg: PreferenceConfig, teacher: Teacher
     principles = read_principles(Path(str(cfg.principles)))
     users = [_user(i, n) for i, n in frame.select("instruction", "input").iter_rows()]
     picked = [random.Random(u).choice(principles) for u in users]  # seeded by the prompt: reruns agree
-    first = [s[0] for s in _ask(teacher, users, cfg.sampling)]
+    first = [s[0] for s in ask(teacher, users, cfg.sampling)]
     steady = cfg.sampling.model_copy(update={"temperature": 0.0})
     critiques = [
         s[0]
-        for s in _ask(teacher, [CRITIQUE_TEMPLATE.format(prompt=u, response=r or "", principle=p)
+        for s in ask(teacher, [CRITIQUE_TEMPLATE.format(prompt=u, response=r or "", principle=p)
                                 for u, r, p in zip(users, first, picked, strict=True)], steady)
     ]  # fmt: skip
     revised = [
         s[0]
-        for s in _ask(teacher, [REVISE_TEMPLATE.format(prompt=u, response=r or "", critique=c or "", principle=p)
+        for s in ask(teacher, [REVISE_TEMPLATE.format(prompt=u, response=r or "", critique=c or "", principle=p)
                                 for u, r, c, p in zip(users, first, critiques, picked, strict=True)], steady)
     ]  # fmt: skip
     template = template_hash("preference-critique", CRITIQUE_TEMPLATE, REVISE_TEMPLATE)

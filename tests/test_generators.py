@@ -261,6 +261,8 @@ def test_generators_against_the_real_vllm_server(tmp_path, vllm_server):
     _seed(wh, tmp_path)
     wh.close()
     spec = f"openai:tiny@{vllm_server.url}"
+    documents = tmp_path / "notes.md"
+    documents.write_text("The sky is blue because air scatters short wavelengths.\n\nTea comes from leaves.")
     base = [sys.executable, "-m", "factory.cli", "generate", "--warehouse", str(warehouse), "--teacher", spec,
             "--quiet"]  # fmt: skip
     for args in (
@@ -277,13 +279,63 @@ def test_generators_against_the_real_vllm_server(tmp_path, vllm_server):
             "answer_sampling.max_tokens=32",
         ],
         ["distill", "--on", "seeds", "--n", "2", "--set", "sampling.max_tokens=32", "--set", "style=chat"],
+        [
+            "preference",
+            "--on",
+            "seeds",
+            "--limit",
+            "3",
+            "--n",
+            "2",
+            "--set",
+            "sampling.max_tokens=24",
+            "--set",
+            "judge_sampling.max_tokens=24",
+        ],
+        [
+            "mcts",
+            "--on",
+            "seeds",
+            "--limit",
+            "2",
+            "--set",
+            "rollouts=2",
+            "--set",
+            "task_actions=1",
+            "--set",
+            "sampling.max_tokens=24",
+            "--set",
+            "judge_sampling.max_tokens=12",
+            "--set",
+            "answer_sampling.max_tokens=24",
+        ],
+        [
+            "reflect",
+            "--on",
+            "seeds",
+            "--limit",
+            "2",
+            "--set",
+            f"documents={documents}",
+            "--set",
+            "iterations=2",
+            "--set",
+            f"student={spec}",
+            "--set",
+            "sampling.max_tokens=24",
+            "--set",
+            "judge_sampling.max_tokens=24",
+        ],
     ):
         done = subprocess.run([*base[:4], args[0], *base[4:], *args[1:]], capture_output=True, text=True)
         assert done.returncode == 0, done.stderr
         assert "done" in done.stdout and "requests" in done.stdout
     wh = factory.open(warehouse)
     jobs = wh.sql("SELECT plugin, status FROM jobs WHERE kind = 'generate' ORDER BY started_at").rows()
-    assert jobs == [("self_instruct", "succeeded"), ("evol_instruct", "succeeded"), ("distill", "succeeded")]
+    generators = ["self_instruct", "evol_instruct", "distill", "preference", "mcts", "reflect"]
+    assert jobs == [(g, "succeeded") for g in generators]
+    made = wh.sql("SELECT DISTINCT generator FROM rows WHERE generator IS NOT NULL")["generator"].to_list()
+    assert {"mcts", "reflect"} <= set(made)
     assert (
         wh.sql("SELECT count(*) AS n FROM llm_calls WHERE backend = 'openai' AND error IS NULL")["n"][0] > 0
     )
@@ -296,6 +348,13 @@ RESUMABLE = {
                       "--set", "sampling.max_tokens=48", "--set", "instance_sampling.max_tokens=48"],
     "evol-instruct": ["--on", "seeds", "--rounds", "3", "--set", "rewrite_sampling.max_tokens=48",
                       "--set", "answer_sampling.max_tokens=48"],
+    "preference": ["--file", "{prompts}", "--limit", "20", "--set", "n=2", "--set", "sampling.max_tokens=24",
+                   "--set", "judge_sampling.max_tokens=24"],
+    "mcts": ["--on", "seeds", "--set", "rollouts=3", "--set", "task_actions=1", "--set", "sampling.max_tokens=24",
+             "--set", "judge_sampling.max_tokens=12", "--set", "answer_sampling.max_tokens=24"],
+    "reflect": ["--file", "{prompts}", "--limit", "8", "--set", "documents={documents}", "--set", "iterations=2",
+                "--set", "student=hf:{model}", "--set", "sampling.max_tokens=16",
+                "--set", "judge_sampling.max_tokens=16"],
 }  # fmt: skip
 
 
@@ -304,7 +363,9 @@ RESUMABLE = {
 def test_sigkill_resume_repeats_no_call_and_ends_with_the_same_rows(generator, tmp_path, tiny_model):
     prompts = tmp_path / "prompts.txt"
     prompts.write_text("".join(f"Explain idea number {i} in a sentence\n" for i in range(60)))
-    args = [a.format(prompts=prompts) for a in RESUMABLE[generator]]
+    documents = tmp_path / "notes.txt"
+    documents.write_text("".join(f"Idea number {i} is about the number {i}.\n\n" for i in range(60)))
+    args = [a.format(prompts=prompts, documents=documents, model=tiny_model) for a in RESUMABLE[generator]]
 
     def command(warehouse):
         return [sys.executable, "-m", "factory.cli", "generate", generator, "--warehouse", str(warehouse),
@@ -352,3 +413,40 @@ def test_sigkill_resume_repeats_no_call_and_ends_with_the_same_rows(generator, t
     assert killed.sql(verdicts).rows() == clean.sql(verdicts).rows()
     statuses = killed.sql("SELECT status FROM jobs WHERE kind = 'generate' ORDER BY started_at")["status"]
     assert statuses.to_list() == ["interrupted", "succeeded"]
+
+
+@pytest.mark.slow
+def test_mosaic_killed_while_composing_commits_nothing_and_reruns_to_the_same_rows(tmp_path, tiny_model):
+    """Mosaic has no teacher calls to cache: a kill loses the composition, and the seeded rerun redoes it."""
+    from bench.synth import write_alpaca_jsonl
+
+    data = write_alpaca_jsonl(tmp_path / "src.jsonl", 20_000, seed=3)
+    for name in ("killed", "straight"):
+        with factory.init(tmp_path / name) as wh:
+            factory.import_file(wh, str(data))
+            wh.create_snapshot("src")
+
+    def command(warehouse):
+        return [sys.executable, "-m", "factory.cli", "generate", "mosaic", "--warehouse", str(warehouse), "--on",
+                "src", "--quiet", "--set", f"tokenizer={tiny_model}", "--set", "passes=6"]  # fmt: skip
+
+    straight = subprocess.run(command(tmp_path / "straight"), capture_output=True, text=True)
+    assert straight.returncode == 0, straight.stderr
+    proc = subprocess.Popen(command(tmp_path / "killed"), stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+    deadline, running = time.monotonic() + 120, False
+    while time.monotonic() < deadline and proc.poll() is None and not running:
+        with factory.open(tmp_path / "killed", read_only=True) as wh:
+            running = wh.sql("SELECT count(*) AS n FROM jobs WHERE status = 'running'")["n"][0] == 1
+        time.sleep(0.05)
+    assert running and proc.poll() is None, "mosaic finished before it could be killed"
+    proc.send_signal(signal.SIGKILL)
+    proc.wait()
+    with factory.open(tmp_path / "killed", read_only=True) as wh:
+        assert wh.sql("SELECT count(*) AS n FROM rows WHERE generator = 'mosaic'")["n"][0] == 0
+    rerun = subprocess.run(command(tmp_path / "killed"), capture_output=True, text=True)
+    assert rerun.returncode == 0, rerun.stderr
+    query = "SELECT id, parent_ids FROM rows WHERE generator = 'mosaic' ORDER BY id"
+    with factory.open(tmp_path / "killed") as killed, factory.open(tmp_path / "straight") as clean:
+        assert killed.sql(query).rows() == clean.sql(query).rows() and killed.sql(query).height > 0
+        statuses = killed.sql("SELECT status FROM jobs WHERE kind = 'generate' ORDER BY started_at")["status"]
+        assert statuses.to_list() == ["interrupted", "succeeded"]

@@ -1,0 +1,105 @@
+"""The alignment matrix of a `reflect` row, read back and drawn as a heat map.
+
+The reflect generator stores A (difficulty levels x iterations, eq. 31) in the
+lineage of the row it produced. Seeing it is how a user judges the loop: which
+levels the student still misses, and whether more iterations would help. The
+terminal map colours each cell from white (0) to orange (1); the PNG is the same
+picture through matplotlib.
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass
+from pathlib import Path
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:
+    from rich.table import Table
+
+    from factory.warehouse import Warehouse
+
+
+@dataclass
+class Alignment:
+    row_id: str
+    instruction: str
+    levels: list[str]
+    matrix: list[list[float]]  # levels x iterations
+    converged: bool
+
+
+def alignment(wh: Warehouse, row_id: str) -> Alignment:
+    """The alignment matrix of the reflect row whose id starts with `row_id`."""
+    found = wh.sql(
+        "SELECT id, instruction, generator, generator_params FROM rows WHERE starts_with(id, ?) LIMIT 2",
+        [row_id],
+    )
+    if found.height != 1:
+        raise LookupError(
+            f"row {row_id}: {'no row has' if found.height == 0 else 'several rows have'} this id"
+        )
+    row = found.row(0, named=True)
+    params = json.loads(row["generator_params"] or "{}")
+    if row["generator"] != "reflect" or "alignment" not in params:
+        raise LookupError(
+            f"row {row['id']}: made by {row['generator']}, not by reflect: it has no alignment matrix"
+        )
+    return Alignment(
+        row["id"], row["instruction"], params["levels"], params["alignment"], params["converged"]
+    )
+
+
+def _orange(value: float) -> tuple[int, int, int]:
+    v = min(max(value, 0.0), 1.0)
+    return round(255 - 15 * v), round(255 - 155 * v), round(255 - 235 * v)
+
+
+def heatmap_table(a: Alignment) -> Table:
+    """A terminal heat map: one row per level, one column per iteration, the value in each cell."""
+    from rich.table import Table
+
+    iterations = len(a.matrix[0]) if a.matrix else 0
+    table = Table(
+        title=f"alignment A[level, t] of {a.row_id[:12]} ({'converged' if a.converged else 'stopped at T'})",
+        show_lines=False,
+    )
+    table.add_column("level")
+    for t in range(iterations):
+        table.add_column(f"t{t + 1}", justify="center")
+    for level, values in zip(a.levels, a.matrix, strict=True):
+        cells = []
+        for v in values:
+            r, g, b = _orange(v)
+            ink = "white" if v > 0.6 else "black"
+            cells.append(f"[{ink} on rgb({r},{g},{b})] {v:.2f} [/]")
+        table.add_row(level, *cells)
+    return table
+
+
+def heatmap_png(a: Alignment, path: Path) -> Path:
+    """The heat map as a PNG (matplotlib), values written in the cells."""
+    try:
+        import matplotlib
+
+        matplotlib.use("Agg")
+        import matplotlib.pyplot as plt
+    except ImportError as exc:
+        raise RuntimeError(
+            "a PNG heat map needs matplotlib: pip install 'instruction-factory[plot]'"
+        ) from exc
+    iterations = len(a.matrix[0]) if a.matrix else 0
+    figure, axes = plt.subplots(figsize=(1.2 + 0.9 * iterations, 0.8 + 0.5 * len(a.levels)))
+    image = axes.imshow(a.matrix, cmap="Oranges", vmin=0, vmax=1, aspect="auto")
+    axes.set_xticks(range(iterations), [f"t{t + 1}" for t in range(iterations)])
+    axes.set_yticks(range(len(a.levels)), a.levels)
+    axes.set_xlabel("iteration")
+    axes.set_ylabel("difficulty")
+    for j, values in enumerate(a.matrix):
+        for t, v in enumerate(values):
+            axes.text(t, j, f"{v:.2f}", ha="center", va="center", color="white" if v > 0.6 else "black")
+    figure.colorbar(image, ax=axes, label="alignment")
+    figure.tight_layout()
+    figure.savefig(path, dpi=120)
+    plt.close(figure)
+    return path
