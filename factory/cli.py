@@ -646,6 +646,127 @@ def why(
 
 
 @app.command()
+def train(
+    snapshot: Annotated[
+        str, typer.Argument(help="snapshot to train on (its export is what the trainer reads)")
+    ],
+    trainer: Annotated[str, typer.Option(help="trainer plugin: sft, dpo, distill")] = "sft",
+    method: Annotated[
+        str | None,
+        typer.Option(help="full, lora, qlora, prefix, prompt, ptuning, ia3, bitfit [default: lora]"),
+    ] = None,
+    model: Annotated[
+        str | None, typer.Option(help="model folder, GGUF file or 'embedded' [default: embedded]")
+    ] = None,
+    out: Annotated[Path | None, typer.Option(help="run folder [default: WAREHOUSE/runs/RUN_ID]")] = None,
+    set_: Settings = None,
+    config: ConfigFile = None,
+    quiet: Annotated[bool, typer.Option(help="no per-step lines")] = False,
+    warehouse: Warehouse = None,
+) -> None:
+    """Train on a snapshot, evaluate before and after on its held-out split, and record the run.
+
+    Examples:
+      factory train base --method lora --model embedded --set max_steps=40
+      factory train base --method full --model models/tiny --set packing=true --set max_length=512
+      factory train prefs --trainer dpo --method lora --set beta=0.1
+      factory train base --trainer distill --model models/small --set teacher=models/big --set alpha=0.5
+    """
+    import yaml
+    from pydantic import ValidationError
+
+    from factory import training
+
+    try:
+        values = _values(config, set_)
+    except (OSError, yaml.YAMLError) as exc:
+        _err(_validation_message(exc))
+    values |= {k: v for k, v in {"method": method, "model": model}.items() if v is not None}
+    wh = _open(warehouse)
+    try:
+        run = training.train(wh, snapshot, trainer, values, out=out, progress=not quiet)
+    except (ValidationError, LookupError) as exc:
+        _err(_validation_message(exc))
+    except Exception as exc:
+        _err(f"{type(exc).__name__}: {exc}")
+    _print_run(run)
+
+
+@app.command("eval")
+def eval_(
+    model: Annotated[str, typer.Argument(help="a run id (its trained model), a model folder, or 'embedded'")],
+    on: Annotated[str, typer.Option("--on", help="snapshot to evaluate on")],
+    split: Annotated[str, typer.Option(help="eval: the snapshot's held-out split; all: every row")] = "eval",
+    set_: Settings = None,
+    warehouse: Warehouse = None,
+) -> None:
+    """Evaluate a model on a snapshot (loss, perplexity, ROUGE-L, BLEU, similarity, instruction checks,
+    judge), per domain and overall, and record it as a run."""
+    from pydantic import ValidationError
+
+    from factory import training
+    from factory.evaluation import EvalSettings
+
+    try:
+        settings = EvalSettings(**{**_values(None, set_), "split": split})
+    except ValidationError as exc:
+        _err(_validation_message(exc))
+    wh = _open(warehouse)
+    try:
+        run = training.evaluate_run(wh, model, on, settings)
+    except Exception as exc:
+        _err(f"{type(exc).__name__}: {exc}")
+    _print_run(run)
+
+
+def _print_run(run: dict[str, Any]) -> None:
+    console = _console()
+    metrics = run["metrics"]
+    console.print(f"[bold]run {run['id']}[/]: {run['trainer']} {run['method'] or ''} on {run['snapshot']}")
+    trained = metrics.get("train") or {}
+    if trained:
+        console.print(
+            f"  train: {trained['steps']} steps, loss {trained['train_loss_first']:.4f} -> "
+            f"{trained['train_loss_last']:.4f}; trainable {trained['trainable_params']:,} of "
+            f"{trained['total_params']:,} parameters ({trained['trainable_share']:.4%})"
+        )
+    for label, key in (("before", "eval_before"), ("after", "eval")):
+        found = metrics.get(key)
+        if found:
+            console.print(f"  eval {label if trained else ''}: " + _metric_line(found))
+    if run.get("artifact"):
+        console.print(f"  model: {run['artifact']}")
+    console.print(f"  compare: factory runs --compare {run['id']} OTHER_RUN")
+
+
+def _metric_line(m: dict[str, Any]) -> str:
+    parts = [f"{m['rows']} rows"]
+    for key, label in (("loss", "loss"), ("perplexity", "ppl"), ("rouge_l", "ROUGE-L"), ("bleu", "BLEU"),
+                       ("similarity", "sim"), ("instructions_followed", "followed"), ("judge", "judge")):  # fmt: skip
+        if m.get(key) is not None:
+            parts.append(f"{label} {m[key]:.4g}")
+    return ", ".join(parts)
+
+
+@app.command()
+def runs(
+    compare: Annotated[
+        tuple[str, str] | None, typer.Option(help="two run ids: their configs and metrics side by side")
+    ] = None,
+    warehouse: Warehouse = None,
+) -> None:
+    """Training and evaluation runs, newest first; --compare A B shows two side by side."""
+    from factory import training
+
+    wh = _open(warehouse, read_only=True)
+    try:
+        frame = training.compare(wh, *compare) if compare else training.runs(wh)
+    except LookupError as exc:
+        _err(str(exc))
+    _print_frame(frame)
+
+
+@app.command()
 def alignment(
     row_id: Annotated[
         str, typer.Argument(help="id (or unique prefix) of a row made by the reflect generator")

@@ -68,3 +68,12 @@ def convert_gguf(path: Path) -> Path:
 def converted_model() -> Path:
     """The embedded model as a transformers folder (converted on first use)."""
     return convert_gguf(gguf_file())
+
+
+def model_folder(model: str) -> Path | str:
+    """Where a model named by a user lives: 'embedded', a GGUF file (converted once), a folder or a hub id."""
+    if model == "embedded":
+        return converted_model()
+    if model.endswith(".gguf"):
+        return convert_gguf(Path(model))
+    return Path(model) if Path(model).exists() else model

@@ -131,7 +131,7 @@ def build_sharegpt(frame: pl.DataFrame, preference: bool) -> tuple[pl.DataFrame,
 
 
 def build_openai(frame: pl.DataFrame, preference: bool) -> tuple[pl.DataFrame, dict[str, int]]:
-    return frame.select(_with_system(_conversation()).alias("messages")), {}
+    return frame.select(messages()), {}
 
 
 def build_trl(frame: pl.DataFrame, preference: bool) -> tuple[pl.DataFrame, dict[str, int]]:
@@ -218,6 +218,20 @@ def _dataset_info(name: str, files: dict[str, str], preference: bool) -> dict[st
     return info
 
 
+def split_rows(wh: Warehouse, snapshot: str, eval_split: float, seed: int) -> pl.DataFrame:
+    """A snapshot's rows with `_eval` true for the held-out ones (the same split on every machine)."""
+    return wh.sql(
+        "SELECT *, ('0x' || left(md5($seed || ':' || id), 12))::BIGINT % $buckets < $cut AS _eval "
+        f"FROM snapshot('{snapshot}') ORDER BY id",
+        {"seed": str(seed), "buckets": EVAL_BUCKETS, "cut": round(eval_split * EVAL_BUCKETS)},
+    )
+
+
+def messages() -> pl.Expr:
+    """A row as the messages a chat model trains on: system (if any), then every turn."""
+    return _with_system(_conversation()).alias("messages")
+
+
 def export(
     wh: Warehouse,
     snapshot: str,
@@ -238,11 +252,7 @@ def export(
     if not 0.0 <= eval_split < 1.0:
         raise ValueError(f"--eval-split must be in [0, 1), got {eval_split}")
     record = snapshots.get(wh, snapshot)
-    frame = wh.sql(
-        "SELECT *, ('0x' || left(md5($seed || ':' || id), 12))::BIGINT % $buckets < $cut AS _eval "
-        f"FROM snapshot('{snapshot}') ORDER BY id",
-        {"seed": str(seed), "buckets": EVAL_BUCKETS, "cut": round(eval_split * EVAL_BUCKETS)},
-    )
+    frame = split_rows(wh, snapshot, eval_split, seed)
     preference = frame.height > 0 and frame["rejected"].is_not_null().all()
     builder, kind = FORMATS[fmt]
     out.mkdir(parents=True, exist_ok=True)

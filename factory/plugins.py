@@ -27,6 +27,8 @@ class Plugin:
     run: Callable[..., Any]
     summary: str
     row_local: bool = False  # a filter whose verdict on a row depends on that row alone (Ray-able)
+    methods: tuple[str, ...] = ()  # a trainer's training methods
+    consumes: str | None = None  # the export format a trainer reads
 
 
 class PluginError(LookupError):

@@ -32,8 +32,10 @@ def corpus(n: int = 3000, seed: int = 0) -> list[str]:
     return lines
 
 
-def build(folder: Path, vocab: int = 512, seed: int = 0) -> Path:
-    """Write a tiny Llama model and its tokenizer to `folder` (reused when already there)."""
+def build(folder: Path, vocab: int = 512, seed: int = 0, bias: bool = False) -> Path:
+    """Write a tiny Llama model and its tokenizer to `folder` (reused when already there).
+
+    `bias` gives its attention and MLP layers bias terms (for BitFit)."""
     if (folder / "config.json").exists():
         return folder
     import torch
@@ -68,6 +70,8 @@ def build(folder: Path, vocab: int = 512, seed: int = 0) -> Path:
         pad_token_id=tokenizer.pad_token_id,
         bos_token_id=tokenizer.bos_token_id,
         eos_token_id=tokenizer.eos_token_id,
+        attention_bias=bias,
+        mlp_bias=bias,
     )
     LlamaForCausalLM(config).save_pretrained(folder)
     tokenizer.save_pretrained(folder)

@@ -15,7 +15,6 @@ from __future__ import annotations
 import hashlib
 import time
 from collections.abc import Callable
-from pathlib import Path
 
 from factory.teacher import Attempt, Request, Sample, Sampling, TeacherError, TeacherOptions
 
@@ -53,12 +52,7 @@ def load(model: str, options: TeacherOptions):
     torch, transformers = _torch()
     from factory import embedded
 
-    if model == "embedded":
-        folder = embedded.converted_model()
-    elif model.endswith(".gguf"):
-        folder = embedded.convert_gguf(Path(model))
-    else:
-        folder = Path(model) if Path(model).exists() else model
+    folder = embedded.model_folder(model)
     dtype = {"auto": torch.float32, "float32": torch.float32, "bfloat16": torch.bfloat16}.get(options.dtype)
     if dtype is None:
         raise TeacherError(f"dtype '{options.dtype}' is not one of auto, float32, bfloat16")

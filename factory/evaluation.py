@@ -1,0 +1,231 @@
+"""Evaluate a model (a trained run's artifact, a model folder, or 'embedded') on a snapshot.
+
+Metrics, each per row and then averaged, overall and per domain with the mean
+over domains (survey eq. 13):
+- held-out loss and perplexity: NLL of the reference assistant tokens, teacher-forced;
+- ROUGE-L F1 and corpus BLEU (sacrebleu) of the greedy response against the
+  reference, tokenised so that non-Latin text counts (word runs of any script,
+  CJK characters one by one; sacrebleu's `zh` tokenizer when the references
+  hold CJK, `intl` otherwise);
+- IF-Score (eq. 11): cosine of MiniLM embeddings of response and reference;
+- verifiable instructions (`factory.ifeval`): the share of stated constraints obeyed;
+- with a `judge` teacher: an MT-Bench single-answer rating (1-10).
+"""
+
+from __future__ import annotations
+
+import math
+import re
+from typing import Any
+
+import polars as pl
+from pydantic import BaseModel, Field
+
+from factory import ifeval
+from factory.embeddings import BUNDLED
+from factory.rouge import f1 as rouge_f1
+from factory.warehouse import Warehouse
+
+_CJK = "\u3040-\u30ff\u3400-\u4dbf\u4e00-\u9fff\uac00-\ud7af\uf900-\ufaff"
+_TOKENS = re.compile(rf"[{_CJK}]|[^\W_{_CJK}]+")
+JUDGE = (
+    "[Instruction]\nPlease act as an impartial judge and evaluate the quality of the response provided by an AI "
+    "assistant to the user question displayed below. Your evaluation should consider factors such as the "
+    "helpfulness, relevance, accuracy, depth, creativity, and level of detail of the response. Begin your "
+    "evaluation by providing a short explanation. Be as objective as possible. After providing your explanation, "
+    'you must rate the response on a scale of 1 to 10 by strictly following this format: "[[rating]]", for '
+    'example: "Rating: [[5]]".\n\n[Question]\n{question}\n\n[The Start of Assistant\'s Answer]\n{answer}\n'
+    "[The End of Assistant's Answer]"
+)
+RATING = re.compile(r"\[\[(\d+(?:\.\d+)?)\]\]")
+
+
+class EvalSettings(BaseModel):
+    split: str = Field("eval", description="eval: the held-out split of the snapshot; all: every row")
+    eval_split: float = Field(0.1, ge=0, lt=1, description="held-out share (as at training)")
+    seed: int = Field(0, description="split seed (as at training)")
+    limit: int | None = Field(None, gt=0, description="evaluate at most this many rows")
+    max_new_tokens: int = Field(128, ge=1)
+    batch_size: int = Field(8, ge=1)
+    chat_template: str | None = Field(None, description="as at training (default: the model's)")
+    judge: str | None = Field(None, description="teacher spec grading answers MT-Bench style")
+    embedding_model: str = BUNDLED
+
+
+def tokens(text: str) -> list[str]:
+    """Lowercase word runs of any script, CJK characters one by one."""
+    return _TOKENS.findall(text.lower())
+
+
+def rouge_l(reference: str, response: str) -> float:
+    vocab: dict[str, int] = {}
+    ids = [[vocab.setdefault(t, len(vocab)) for t in tokens(x)] for x in (reference, response)]
+    return rouge_f1(ids[0], ids[1])
+
+
+def bleu(references: list[str], responses: list[str]) -> float:
+    import sacrebleu
+
+    cjk = any(re.search(f"[{_CJK}]", r) for r in references)
+    return float(sacrebleu.corpus_bleu(responses, [references], tokenize="zh" if cjk else "intl").score)
+
+
+def eval_rows(wh: Warehouse, snapshot: str, settings: EvalSettings) -> pl.DataFrame:
+    """id, domain, the instruction and the messages of the rows to evaluate on."""
+    from factory.export import messages, split_rows
+
+    frame = split_rows(wh, snapshot, settings.eval_split if settings.split == "eval" else 0.0, settings.seed)
+    if settings.split == "eval":
+        frame = frame.filter(pl.col("_eval"))
+    frame = frame.select(  # a preference row is judged against its chosen answer
+        "id", pl.col("domain").fill_null("general"), "instruction", messages()
+    )
+    if frame.height == 0:
+        raise ValueError(
+            f"snapshot '{snapshot}' has no rows to evaluate in split '{settings.split}': "
+            "use split=all for an evaluation snapshot, or a larger eval_split"
+        )
+    return frame.head(settings.limit) if settings.limit else frame
+
+
+def load_for_eval(model: str) -> tuple[Any, Any]:
+    """A trained artifact (a full model or a peft adapter folder) or any model name, ready to generate."""
+    from pathlib import Path
+
+    import torch
+    from transformers import AutoTokenizer
+
+    from factory.embedded import model_folder
+
+    folder = model_folder(model)
+    if (Path(folder) / "adapter_config.json").exists():
+        from peft import AutoPeftModelForCausalLM
+
+        net = AutoPeftModelForCausalLM.from_pretrained(folder, dtype=torch.float32)
+    else:
+        from transformers import AutoModelForCausalLM
+
+        net = AutoModelForCausalLM.from_pretrained(folder, dtype=torch.float32)
+    tokenizer = AutoTokenizer.from_pretrained(folder)
+    if tokenizer.pad_token is None:
+        tokenizer.pad_token = tokenizer.eos_token
+    net.eval()
+    return net, tokenizer
+
+
+def _losses(net: Any, tokenizer: Any, conversations: list) -> list[tuple[float, int]]:
+    import torch
+
+    from trainers import data, loop
+    from trainers.sft import sequence_logits
+
+    examples = data.encode(tokenizer, conversations, 4096)
+    out = []
+    with torch.no_grad():  # one row at a time: no padding to reason about, exact sums
+        for example in examples:
+            batch = data.collate([[example]], tokenizer.pad_token_id)
+            total = loop.token_nll_sum(sequence_logits(net, batch), batch["labels"])
+            out.append((float(total), loop.target_tokens(batch)))
+    return out
+
+
+def _generate(net: Any, tokenizer: Any, conversations: list, settings: EvalSettings) -> list[str]:
+    import torch
+
+    from trainers import data
+
+    prompts = data.prompt_ids(tokenizer, conversations)
+    answers = []
+    with torch.no_grad():
+        for start in range(0, len(prompts), settings.batch_size):
+            chunk = prompts[start : start + settings.batch_size]
+            width = max(len(p) for p in chunk)
+            ids = torch.tensor([[tokenizer.pad_token_id] * (width - len(p)) + p for p in chunk])
+            mask = torch.tensor([[0] * (width - len(p)) + [1] * len(p) for p in chunk])
+            made = net.generate(input_ids=ids, attention_mask=mask, max_new_tokens=settings.max_new_tokens,
+                                do_sample=False, pad_token_id=tokenizer.pad_token_id)  # fmt: skip
+            answers += tokenizer.batch_decode(made[:, width:], skip_special_tokens=True)
+    return [a.strip() for a in answers]
+
+
+def _judged(
+    settings: EvalSettings, questions: list[str], answers: list[str], wh: Warehouse, run_id: str
+) -> list[float | None]:
+    from factory.call_cache import CallCache
+    from factory.generation import ask
+    from factory.teacher import Sampling, Teacher, TeacherOptions, make_backend, parse_spec
+
+    teacher = Teacher(make_backend(parse_spec(str(settings.judge)), TeacherOptions()), CallCache(wh, run_id))
+    verdicts = ask(teacher, [JUDGE.format(question=q, answer=a) for q, a in zip(questions, answers, strict=True)],
+                   Sampling(temperature=0.0, max_tokens=512))  # fmt: skip
+    teacher.close()
+    found = [RATING.search(v[0] or "") for v in verdicts]
+    return [float(m.group(1)) if m else None for m in found]
+
+
+def evaluate(
+    wh: Warehouse, model: str, snapshot: str, settings: EvalSettings | None = None, run_id: str = "eval"
+) -> dict[str, Any]:
+    """Every metric of `model` on the snapshot's rows: overall, per domain, and the mean over domains.
+
+    Judge calls go through the teacher cache under `run_id`."""
+    from factory.embeddings import encode
+    from trainers import data
+
+    settings = settings or EvalSettings()
+    rows = eval_rows(wh, snapshot, settings)
+    net, tokenizer = load_for_eval(model)
+    data.use_template(tokenizer, settings.chat_template)
+    conversations = rows["messages"].to_list()
+    references = [next(m["content"] for m in reversed(c) if m["role"] == "assistant") for c in conversations]
+    losses = _losses(net, tokenizer, conversations)
+    responses = _generate(net, tokenizer, conversations, settings)
+    similarity = (
+        encode(responses, settings.embedding_model) * encode(references, settings.embedding_model)
+    ).sum(1)
+    followed = [ifeval.score(i, r) for i, r in zip(rows["instruction"], responses, strict=True)]
+    per_row = pl.DataFrame(
+        {
+            "domain": rows["domain"],
+            "nll": [s for s, _ in losses],
+            "targets": [n for _, n in losses],
+            "rouge_l": [rouge_l(ref, r) for ref, r in zip(references, responses, strict=True)],
+            "similarity": similarity.tolist(),
+            "instructions_followed": [f["followed"] if f else None for f in followed],
+            "judge": _judged(settings, rows["instruction"].to_list(), responses, wh, run_id) if settings.judge else [None] * rows.height,
+        },
+        schema_overrides={"instructions_followed": pl.Float64, "judge": pl.Float64},
+    )  # fmt: skip
+    metrics = _summary(per_row, references, responses)
+    domains = {}
+    for (domain,), part in per_row.group_by("domain", maintain_order=True):
+        picked = [k for k, d in enumerate(per_row["domain"]) if d == domain]
+        domains[domain] = _summary(part, [references[k] for k in picked], [responses[k] for k in picked])
+    metrics["per_domain"] = dict(sorted(domains.items()))
+    metrics["domain_mean"] = {
+        key: sum(d[key] for d in domains.values() if d[key] is not None) / len(present)
+        for key in ("loss", "rouge_l", "bleu", "similarity", "instructions_followed", "judge")
+        if (present := [d for d in domains.values() if d[key] is not None])
+    }
+    metrics["examples"] = [
+        {"reference": ref, "response": r} for ref, r in zip(references[:3], responses[:3], strict=False)
+    ]
+    return metrics
+
+
+def _summary(per_row: pl.DataFrame, references: list[str], responses: list[str]) -> dict[str, Any]:
+    targets = int(per_row["targets"].sum())
+    loss = float(per_row["nll"].sum()) / targets if targets else None
+    followed = per_row["instructions_followed"].drop_nulls()
+    judged = per_row["judge"].drop_nulls()
+    return {
+        "rows": per_row.height,
+        "loss": loss,
+        "perplexity": math.exp(min(loss, 50.0)) if loss is not None else None,
+        "rouge_l": float(per_row["rouge_l"].mean()),
+        "bleu": bleu(references, responses),
+        "similarity": float(per_row["similarity"].mean()),
+        "instructions_followed": float(followed.mean()) if followed.len() else None,
+        "constrained_rows": followed.len(),
+        "judge": float(judged.mean()) if judged.len() else None,
+    }

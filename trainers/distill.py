@@ -1,0 +1,80 @@
+"""The `distill` trainer: knowledge distillation from a local teacher's next-token distributions.
+
+Loss per target token (survey eq. 3): KL(p_teacher || p_student) over the
+vocabulary, both softened by `temperature` (scaled by its square, as Hinton et
+al. do, so gradients keep their size), mixed with the SFT loss as
+alpha x KL + (1 - alpha) x NLL, and normalised like SFT over the accumulated
+batch's target tokens. Teacher and student must share a tokenizer (same
+vocabulary); the teacher runs frozen, in the same process.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import torch
+from pydantic import Field
+
+from factory.plugins import Plugin
+from trainers import data, loop, methods
+from trainers.sft import SftConfig, TrainJob, TrainResult, examples_for, fit, load_model, sequence_logits
+
+
+class DistillConfig(SftConfig):
+    teacher: str = Field(description="the teacher: a local model folder (same tokenizer as the student)")
+    alpha: float = Field(0.5, ge=0, le=1, description="weight of the KL term (1 - alpha: the SFT loss)")
+    temperature: float = Field(1.0, gt=0, description="softens both distributions")
+
+
+def kl_sum(
+    student_logits: torch.Tensor, teacher_logits: torch.Tensor, labels: torch.Tensor, t: float
+) -> torch.Tensor:
+    """Sum over target positions of KL(teacher || student) at temperature t, times t^2."""
+    mask = labels[:, 1:] != data.IGNORE
+    s = (student_logits[:, :-1].float() / t).log_softmax(-1)[mask]
+    p = (teacher_logits[:, :-1].float() / t).log_softmax(-1)[mask]
+    return (p.exp() * (p - s)).sum() * t * t
+
+
+def distill_loss(teacher: Any, cfg: DistillConfig) -> loop.LossFn:
+    def loss(model: Any, batch: loop.Batch) -> torch.Tensor:
+        logits = sequence_logits(model, batch)
+        with torch.no_grad():
+            target = sequence_logits(teacher, batch)
+        kl = kl_sum(logits, target, batch["labels"], cfg.temperature)
+        return cfg.alpha * kl + (1 - cfg.alpha) * loop.token_nll_sum(logits, batch["labels"])
+
+    return loss
+
+
+def run(job: TrainJob) -> TrainResult:
+    cfg: DistillConfig = job.config
+    torch.manual_seed(cfg.seed)  # adapters are initialised at random: seed them too
+    model, tokenizer = load_model(cfg.model, cfg.method)
+    teacher, _ = load_model(cfg.teacher)
+    if teacher.config.vocab_size != model.config.vocab_size:
+        raise ValueError(
+            f"teacher vocabulary ({teacher.config.vocab_size}) differs from the student's "
+            f"({model.config.vocab_size}): token-level distillation needs one tokenizer; distil through "
+            "generated data instead (factory generate distill)"
+        )
+    teacher.eval().requires_grad_(False)
+    items, skipped = examples_for(cfg, tokenizer, job.data)
+    model = methods.prepare(model, cfg.method, cfg)
+    pad = tokenizer.pad_token_id
+    tokens = sum(len(e.ids) for group in items for e in group)
+    result = fit(job, model, tokenizer, items, lambda groups: data.collate(groups, pad), distill_loss(teacher, cfg),
+                 loop.target_tokens, tokens)  # fmt: skip
+    result.metrics |= {"skipped": skipped, "alpha": cfg.alpha, "temperature": cfg.temperature}
+    return result
+
+
+plugin = Plugin(
+    name="distill",
+    kind="trainer",
+    config=DistillConfig,
+    run=run,
+    summary="distillation: KL(teacher || student) over next-token distributions, mixed with SFT",
+    methods=methods.METHODS,
+    consumes="openai",
+)

@@ -1,0 +1,189 @@
+"""The `sft` trainer: supervised fine-tuning on a snapshot's conversations.
+
+Methods: full fine-tuning, LoRA, QLoRA, prefix tuning, prompt tuning, P-tuning,
+IA3 (through peft) and BitFit (bias terms only). Loss: NLL of assistant tokens
+only, over the total number of target tokens of the accumulated batch (survey
+eq. 6, in `trainers.loop`). Optional packing without attention across rows;
+checkpoints every `save_steps` and resume from the last one.
+
+The loop is our own on transformers and peft rather than TRL's SFTTrainer: it
+keeps the eq. 6 normalisation, the packing mask and the assistant-token targets
+in a few visible lines, works the same for all eight methods, and lets the
+factory record exactly what ran; `bench/train_bench.py` runs it side by side with
+SFTTrainer on the same model, data and settings.
+"""
+
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import torch
+from pydantic import Field, model_validator
+
+from factory.plugins import Plugin
+from trainers import data, loop, methods
+
+
+class SftConfig(loop.LoopSettings, methods.MethodSettings):
+    method: methods.Method = Field(
+        "lora", description="full, lora, qlora, prefix, prompt, ptuning, ia3, bitfit"
+    )
+    model: str = Field("embedded", description="model folder, GGUF file, cached hub id, or 'embedded'")
+    chat_template: str | None = Field(
+        None, description="chatml, alpaca or a Jinja template (default: the model's)"
+    )
+    max_length: int = Field(1024, ge=8, description="tokens per sequence (a longer row is cut)")
+    packing: bool = Field(False, description="pack rows into max_length sequences (no attention across rows)")
+    eval_split: float = Field(0.1, ge=0, lt=1, description="share of the snapshot held out for evaluation")
+
+    @model_validator(mode="after")
+    def _packing_fits(self) -> SftConfig:
+        if self.packing and self.method not in methods.PACKABLE:
+            raise ValueError(
+                f"packing works with {', '.join(methods.PACKABLE)}: {self.method} adds virtual tokens "
+                "that would shift the packed rows' positions; set packing=false"
+            )
+        return self
+
+
+@dataclass
+class TrainJob:
+    """What the factory hands a trainer: the export to read, a folder to write, the config."""
+
+    data: Path
+    out: Path
+    config: Any
+    progress: bool = False
+
+
+@dataclass
+class TrainResult:
+    artifact: Path
+    metrics: dict[str, Any] = field(default_factory=dict)
+
+
+def load_model(name: str, method: str = "full") -> tuple[Any, Any]:
+    """Model (float32, or 4-bit for QLoRA) and tokenizer of a model name."""
+    import torch
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    from factory.embedded import model_folder
+
+    folder = model_folder(name)
+    try:
+        tokenizer = AutoTokenizer.from_pretrained(folder)
+        model = AutoModelForCausalLM.from_pretrained(
+            folder, dtype=torch.float32, quantization_config=methods.quantization(method)
+        )
+    except OSError as exc:
+        raise ValueError(
+            f"cannot load model '{name}': give a local folder, a GGUF file or 'embedded' ({exc})"
+        ) from exc
+    if tokenizer.pad_token is None:
+        tokenizer.pad_token = tokenizer.eos_token
+    return model, tokenizer
+
+
+def sequence_logits(model: Any, batch: loop.Batch) -> Any:
+    """Logits aligned with the batch's tokens (prompt-style methods prepend virtual tokens: cut them)."""
+    inputs = {k: v for k, v in batch.items() if k != "labels"}
+    logits = model(**inputs, use_cache=False).logits  # with a cache, transformers would not see the packing
+    return logits[:, -batch["input_ids"].shape[1] :]
+
+
+def sft_loss(model: Any, batch: loop.Batch) -> Any:
+    return loop.token_nll_sum(sequence_logits(model, batch), batch["labels"])
+
+
+def conversations(folder: Path, split: str) -> list[list[dict[str, str]]]:
+    return [r["messages"] for r in data.read_jsonl(folder / f"{split}.jsonl")]
+
+
+def examples_for(
+    cfg: SftConfig, tokenizer: Any, folder: Path
+) -> tuple[list[list[data.Example]], dict[str, int]]:
+    """The training items (one row each, or packed bins) and what was left out."""
+    data.use_template(tokenizer, cfg.chat_template)
+    encoded = data.encode(tokenizer, conversations(folder, "train"), cfg.max_length)
+    usable = [e for e in encoded if e.targets]
+    skipped = {"no_assistant_tokens_within_max_length": len(encoded) - len(usable)}
+    items = data.pack(usable, cfg.max_length) if cfg.packing else [[e] for e in usable]
+    return items, skipped
+
+
+def fit(
+    job: TrainJob,
+    model: Any,
+    tokenizer: Any,
+    items: list[Any],
+    make_batch: Any,
+    loss_fn: loop.LossFn,
+    units: loop.UnitsFn,
+    tokens: int,
+) -> TrainResult:
+    """Train `model` (already prepared for the method) on `items`, save it, and report the run's numbers."""
+    cfg = job.config
+    trainable, total = methods.parameter_counts(model)
+    started = time.perf_counter()
+    logs = loop.train(
+        model, items, make_batch, loss_fn, units, cfg, job.out / "checkpoints", _printer(job.progress)
+    )
+    seconds = time.perf_counter() - started
+    artifact = job.out / "model"
+    model.save_pretrained(artifact)
+    tokenizer.save_pretrained(artifact)
+    steps_per_epoch = -(-len(items) // (cfg.batch_size * cfg.grad_accum))
+    return TrainResult(
+        artifact,
+        {
+            "train_loss_first": logs[0].loss,
+            "train_loss_last": logs[-1].loss,
+            "steps": len(logs),
+            "train_tokens_per_s": tokens * len(logs) / steps_per_epoch / seconds if seconds else None,
+            "trainable_params": trainable,
+            "total_params": total,
+            "trainable_share": trainable / total,
+            "lora_share_eq8": methods.lora_share(model),
+            "items": len(items),
+        },
+    )
+
+
+def run(job: TrainJob) -> TrainResult:
+    cfg: SftConfig = job.config
+    torch.manual_seed(cfg.seed)  # adapters are initialised at random: seed them too
+    model, tokenizer = load_model(cfg.model, cfg.method)
+    items, skipped = examples_for(cfg, tokenizer, job.data)
+    model = methods.prepare(model, cfg.method, cfg)
+    pad = tokenizer.pad_token_id
+    tokens = sum(len(e.ids) for group in items for e in group)
+    result = fit(job, model, tokenizer, items, lambda groups: data.collate(groups, pad), sft_loss,
+                 loop.target_tokens, tokens)  # fmt: skip
+    result.metrics |= {"rows": sum(len(group) for group in items), "skipped": skipped}
+    return result
+
+
+def _printer(progress: bool) -> Any:
+    if not progress:
+        return None
+
+    def show(log: loop.StepLog) -> None:
+        print(
+            f"step {log.step}: loss {log.loss:.4f} over {log.units} targets ({log.seconds:.2f} s)", flush=True
+        )
+
+    return show
+
+
+plugin = Plugin(
+    name="sft",
+    kind="trainer",
+    config=SftConfig,
+    run=run,
+    summary="supervised fine-tuning: full, LoRA, QLoRA, prefix, prompt, P-tuning, IA3, BitFit",
+    methods=methods.METHODS,
+    consumes="openai",
+)
