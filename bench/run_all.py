@@ -5,7 +5,13 @@ from __future__ import annotations
 import subprocess
 import sys
 
-BENCHES = ["bench.warehouse_bench", "bench.teacher_bench", "bench.filter_bench", "bench.mosaic_bench"]
+BENCHES = [
+    "bench.warehouse_bench",
+    "bench.teacher_bench",
+    "bench.filter_bench",
+    "bench.mosaic_bench",
+    "bench.train_bench",
+]
 
 if __name__ == "__main__":
     for module in BENCHES:

@@ -692,6 +692,38 @@ def train(
     _print_run(run)
 
 
+@app.command("train-config")
+def train_config(
+    tool: Annotated[str, typer.Argument(help="llamafactory or axolotl")],
+    snapshot: Annotated[str, typer.Argument(help="snapshot to export for it")],
+    out: Annotated[Path, typer.Option(help="folder for the data and the config")],
+    set_: Settings = None,
+    config: ConfigFile = None,
+    warehouse: Warehouse = None,
+) -> None:
+    """Export a snapshot for LLaMA-Factory or axolotl and write a config their CLI runs.
+
+    Examples:
+      factory train-config llamafactory base --out lf/ --set method=lora --set template=llama3 --set model=/models/llama
+      factory train-config axolotl prefs --out ax/ --set stage=dpo --set method=qlora --set model=/models/qwen
+    """
+    import yaml
+    from pydantic import ValidationError
+
+    from trainers import external
+
+    wh = _open(warehouse, read_only=True)
+    try:
+        written = external.write_config(wh, tool, snapshot, out, _values(config, set_))
+    except (ValidationError, OSError, yaml.YAMLError) as exc:
+        _err(_validation_message(exc))
+    except (ValueError, LookupError) as exc:
+        _err(str(exc))
+    counts = ", ".join(f"{split} {n:,}" for split, n in written["counts"].items())
+    _console().print(f"{tool}: data in {written['data']} ({counts}); config {written['config']}")
+    _console().print(f"  run it: {written['command']}")
+
+
 @app.command("eval")
 def eval_(
     model: Annotated[str, typer.Argument(help="a run id (its trained model), a model folder, or 'embedded'")],

@@ -38,6 +38,7 @@ JUDGE = (
     "[The End of Assistant's Answer]"
 )
 RATING = re.compile(r"\[\[(\d+(?:\.\d+)?)\]\]")
+EXAMPLES = 20  # responses kept with a run's metrics
 
 
 class EvalSettings(BaseModel):
@@ -117,14 +118,14 @@ def _losses(net: Any, tokenizer: Any, conversations: list) -> list[tuple[float, 
     import torch
 
     from trainers import data, loop
-    from trainers.sft import sequence_logits
+    from trainers.sft import sft_loss
 
     examples = data.encode(tokenizer, conversations, 4096)
     out = []
     with torch.no_grad():  # one row at a time: no padding to reason about, exact sums
         for example in examples:
             batch = data.collate([[example]], tokenizer.pad_token_id)
-            total = loop.token_nll_sum(sequence_logits(net, batch), batch["labels"])
+            total = sft_loss(net, batch)
             out.append((float(total), loop.target_tokens(batch)))
     return out
 
@@ -207,8 +208,11 @@ def evaluate(
         for key in ("loss", "rouge_l", "bleu", "similarity", "instructions_followed", "judge")
         if (present := [d for d in domains.values() if d[key] is not None])
     }
-    metrics["examples"] = [
-        {"reference": ref, "response": r} for ref, r in zip(references[:3], responses[:3], strict=False)
+    metrics["examples"] = [  # the first rows' answers, to read next to the numbers
+        {"instruction": i, "reference": ref, "response": r}
+        for i, ref, r in zip(
+            rows["instruction"][:EXAMPLES], references[:EXAMPLES], responses[:EXAMPLES], strict=True
+        )
     ]
     return metrics
 

@@ -75,6 +75,8 @@ def train(
     run_id = new_id("run")
     folder = Path(out) if out else wh.folder / "runs" / run_id
     settings = evaluation or EvalSettings(eval_split=cfg.eval_split, seed=cfg.seed)
+    if settings.chat_template is None:  # evaluate with the template the model is trained on
+        settings = settings.model_copy(update={"chat_template": getattr(cfg, "chat_template", None)})
     run = {"id": run_id, "snapshot": snapshot, "digest": record["digest"], "trainer": trainer,
            "method": getattr(cfg, "method", None), "config": cfg.model_dump(mode="json"), "seed": cfg.seed}  # fmt: skip
     _insert(wh, run)

@@ -7,6 +7,7 @@ import pytest
 
 import factory
 from factory import evaluation, ifeval, training
+from factory.embeddings import encode
 from tests.conftest import write_jsonl
 from tests.servers import ScriptedServer
 
@@ -84,6 +85,17 @@ def test_evaluation_per_domain_and_the_mean_over_domains(wh, tmp_path, tiny_mode
         per = [d[key] for d in metrics["per_domain"].values()]
         assert metrics["domain_mean"][key] == pytest.approx(sum(per) / 3)
     assert metrics["perplexity"] > 1 and -1 <= metrics["similarity"] <= 1
+    shown = metrics["examples"]  # all 9 rows: recompute the per-row metrics from the responses
+    assert len(shown) == 9
+    cosines = (encode([e["response"] for e in shown]) * encode([e["reference"] for e in shown])).sum(1)
+    assert metrics["similarity"] == pytest.approx(float(cosines.mean()), abs=1e-5)
+    rouge = [evaluation.rouge_l(e["reference"], e["response"]) for e in shown]
+    assert metrics["rouge_l"] == pytest.approx(sum(rouge) / 9)
+    followed = [ifeval.score(e["instruction"], e["response"])["followed"] for e in shown]
+    assert metrics["instructions_followed"] == pytest.approx(sum(followed) / 9)
+    assert metrics["bleu"] == pytest.approx(
+        evaluation.bleu([e["reference"] for e in shown], [e["response"] for e in shown])
+    )
     stored = wh.sql(f"SELECT trainer, status, artifact_path FROM runs WHERE id = '{run['id']}'").row(0)
     assert stored == ("eval", "succeeded", str(tiny_model))
     with pytest.raises(ValueError, match="no rows to evaluate"):

@@ -7,6 +7,7 @@ import json
 import os
 import subprocess
 import sys
+from pathlib import Path
 
 import pytest
 import torch
@@ -261,14 +262,16 @@ def test_dpo_loss_is_eq_12(tiny_model, tokenizer):
 def test_distillation_pulls_the_student_towards_the_teacher(wh, snapshot, tiny_model, biased_model, tmp_path):
     from trainers import distill
 
-    logits = torch.randn(2, 5, 11)
-    labels = torch.tensor([[-100, 3, 4, -100, -100], [-100, -100, 1, 2, 3]])
-    assert float(distill.kl_sum(logits, logits, labels, 2.0)) == pytest.approx(0.0, abs=1e-5)
-    teacher = torch.randn(2, 5, 11)
-    p, q = teacher[:, :-1].log_softmax(-1), logits[:, :-1].log_softmax(-1)
-    mask = labels[:, 1:] != -100
-    by_hand = (p.exp() * (p - q)).sum(-1)[mask].sum()
-    assert float(distill.kl_sum(logits, teacher, labels, 1.0)) == pytest.approx(float(by_hand), rel=1e-5)
+    logits = torch.randn(6, 11)
+    assert float(distill.kl_sum(logits, logits, 2.0)) == pytest.approx(0.0, abs=1e-5)
+    teacher = torch.randn(6, 11)
+    p, q = teacher.log_softmax(-1), logits.log_softmax(-1)
+    by_hand = sum(float((p[k].exp() * (p[k] - q[k])).sum()) for k in range(6))
+    assert float(distill.kl_sum(logits, teacher, 1.0)) == pytest.approx(by_hand, rel=1e-5)
+    softer = (teacher / 2).log_softmax(-1), (logits / 2).log_softmax(-1)
+    assert float(distill.kl_sum(logits, teacher, 2.0)) == pytest.approx(
+        4 * float((softer[0].exp() * (softer[0] - softer[1])).sum()), rel=1e-5
+    )
 
     run = training.train(wh, snapshot, "distill", {"model": str(tiny_model), "teacher": str(biased_model),
                                                     "method": "full", "alpha": 1.0, "epochs": 4, "batch_size": 8,
@@ -307,3 +310,67 @@ def test_cli_train_eval_runs_and_compare(tmp_path, tiny_model):
     bad = subprocess.run([*cli, "train", "base", "--method", "nope", "--model", str(tiny_model), *env_wh],
                          capture_output=True, text=True)  # fmt: skip
     assert bad.returncode != 0 and "method" in bad.stderr + bad.stdout
+
+
+def test_llamafactory_and_axolotl_configs(wh, snapshot, tmp_path, tiny_model):
+    import yaml
+
+    from trainers import external
+
+    values = {
+        "model": str(tiny_model),
+        "method": "lora",
+        "eval_split": 0.25,
+        "max_length": 512,
+        "template": "llama3",
+    }
+    lf = external.write_config(wh, "llamafactory", snapshot, tmp_path / "lf", values)
+    config = yaml.safe_load((tmp_path / "lf" / "llamafactory.yaml").read_text())
+    info = json.loads((tmp_path / "lf" / "data" / "dataset_info.json").read_text())
+    assert config["dataset"] in info and config["eval_dataset"] in info and config["template"] == "llama3"
+    assert (config["stage"], config["finetuning_type"], config["lora_rank"], config["lora_target"]) == (
+        "sft",
+        "lora",
+        8,
+        "all",
+    )
+    assert (tmp_path / "lf" / "data" / info[config["dataset"]]["file_name"]).exists()
+    assert config["cutoff_len"] == 512 and lf["command"].startswith("llamafactory-cli train")
+
+    ax = external.write_config(
+        wh, "axolotl", snapshot, tmp_path / "ax", {**values, "method": "qlora", "template": None}
+    )
+    config = yaml.safe_load((tmp_path / "ax" / "axolotl.yaml").read_text())
+    dataset = config["datasets"][0]
+    assert (dataset["type"], dataset["field_messages"], dataset["roles_to_train"]) == (
+        "chat_template",
+        "messages",
+        ["assistant"],
+    )
+    first = json.loads(Path(dataset["path"]).read_text().splitlines()[0])
+    assert [m["role"] for m in first["messages"]][-1] == "assistant"
+    assert (config["adapter"], config["load_in_4bit"], config["lora_target_linear"]) == ("qlora", True, True)
+    assert (
+        config["chat_template"] == "tokenizer_default" and ax["counts"]["train"] + ax["counts"]["eval"] == 24
+    )
+
+    pairs = [{"prompt": f"Q{i}", "chosen": f"good {i}", "rejected": f"bad {i}"} for i in range(4)]
+    factory.import_file(wh, str(write_jsonl(tmp_path / "p.jsonl", pairs)))
+    wh.create_snapshot("pairs", where="rejected IS NOT NULL")
+    external.write_config(wh, "axolotl", "pairs", tmp_path / "dpo", {**values, "stage": "dpo", "beta": 0.2})
+    config = yaml.safe_load((tmp_path / "dpo" / "axolotl.yaml").read_text())
+    line = json.loads(Path(config["datasets"][0]["path"]).read_text().splitlines()[0])
+    assert (
+        config["rl"] == "dpo"
+        and config["rl_beta"] == 0.2
+        and config["datasets"][0]["type"] == "chat_template.default"
+    )
+    assert line["chosen"]["role"] == "assistant" and line["messages"][-1]["role"] == "user"
+    lf_dpo = external.write_config(
+        wh, "llamafactory", "pairs", tmp_path / "lfdpo", {**values, "stage": "dpo"}
+    )
+    assert yaml.safe_load(Path(lf_dpo["config"]).read_text())["pref_beta"] == 0.1
+    with pytest.raises(ValueError, match="use `factory train`"):
+        external.write_config(wh, "axolotl", snapshot, tmp_path / "x", {**values, "method": "ia3"})
+    with pytest.raises(ValueError, match="DPO needs preference pairs"):
+        external.write_config(wh, "llamafactory", snapshot, tmp_path / "y", {**values, "stage": "dpo"})

@@ -25,6 +25,7 @@ import numpy as np
 import torch
 
 IGNORE = -100
+MODEL_INPUTS = ("input_ids", "attention_mask", "position_ids")  # what a batch hands the model
 TEMPLATES = {
     "chatml": (
         "{% for m in messages %}<|im_start|>{{ m['role'] }}\n{{ m['content'] }}<|im_end|>\n{% endfor %}"
@@ -158,6 +159,7 @@ def collate(groups: list[list[Example]], pad_id: int) -> dict[str, torch.Tensor]
             mask[row, at : at + n] = 1
             at += n
         positions[row, at:] = torch.arange(width - at)  # padding: a sequence of its own
+    tokens = torch.tensor(int(mask.sum()))
     if packed:
-        return {"input_ids": ids, "labels": labels, "position_ids": positions}
-    return {"input_ids": ids, "labels": labels, "attention_mask": mask}
+        return {"input_ids": ids, "labels": labels, "position_ids": positions, "tokens": tokens}
+    return {"input_ids": ids, "labels": labels, "attention_mask": mask, "tokens": tokens}

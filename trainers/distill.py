@@ -17,7 +17,7 @@ from pydantic import Field
 
 from factory.plugins import Plugin
 from trainers import data, loop, methods
-from trainers.sft import SftConfig, TrainJob, TrainResult, examples_for, fit, load_model, sequence_logits
+from trainers.sft import SftConfig, TrainJob, TrainResult, examples_for, fit, load_model, target_logits
 
 
 class DistillConfig(SftConfig):
@@ -26,23 +26,22 @@ class DistillConfig(SftConfig):
     temperature: float = Field(1.0, gt=0, description="softens both distributions")
 
 
-def kl_sum(
-    student_logits: torch.Tensor, teacher_logits: torch.Tensor, labels: torch.Tensor, t: float
-) -> torch.Tensor:
-    """Sum over target positions of KL(teacher || student) at temperature t, times t^2."""
-    mask = labels[:, 1:] != data.IGNORE
-    s = (student_logits[:, :-1].float() / t).log_softmax(-1)[mask]
-    p = (teacher_logits[:, :-1].float() / t).log_softmax(-1)[mask]
+def kl_sum(student: torch.Tensor, teacher: torch.Tensor, t: float) -> torch.Tensor:
+    """Sum over positions (rows of the logits) of KL(teacher || student) at temperature t, times t^2."""
+    s = (student / t).log_softmax(-1)
+    p = (teacher / t).log_softmax(-1)
     return (p.exp() * (p - s)).sum() * t * t
 
 
 def distill_loss(teacher: Any, cfg: DistillConfig) -> loop.LossFn:
     def loss(model: Any, batch: loop.Batch) -> torch.Tensor:
-        logits = sequence_logits(model, batch)
+        logits, targets, _ = target_logits(model, batch)
         with torch.no_grad():
-            target = sequence_logits(teacher, batch)
-        kl = kl_sum(logits, target, batch["labels"], cfg.temperature)
-        return cfg.alpha * kl + (1 - cfg.alpha) * loop.token_nll_sum(logits, batch["labels"])
+            target, _, _ = target_logits(teacher, batch)
+        kl = kl_sum(logits, target, cfg.temperature)
+        return cfg.alpha * kl + (1 - cfg.alpha) * torch.nn.functional.cross_entropy(
+            logits, targets, reduction="sum"
+        )
 
     return loss
 
@@ -62,9 +61,8 @@ def run(job: TrainJob) -> TrainResult:
     items, skipped = examples_for(cfg, tokenizer, job.data)
     model = methods.prepare(model, cfg.method, cfg)
     pad = tokenizer.pad_token_id
-    tokens = sum(len(e.ids) for group in items for e in group)
     result = fit(job, model, tokenizer, items, lambda groups: data.collate(groups, pad), distill_loss(teacher, cfg),
-                 loop.target_tokens, tokens)  # fmt: skip
+                 loop.target_tokens)  # fmt: skip
     result.metrics |= {"skipped": skipped, "alpha": cfg.alpha, "temperature": cfg.temperature}
     return result
 

@@ -16,7 +16,7 @@ from pydantic import Field, model_validator
 
 from factory.plugins import Plugin
 from trainers import data, loop, methods
-from trainers.sft import SftConfig, TrainJob, TrainResult, fit, load_model, sequence_logits
+from trainers.sft import SftConfig, TrainJob, TrainResult, fit, load_model, target_logits
 
 
 class DpoConfig(SftConfig):
@@ -32,11 +32,9 @@ class DpoConfig(SftConfig):
 
 def response_logps(model: Any, batch: loop.Batch) -> torch.Tensor:
     """Per sequence: the sum of log-probabilities of its target (response) tokens."""
-    logits = sequence_logits(model, batch)[:, :-1].float()
-    labels = batch["labels"][:, 1:]
-    mask = labels != data.IGNORE
-    picked = torch.gather(logits.log_softmax(-1), 2, labels.clamp(min=0).unsqueeze(-1)).squeeze(-1)
-    return (picked * mask).sum(-1)
+    logits, targets, rows = target_logits(model, batch)
+    picked = -torch.nn.functional.cross_entropy(logits, targets, reduction="none")
+    return torch.zeros(batch["labels"].shape[0], dtype=picked.dtype).index_add(0, rows, picked)
 
 
 def pairs(tokenizer: Any, records: list[dict], max_length: int) -> list[tuple[data.Example, data.Example]]:
@@ -57,8 +55,7 @@ def batch_of(items: list[tuple[Any, ...]], pad: int) -> loop.Batch:
 
 def dpo_loss_sum(model: Any, batch: loop.Batch, beta: float) -> tuple[torch.Tensor, torch.Tensor]:
     """The summed eq. 12 loss of the batch's pairs, and each pair's implicit reward margin."""
-    inputs = {k: v for k, v in batch.items() if k != "reference"}
-    logps = response_logps(model, inputs)
+    logps = response_logps(model, batch)
     n = logps.shape[0] // 2
     reference = batch["reference"]
     margin = beta * ((logps[:n] - reference[:, 0]) - (logps[n:] - reference[:, 1]))
@@ -90,9 +87,8 @@ def run(job: TrainJob) -> TrainResult:
     model.eval()  # the reference pass: no dropout, before any update (peft adapters start as identity)
     items = reference_logps(model, train, pad, cfg.batch_size)
     held_items = reference_logps(model, held, pad, cfg.batch_size)
-    tokens = sum(len(c.ids) + len(r.ids) for c, r in train)
     result = fit(job, model, tokenizer, items, lambda chunk: batch_of(chunk, pad),
-                 lambda m, b: dpo_loss_sum(m, b, cfg.beta)[0], lambda b: b["reference"].shape[0], tokens)  # fmt: skip
+                 lambda m, b: dpo_loss_sum(m, b, cfg.beta)[0], lambda b: b["reference"].shape[0])  # fmt: skip
     if held_items:
         with torch.no_grad():
             margins = torch.cat([dpo_loss_sum(model, batch_of(held_items[k : k + cfg.batch_size], pad), cfg.beta)[1]

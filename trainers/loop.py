@@ -17,7 +17,6 @@ the CPU give the same numbers.
 from __future__ import annotations
 
 import json
-import math
 import random
 import time
 from collections.abc import Callable
@@ -53,6 +52,7 @@ class StepLog:
     units: int
     seconds: float
     learning_rate: float
+    tokens: int = 0  # tokens the step ran through the model (padding not counted)
 
 
 def _checkpoints(folder: Path) -> list[Path]:
@@ -108,7 +108,8 @@ def train(
         optimizer.step()
         scheduler.step()
         optimizer.zero_grad(set_to_none=True)
-        log = StepLog(step + 1, loss_total, total, time.perf_counter() - started, lr)
+        tokens = sum(int(b["tokens"]) for b in batches if "tokens" in b)
+        log = StepLog(step + 1, loss_total, total, time.perf_counter() - started, lr, tokens)
         logs.append(log)
         if settings.save_steps and (step + 1) % settings.save_steps == 0 and step + 1 < len(plan):
             _save(model, optimizer, scheduler, checkpoints / f"step-{step + 1}", logs)
@@ -170,20 +171,5 @@ def _resume(model: Any, optimizer: Any, scheduler: Any, folder: Path, logs: list
     return int(found[-1].name.split("-")[1])
 
 
-def token_nll_sum(logits: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
-    """Sum over target tokens of -log p(token | prefix): logits at t predict the label at t + 1."""
-    shifted = labels[:, 1:]
-    return torch.nn.functional.cross_entropy(
-        logits[:, :-1].reshape(-1, logits.shape[-1]).float(),
-        shifted.reshape(-1),
-        ignore_index=-100,
-        reduction="sum",
-    )
-
-
 def target_tokens(batch: Batch) -> int:
     return int((batch["labels"][:, 1:] != -100).sum())
-
-
-def perplexity(mean_nll: float) -> float:
-    return math.exp(min(mean_nll, 50.0))

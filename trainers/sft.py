@@ -87,15 +87,35 @@ def load_model(name: str, method: str = "full") -> tuple[Any, Any]:
     return model, tokenizer
 
 
-def sequence_logits(model: Any, batch: loop.Batch) -> Any:
-    """Logits aligned with the batch's tokens (prompt-style methods prepend virtual tokens: cut them)."""
-    inputs = {k: v for k, v in batch.items() if k != "labels"}
-    logits = model(**inputs, use_cache=False).logits  # with a cache, transformers would not see the packing
-    return logits[:, -batch["input_ids"].shape[1] :]
+def _virtual_tokens(model: Any) -> bool:
+    """Whether a peft method feeds the model virtual tokens or prefixes (its logits do not line up)."""
+    config = getattr(model, "active_peft_config", None)
+    return bool(config is not None and config.is_prompt_learning)
 
 
-def sft_loss(model: Any, batch: loop.Batch) -> Any:
-    return loop.token_nll_sum(sequence_logits(model, batch), batch["labels"])
+def target_logits(model: Any, batch: loop.Batch) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """Logits at the positions that predict a target token, those targets, and the row of each.
+
+    Only those positions go through the output layer (`logits_to_keep`): with Gemma's
+    262k-token vocabulary the projection and softmax over every position would cost
+    as much as the rest of the model.
+    """
+    labels = batch["labels"]
+    keep = torch.zeros_like(labels, dtype=torch.bool)
+    keep[:, :-1] = labels[:, 1:] != data.IGNORE
+    targets = labels[:, 1:][keep[:, :-1]]
+    inputs = {k: batch[k] for k in data.MODEL_INPUTS if k in batch}
+    if _virtual_tokens(model):
+        logits = model(**inputs, use_cache=False).logits[:, -labels.shape[1] :][keep]
+    else:  # without a cache: with one, transformers would not see the packing
+        logits = model(**inputs, use_cache=False, logits_to_keep=keep).logits.reshape(len(targets), -1)
+    return logits.float(), targets, keep.nonzero()[:, 0]
+
+
+def sft_loss(model: Any, batch: loop.Batch) -> torch.Tensor:
+    """The summed NLL of the batch's target tokens."""
+    logits, targets, _ = target_logits(model, batch)
+    return torch.nn.functional.cross_entropy(logits, targets, reduction="sum")
 
 
 def conversations(folder: Path, split: str) -> list[list[dict[str, str]]]:
@@ -122,7 +142,6 @@ def fit(
     make_batch: Any,
     loss_fn: loop.LossFn,
     units: loop.UnitsFn,
-    tokens: int,
 ) -> TrainResult:
     """Train `model` (already prepared for the method) on `items`, save it, and report the run's numbers."""
     cfg = job.config
@@ -135,14 +154,14 @@ def fit(
     artifact = job.out / "model"
     model.save_pretrained(artifact)
     tokenizer.save_pretrained(artifact)
-    steps_per_epoch = -(-len(items) // (cfg.batch_size * cfg.grad_accum))
     return TrainResult(
         artifact,
         {
             "train_loss_first": logs[0].loss,
             "train_loss_last": logs[-1].loss,
             "steps": len(logs),
-            "train_tokens_per_s": tokens * len(logs) / steps_per_epoch / seconds if seconds else None,
+            "train_tokens_per_s": sum(log.tokens for log in logs) / seconds if seconds else None,
+            "train_seconds": seconds,
             "trainable_params": trainable,
             "total_params": total,
             "trainable_share": trainable / total,
@@ -159,9 +178,9 @@ def run(job: TrainJob) -> TrainResult:
     items, skipped = examples_for(cfg, tokenizer, job.data)
     model = methods.prepare(model, cfg.method, cfg)
     pad = tokenizer.pad_token_id
-    tokens = sum(len(e.ids) for group in items for e in group)
-    result = fit(job, model, tokenizer, items, lambda groups: data.collate(groups, pad), sft_loss,
-                 loop.target_tokens, tokens)  # fmt: skip
+    result = fit(
+        job, model, tokenizer, items, lambda groups: data.collate(groups, pad), sft_loss, loop.target_tokens
+    )
     result.metrics |= {"rows": sum(len(group) for group in items), "skipped": skipped}
     return result
 
