@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import shutil
 import time
+import warnings
 from pathlib import Path
 
 import polars as pl
@@ -155,6 +156,7 @@ def main(out: Path = OUT) -> None:
     from transformers.utils import logging as hf_logging
 
     hf_logging.disable_progress_bar()  # model loads are reported by the steps themselves
+    warnings.filterwarnings("ignore", category=FutureWarning)  # peft calls a renamed transformers method
     console = Console(highlight=False)
     started = time.time()
     if out.exists():

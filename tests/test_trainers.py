@@ -307,6 +307,9 @@ def test_cli_train_eval_runs_and_compare(tmp_path, tiny_model):
         [*cli, "runs", "--compare", trained, other, *env_wh], capture_output=True, text=True
     )
     assert compared.returncode == 0 and "eval.rouge_l" in compared.stdout
+    configured = subprocess.run([*cli, "train-config", "axolotl", "base", "--out", str(tmp_path / "ax"),
+                                 "--set", f"model={tiny_model}", *env_wh], capture_output=True, text=True)  # fmt: skip
+    assert configured.returncode == 0 and "run it: axolotl train" in configured.stdout
     bad = subprocess.run([*cli, "train", "base", "--method", "nope", "--model", str(tiny_model), *env_wh],
                          capture_output=True, text=True)  # fmt: skip
     assert bad.returncode != 0 and "method" in bad.stderr + bad.stdout

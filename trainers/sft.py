@@ -67,7 +67,6 @@ class TrainResult:
 
 def load_model(name: str, method: str = "full") -> tuple[Any, Any]:
     """Model (float32, or 4-bit for QLoRA) and tokenizer of a model name."""
-    import torch
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
     from factory.embedded import model_folder
