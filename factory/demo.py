@@ -136,7 +136,7 @@ def _train(wh, console: Console) -> None:
         evaluation=training.EvalSettings(eval_split=0.1, max_new_tokens=32, limit=8),
     )  # fmt: skip
     m = run["metrics"]
-    table = Table(title=f"8. train: LoRA on Gemma 3 270M, snapshot short, 30 steps (run {run['id']})",
+    table = Table(title=f"7. train: LoRA on Gemma 3 270M, snapshot short, 30 steps (run {run['id']})",
                   title_justify="left")  # fmt: skip
     for column in ("", "eval loss", "perplexity", "ROUGE-L", "BLEU", "MiniLM sim"):
         table.add_column(column)
@@ -229,7 +229,7 @@ def main(out: Path = OUT) -> None:
     _train(wh, console)
     diff = wh.diff("base", "short")
     console.print(
-        f"[bold]7. diff[/]  base -> short: +{diff['added']['count']} / -{diff['removed']['count']} rows; "
+        f"[bold]8. diff[/]  base -> short: +{diff['added']['count']} / -{diff['removed']['count']} rows; "
         f"warehouse has {wh.count()} rows in {wh.lake.version()} commits; done in {time.time() - started:.1f} s"
     )
     console.print(
