@@ -23,6 +23,7 @@ from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from queue import Empty, Queue
+from typing import Any
 
 import numpy as np
 import polars as pl
@@ -55,6 +56,18 @@ class Problem:
 
 class ReadError(ValueError):
     """A file that cannot be read at all (missing, empty, wrong kind, mixed folder)."""
+
+
+def jsonl_records(path: Path, text: str) -> Iterator[tuple[int, Any]]:
+    """(line number, parsed value) for each non-blank line of a small JSONL file's `text`;
+    a line that is not JSON is named as path:line."""
+    for number, line in enumerate(text.splitlines(), start=1):
+        if not line.strip():
+            continue
+        try:
+            yield number, json.loads(line)
+        except json.JSONDecodeError as exc:
+            raise ReadError(f"{path}:{number}: not valid JSON ({exc.msg})") from exc
 
 
 @dataclass

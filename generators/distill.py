@@ -12,7 +12,6 @@ row as parent; empty and cut-off answers are stored as rejected rows.
 
 from __future__ import annotations
 
-import json
 from pathlib import Path
 from typing import Literal
 
@@ -28,7 +27,7 @@ from factory.generation import (
     template_hash,
 )
 from factory.plugins import Plugin
-from factory.readers import ReadError
+from factory.readers import ReadError, jsonl_records
 from factory.teacher import Request, Sampling, Teacher
 from factory.warehouse import Warehouse
 
@@ -80,17 +79,11 @@ class DistillConfig(PromptSource):
 def _from_file(path: Path) -> pl.DataFrame:
     if not path.is_file():
         raise ReadError(f"{path}: prompt file not found")
-    lines = path.read_text(encoding="utf-8").splitlines()
+    text = path.read_text(encoding="utf-8")
     if path.suffix != ".jsonl":
-        return pl.DataFrame({"instruction": [t.strip() for t in lines if t.strip()]})
+        return pl.DataFrame({"instruction": [t.strip() for t in text.splitlines() if t.strip()]})
     records = []
-    for number, line in enumerate(lines, start=1):
-        if not line.strip():
-            continue
-        try:
-            data = json.loads(line)
-        except json.JSONDecodeError as exc:
-            raise ReadError(f"{path}:{number}: not valid JSON ({exc.msg})") from exc
+    for number, data in jsonl_records(path, text):
         text = data.get("instruction", data.get("prompt")) if isinstance(data, dict) else None
         if not isinstance(text, str) or not text.strip():
             raise ReadError(f"{path}:{number}: field 'instruction' (or 'prompt'): missing or not text")

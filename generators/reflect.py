@@ -25,7 +25,6 @@ teacher cache, so a rerun (also after a kill) asks nothing twice.
 
 from __future__ import annotations
 
-import json
 import re
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -45,7 +44,7 @@ from factory.generation import (
     template_hash,
 )
 from factory.plugins import Plugin
-from factory.readers import ReadError
+from factory.readers import ReadError, jsonl_records
 from factory.teacher import Sampling, Teacher, parse_spec
 from factory.warehouse import Warehouse
 from generators.distill import PromptSource, prompts
@@ -149,13 +148,7 @@ def read_documents(path: Path) -> list[tuple[str, str]]:
         if file.suffix != ".jsonl":
             documents.append((str(file), text))
             continue
-        for number, line in enumerate(text.splitlines(), start=1):
-            if not line.strip():
-                continue
-            try:
-                record = json.loads(line)
-            except json.JSONDecodeError as exc:
-                raise ReadError(f"{file}:{number}: not valid JSON ({exc.msg})") from exc
+        for number, record in jsonl_records(file, text):
             body = record.get("text") if isinstance(record, dict) else None
             if not isinstance(body, str):
                 raise ReadError(f"{file}:{number}: field 'text': missing or not text")

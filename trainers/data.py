@@ -16,13 +16,14 @@ across rows.
 
 from __future__ import annotations
 
-import json
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 import torch
+
+from factory.readers import jsonl_records
 
 IGNORE = -100
 MODEL_INPUTS = ("input_ids", "attention_mask", "position_ids")  # what a batch hands the model
@@ -51,16 +52,10 @@ class Example:
 
 
 def read_jsonl(path: Path) -> list[dict[str, Any]]:
+    """The records of an export file (none when the split was not written)."""
     if not path.exists():
         return []
-    records = []
-    for number, line in enumerate(path.read_text(encoding="utf-8").splitlines(), start=1):
-        if line.strip():
-            try:
-                records.append(json.loads(line))
-            except json.JSONDecodeError as exc:
-                raise ValueError(f"{path}:{number}: not valid JSON ({exc.msg})") from exc
-    return records
+    return [record for _, record in jsonl_records(path, path.read_text(encoding="utf-8"))]
 
 
 def use_template(tokenizer: Any, name: str | None) -> None:
