@@ -28,11 +28,17 @@ def init(path: str | None = None, catalog: str | None = None, data_path: str | N
     return warehouse.init(path, catalog=catalog, data_path=data_path)
 
 
-def open(path: str | None = None, read_only: bool = False) -> Warehouse:
-    """Open the warehouse at path ($FACTORY_WAREHOUSE or ./warehouse by default)."""
+def open(
+    path: str | None = None, read_only: bool = False, sandbox: bool = False, allow_files: bool = False
+) -> Warehouse:
+    """Open the warehouse at path ($FACTORY_WAREHOUSE or ./warehouse by default).
+
+    sandbox=True: for SQL someone else wrote (what `factory sql` uses): only one reading
+    SELECT per query, no files outside the warehouse unless allow_files=True.
+    """
     from factory import warehouse
 
-    return warehouse.open_warehouse(path, read_only=read_only)
+    return warehouse.open_warehouse(path, read_only=read_only, sandbox=sandbox, allow_files=allow_files)
 
 
 def import_file(wh: Warehouse, path: str, **config: Any) -> Any:

@@ -21,7 +21,7 @@ from typing import Any
 
 import polars as pl
 
-from factory import schema
+from factory import redact, schema
 from factory.warehouse import Warehouse
 
 JOURNALS = ".calls"
@@ -88,7 +88,12 @@ class CallCache:
 
     def record(self, record: dict[str, Any]) -> None:
         """Journal one finished attempt (answer or error) before anything else happens."""
-        record = {**record, "job_id": self.job_id, "created_at": record.get("created_at") or now()}
+        record = {
+            **record,
+            "error": redact.scrub(record.get("error")),
+            "job_id": self.job_id,
+            "created_at": record.get("created_at") or now(),
+        }
         line = json.dumps({k: record.get(k) for k in _TYPES}, default=str, ensure_ascii=False)
         self._journal.write(line + "\n")
         self._journal.flush()

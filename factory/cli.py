@@ -37,26 +37,67 @@ def _err(message: str, code: int = 1) -> None:
     from rich.console import Console
     from rich.markup import escape
 
-    Console(stderr=True).print(f"[bold red]error:[/] {escape(message)}", highlight=False, soft_wrap=True)
+    from factory.redact import scrub
+
+    console = Console(file=_Escaping(sys.stderr), highlight=False, soft_wrap=True)
+    console.print(f"[bold red]error:[/] {escape(scrub(message) or '')}")
     raise typer.Exit(code)
 
 
 def _console() -> Any:
     from rich.console import Console
 
-    console = Console(highlight=False, soft_wrap=True)
+    console = Console(file=_Escaping(sys.stdout), highlight=False, soft_wrap=True)
     if not console.is_terminal:
         console.width = 160
     return console
 
 
-def _open(path: str | None, read_only: bool = False) -> Any:
+class _Escaping:
+    """A terminal stream that shows control characters as escapes (\\x1b, \\r, \\u202e), so text
+    from the warehouse or the command line (an author, a message, a path, a column name) can
+    neither clear the screen, hide a link nor overwrite a line. Only the colour codes rich
+    writes itself (SGR, ESC [ ... m) pass."""
+
+    _SGR = re.compile(r"(\x1b\[[0-9;]*m)")
+
+    def __init__(self, stream: Any) -> None:
+        self.stream = stream
+
+    def write(self, text: str) -> int:
+        parts = self._SGR.split(text)  # odd positions: the colour codes
+        return self.stream.write("".join(p if k % 2 else _printable(p) for k, p in enumerate(parts)))
+
+    def __getattr__(self, name: str) -> Any:  # flush, isatty, encoding, fileno
+        return getattr(self.stream, name)
+
+
+def _open(path: str | None, read_only: bool = False, sandbox: bool = False, allow_files: bool = False) -> Any:
     import factory
 
     try:
-        return factory.open(path, read_only=read_only)
+        return factory.open(path, read_only=read_only, sandbox=sandbox, allow_files=allow_files)
     except Exception as exc:  # every open error has a message that says what to do
         _err(str(exc))
+
+
+# Control characters (ESC starts terminal escapes; CR overwrites a line) and bidirectional
+# overrides, which stored text may hold: printed as escapes, never sent to the terminal raw.
+_UNPRINTABLE = re.compile("[\x00-\x08\x0b-\x1f\x7f-\x9f\u202a-\u202e\u2066-\u2069]")
+
+
+def _printable(value: object) -> str:
+    """A value as a table cell shows it: NULL, or its text with control characters escaped (\\x1b)."""
+    if value is None:
+        return "NULL"
+    return _UNPRINTABLE.sub(lambda m: m.group().encode("unicode_escape").decode(), str(value))
+
+
+def _shown(value: object) -> str:
+    """Stored or typed text inside rich markup: control characters escaped, markup inert."""
+    from rich.markup import escape
+
+    return escape(_printable(value))
 
 
 def _table(frame: pl.DataFrame, title: str | None = None, width: int = 60) -> Any:
@@ -65,11 +106,11 @@ def _table(frame: pl.DataFrame, title: str | None = None, width: int = 60) -> An
 
     table = Table(title=title, title_justify="left", show_lines=False)
     for column, dtype in frame.schema.items():
-        table.add_column(f"{column}\n[dim]{dtype}[/]", overflow="fold")
+        table.add_column(f"{_shown(column)}\n[dim]{dtype}[/]", overflow="fold")
     for row in frame.iter_rows():
         cells = []
         for value in row:
-            text = "NULL" if value is None else str(value)
+            text = _printable(value)
             cells.append(Text(text if len(text) <= width else text[: width - 1] + "…"))  # data, not markup
         table.add_row(*cells)
     return table
@@ -85,9 +126,10 @@ def _print_frame(frame: pl.DataFrame, title: str | None = None) -> None:
         for k, row in enumerate(frame.iter_rows(), start=1):
             console.print(f"[bold]-[ record {k} ]{'-' * 30}[/]")
             for column, value in zip(frame.columns, row, strict=True):
-                text = "NULL" if value is None else str(value)
+                text = _printable(value)
                 console.print(
-                    f"{column:<{pad}} | {text if len(text) <= 300 else text[:299] + '…'}", markup=False
+                    f"{_printable(column):<{pad}} | {text if len(text) <= 300 else text[:299] + '…'}",
+                    markup=False,
                 )
     console.print(f"[dim]{frame.height} row(s)[/]")
 
@@ -151,6 +193,7 @@ def import_(
     domain: Annotated[str | None, typer.Option(help="domain label stored on every row")] = None,
     batch_rows: Annotated[int, typer.Option(help="records per batch (bounds memory)")] = 100_000,
     progress: Annotated[bool, typer.Option(help="show a progress bar")] = True,
+    force: Annotated[bool, typer.Option(help="replace an existing --rejects file")] = False,
 ) -> None:
     """Import instruction data; the format is detected from the fields unless given.
 
@@ -179,6 +222,7 @@ def import_(
             seed=seed,
             domain=domain,
             batch_rows=batch_rows,
+            force=force,
         )
     except (ValidationError, ValueError) as exc:
         _err(_validation_message(exc))
@@ -225,45 +269,77 @@ def sql(
     warehouse: Warehouse = None,
     format: Annotated[str, typer.Option("--format", "-f", help="table, csv, json or parquet")] = "table",
     out: Annotated[Path | None, typer.Option("--out", "-o", help="write the result to this file")] = None,
+    allow_files: Annotated[
+        bool,
+        typer.Option(help="let the query read files outside the warehouse (read_csv, read_parquet, ...)"),
+    ] = False,
+    force: Annotated[bool, typer.Option(help="replace an existing --out file")] = False,
 ) -> None:
-    """Run read-only SQL over the warehouse.
+    """Run one read-only query over the warehouse (see the README's "Security model").
 
     Tables: rows, verdicts, snapshots, snapshot_rows, jobs, llm_calls, runs.
+    One SELECT (WITH, FROM-first, DESCRIBE, SUMMARIZE too); anything that writes, attaches,
+    copies, loads or sets is refused, and files outside the warehouse are read only with
+    --allow-files.
     Examples:
       factory sql "SELECT source, generator, count(*) FROM rows GROUP BY ALL"
       factory sql "SELECT * FROM snapshot('short') LIMIT 5"
       factory sql "SELECT count(*) FROM rows AT (VERSION => 3)"      # time travel; see `factory log`
       factory sql "SELECT * FROM rows" --format parquet --out rows.parquet
+      factory sql "SELECT * FROM read_csv('labels.csv') JOIN rows USING (id)" --allow-files
     """
+    import polars as pl
+
+    from factory import lake, outputs
+
     if format not in ("table", "csv", "json", "parquet"):
         _err(f"--format must be table, csv, json or parquet, got '{format}'")
     if format == "parquet" and out is None:
         _err("--format parquet needs --out FILE")
-    wh = _open(warehouse, read_only=True)
+    if format == "table" and out is not None:
+        _err("--out needs --format csv, json or parquet")
+    wh = _open(warehouse, sandbox=True, allow_files=allow_files)
     try:
+        if out is not None:
+            outputs.check_file(out, wh.protected_paths(), force)
         frame = wh.sql(query)
+    except outputs.OutputError as exc:
+        _err(str(exc))
+    except lake.QueryRefused as exc:
+        _err(f"factory sql is read-only: {exc}")
     except Exception as exc:
         text = str(exc)
-        if "read-only" in text:
-            _err(
-                "factory sql is read-only: write through `factory import`, filters, snapshots or the Python API "
-                f"({text.splitlines()[0]})"
-            )
+        if "file system operations are disabled" in text:
+            _err(f"{text.splitlines()[0]}: reading files outside the warehouse needs --allow-files")
         _err(text)
     if format == "table":
-        if out is not None:
-            _err("--out needs --format csv, json or parquet")
         _print_frame(frame)
         return
-    if format == "parquet":
-        frame.write_parquet(out)
-    else:
-        text = frame.write_csv() if format == "csv" else frame.write_json() + "\n"
-        if out is None:
-            sys.stdout.write(text)
-            return
-        Path(out).write_text(text)
+    if format == "csv":  # CSV holds no lists or structs: those columns are written as JSON text
+        frame = frame.with_columns(
+            pl.Series(name, [_json_text(v) for v in frame[name].to_list()], dtype=pl.String)
+            for name, dtype in frame.schema.items()
+            if dtype.is_nested()
+        )
+    if out is None:
+        sys.stdout.write(frame.write_csv() if format == "csv" else frame.write_json() + "\n")
+        return
+    writers = {
+        "parquet": lambda path: frame.write_parquet(path),
+        "csv": lambda path: frame.write_csv(path),
+        "json": lambda path: path.write_text(frame.write_json() + "\n"),
+    }
+    try:
+        outputs.write_file(out, writers[format], wh.protected_paths(), force)
+    except (outputs.OutputError, OSError) as exc:
+        _err(str(exc))
     _console().print(f"wrote {frame.height} row(s) to {out}")
+
+
+def _json_text(value: object) -> str | None:
+    import json
+
+    return None if value is None else json.dumps(value, ensure_ascii=False, default=str)
 
 
 @snapshot_app.command("create")
@@ -312,12 +388,13 @@ def snapshot_show(name: str, warehouse: Warehouse = None) -> None:
     console = _console()
     console.print(
         f"[bold]{name}[/]: {record['row_count']:,} rows, digest {record['digest']}, parent "
-        f"{record['parent'] or '-'}, created {record['created_at']:%Y-%m-%d %H:%M:%S} by {record['author']}"
+        f"{_shown(record['parent'] or '-')}, created {record['created_at']:%Y-%m-%d %H:%M:%S} "
+        f"by {_shown(record['author'])}"
     )
     if record["message"]:
-        console.print(f"message: {record['message']}")
+        console.print(f"message: {_shown(record['message'])}")
     if record["where_sql"]:
-        console.print(f"where: {record['where_sql']}")
+        console.print(f"where: {_shown(record['where_sql'])}")
     for column, frame in info["counts"].items():
         console.print(_table(frame, title=f"by {column}"))
     lengths = info["lengths_chars"]
@@ -369,6 +446,7 @@ def export(
     name: Annotated[
         str | None, typer.Option(help="dataset name in dataset_info.json [default: snapshot]")
     ] = None,
+    force: Annotated[bool, typer.Option(help="replace export files already in --out")] = False,
     mosaic: Annotated[
         str | None,
         typer.Option(
@@ -406,7 +484,14 @@ def export(
     wh = _open(warehouse, read_only=True)
     try:
         result = wh.export(
-            snapshot, out, format, eval_split=eval_split, seed=seed, name=name, mosaic=composition
+            snapshot,
+            out,
+            format,
+            eval_split=eval_split,
+            seed=seed,
+            name=name,
+            mosaic=composition,
+            force=force,
         )
     except Exception as exc:
         _err(str(exc))
@@ -421,6 +506,8 @@ def export(
         _console().print(
             f"[yellow]skipped {n:,} row(s): {reason.removeprefix('skipped_').replace('_', ' ')}[/]"
         )
+    if result.get("removed"):
+        _console().print(f"removed the earlier export's {', '.join(result['removed'])} (--force)")
 
 
 def _values(config: Path | None, settings: list[str] | None) -> dict[str, Any]:
@@ -487,6 +574,8 @@ def filter_(
     except Exception as exc:
         _err(str(exc))
     reasons = ", ".join(f"{reason} {n:,}" for reason, n in summary.reasons.items()) or "none"
+    if summary.waited_for:
+        _console().print(f"waited for {summary.waited_for}")
     _console().print(
         f"filter {name} (run {summary.run_id}): {summary.candidates:,} row(s) judged, "
         f"{summary.already_judged:,} already judged by this config; kept {summary.kept:,}, "
@@ -561,6 +650,8 @@ def _print_generation(summary: Any) -> None:
     stats = summary.teacher_stats
     console = _console()
     state = "[yellow]stopped[/]: " + summary.stopped if summary.stopped else "[green]done[/]"
+    if summary.waited_for:
+        console.print(f"waited for {summary.waited_for}")
     console.print(f"[bold]{summary.generator}[/] with {summary.teacher} (job {summary.job_id}): {state}")
     console.print(
         f"  accepted {summary.accepted:,} row(s), {summary.inserted:,} new to the warehouse; "
@@ -699,6 +790,7 @@ def train_config(
     out: Annotated[Path, typer.Option(help="folder for the data and the config")],
     set_: Settings = None,
     config: ConfigFile = None,
+    force: Annotated[bool, typer.Option(help="replace files already in --out")] = False,
     warehouse: Warehouse = None,
 ) -> None:
     """Export a snapshot for LLaMA-Factory or axolotl and write a config their CLI runs.
@@ -714,7 +806,7 @@ def train_config(
 
     wh = _open(warehouse, read_only=True)
     try:
-        written = external.write_config(wh, tool, snapshot, out, _values(config, set_))
+        written = external.write_config(wh, tool, snapshot, out, _values(config, set_), force=force)
     except (ValidationError, OSError, yaml.YAMLError) as exc:
         _err(_validation_message(exc))
     except (ValueError, LookupError) as exc:
@@ -804,23 +896,38 @@ def alignment(
         str, typer.Argument(help="id (or unique prefix) of a row made by the reflect generator")
     ],
     png: Annotated[Path | None, typer.Option(help="also save the heat map as this PNG file")] = None,
+    force: Annotated[bool, typer.Option(help="replace an existing --png file")] = False,
     warehouse: Warehouse = None,
 ) -> None:
     """The alignment matrix of a reflect row as a heat map (levels x iterations, survey eq. 31)."""
     from factory import alignment as drawing
+    from factory import outputs
 
     wh = _open(warehouse, read_only=True)
     try:
+        if png is not None:
+            outputs.check_file(png, wh.protected_paths(), force, flag="--png")
         found = drawing.alignment(wh, row_id)
         _console().print(drawing.heatmap_table(found))
         if png is not None:
-            _console().print(f"saved {drawing.heatmap_png(found, png)}")
+            outputs.write_file(
+                png, lambda path: drawing.heatmap_png(found, path), wh.protected_paths(), force, "--png"
+            )
+            _console().print(f"saved {png}")
     except (LookupError, RuntimeError, OSError) as exc:
         _err(str(exc))
 
 
 def main() -> None:
-    app()
+    try:
+        app()
+    except Exception:  # a bug: show its traceback, scrubbed of secrets like every error text
+        import traceback
+
+        from factory.redact import scrub
+
+        sys.stderr.write(scrub(traceback.format_exc()) or "")
+        sys.exit(1)
 
 
 if __name__ == "__main__":

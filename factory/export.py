@@ -30,7 +30,7 @@ from typing import Any
 
 import polars as pl
 
-from factory import schema, snapshots
+from factory import outputs, schema, snapshots
 from factory.mosaic import MosaicConfig, load_tokenizer, mosaic_frame
 from factory.warehouse import Warehouse
 
@@ -176,7 +176,6 @@ FORMATS: dict[str, tuple[Builder, str]] = {
 
 
 def _write(frame: pl.DataFrame, path: Path, kind: str) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
     if kind == "json":
         frame.write_json(path)
     elif kind == "jsonl":
@@ -189,6 +188,28 @@ def _file_name(kind: str, split: str) -> str:
     if kind == "hf":  # `datasets` names splits by file name; it knows "test", not "eval"
         return f"data/{'test' if split == 'eval' else split}-00000-of-00001.parquet"
     return f"{split}.{kind}"
+
+
+# Every file name an export may write: what `--force` may remove of an earlier export.
+EXPORT_FILES = {_file_name(kind, split) for _, kind in FORMATS.values() for split in ("train", "eval")} | {
+    "dataset_info.json",
+    "export.json",
+}
+
+
+def _remove_earlier_export(out: Path, keep: set[str]) -> list[str]:
+    """With --force: the files an earlier export in `out` wrote (by its export.json) that this one
+    will not, removed, so no stale split is left beside the new one (an old eval file beside a
+    new train file would put eval rows in training). Only export file names are touched."""
+    try:
+        earlier = json.loads((out / "export.json").read_text())
+        listed = {str(name) for name in earlier.get("files", {}).values()} | {"export.json"}
+    except (OSError, ValueError, AttributeError):
+        return []
+    removed = sorted((listed & EXPORT_FILES) - keep)
+    for name in removed:
+        (out / name).unlink(missing_ok=True)
+    return removed
 
 
 def _dataset_info(name: str, files: dict[str, str], preference: bool) -> dict[str, Any]:
@@ -241,25 +262,38 @@ def export(
     seed: int = 0,
     name: str | None = None,
     mosaic: MosaicConfig | None = None,
+    force: bool = False,
+    inside_warehouse: bool = False,
 ) -> dict[str, Any]:
     """Write a snapshot in `fmt` under `out`; returns the files written and the counts.
 
     With `mosaic`, the train split's single-exchange rows are composed Mosaic-IT style
     (the eval split stays as it is), so the trainer's tokenizer and length set the budget.
+    `out` may not lie inside the warehouse (`inside_warehouse` is for the factory's own run
+    folders), and files already there are replaced only with `force`.
     """
     if fmt not in FORMATS:
         raise ValueError(f"unknown export format '{fmt}'; choose one of {', '.join(FORMATS)}")
     if not 0.0 <= eval_split < 1.0:
         raise ValueError(f"--eval-split must be in [0, 1), got {eval_split}")
+    builder, kind = FORMATS[fmt]
+    splits = [("train", ~pl.col("_eval"))] + ([("eval", pl.col("_eval"))] if eval_split > 0 else [])
+    planned = [_file_name(kind, split) for split, _ in splits] + ["export.json"]
+    planned += ["dataset_info.json"] if fmt == "llamafactory" else []
+    places = [] if inside_warehouse else wh.protected_paths()
+    outputs.check_folder(out, planned, places, force)
     record = snapshots.get(wh, snapshot)
     frame = split_rows(wh, snapshot, eval_split, seed)
     preference = frame.height > 0 and frame["rejected"].is_not_null().all()
-    builder, kind = FORMATS[fmt]
     out.mkdir(parents=True, exist_ok=True)
+    removed = _remove_earlier_export(out, set(planned)) if force else []
+
+    def write_text(name: str, text: str) -> None:
+        outputs.write_file(out / name, lambda path: path.write_text(text), places, force)
+
     files: dict[str, str] = {}
     counts: dict[str, int] = {}
     skipped: dict[str, int] = {}
-    splits = [("train", ~pl.col("_eval"))] + ([("eval", pl.col("_eval"))] if eval_split > 0 else [])
     composed = 0
     for split, mask in splits:
         part = frame.filter(mask).drop("_eval")
@@ -269,13 +303,15 @@ def export(
         for reason, n in stats.items():
             skipped[reason] = skipped.get(reason, 0) + n
         file = _file_name(kind, split)
-        _write(records, out / file, kind)
+        outputs.write_file(
+            out / file, lambda path, records=records: _write(records, path, kind), places, force
+        )
         files[split] = file
         counts[split] = records.height
     if fmt == "llamafactory":
         dataset = name or snapshot
-        (out / "dataset_info.json").write_text(
-            json.dumps(_dataset_info(dataset, files, preference), indent=2) + "\n"
+        write_text(
+            "dataset_info.json", json.dumps(_dataset_info(dataset, files, preference), indent=2) + "\n"
         )
         files["dataset_info"] = "dataset_info.json"
     manifest = {
@@ -291,5 +327,5 @@ def export(
     }
     if mosaic is not None:
         manifest["mosaic"] = {"config": mosaic.model_dump(mode="json"), "composed_rows": composed}
-    (out / "export.json").write_text(json.dumps(manifest, indent=2) + "\n")
-    return {**manifest, "out": str(out)}
+    write_text("export.json", json.dumps(manifest, indent=2) + "\n")
+    return {**manifest, "out": str(out), "removed": removed}

@@ -27,7 +27,7 @@ from pydantic import BaseModel
 
 from factory import lake, plugins, snapshots
 from factory.generation import plugin_config, stored_config
-from factory.warehouse import Warehouse, verdict_frame
+from factory.warehouse import Waiting, Warehouse, lock_key, verdict_frame
 
 Engine = Literal["local", "ray"]
 
@@ -59,12 +59,13 @@ class FilterSummary:
     dropped: int = 0
     new_rows: int = 0
     reasons: dict[str, int] = field(default_factory=dict)
+    waited_for: str | None = None  # the identical job this one waited for, and how long
 
 
 def _selection(wh: Warehouse, on: str | None, where: str | None) -> str:
     """Ids of the rows to judge: a snapshot's, those matching a condition, or all."""
     source = f"snapshot('{snapshots.get(wh, on)['name']}')" if on else "rows"
-    condition = f" WHERE ({where})" if where else ""
+    condition = f" WHERE {wh.user_expression(where)}" if where else ""
     return f"SELECT id FROM {source}{condition}"
 
 
@@ -105,27 +106,31 @@ def run_filter(
             f"filter '{name}' compares rows with each other, so it runs in-process only: drop --engine ray"
         )
     config_json = json.dumps(stored_config(cfg), sort_keys=True)
-    runs = _earlier_runs(wh, name, config_json)
     selection = _selection(wh, on, where)
-    judged = "SELECT id FROM verdicts WHERE list_contains($runs, run_id)"
-    candidates = wh.sql(
-        rows_by_id(f"SELECT id FROM ({selection}) WHERE id NOT IN ({judged})"), {"runs": runs}
-    )
-    already = int(
-        wh.sql(f"SELECT count(DISTINCT id) AS n FROM ({selection}) WHERE id IN ({judged})", {"runs": runs})[
-            "n"
-        ][0]
-    )
-    kept_pool = wh.sql(
-        rows_by_id(
-            "SELECT id FROM verdicts WHERE list_contains($runs, run_id) GROUP BY id "
-            "HAVING arg_max(keep, (created_at, run_id))"
-        ),
-        {"runs": runs},
-    )
-    job = wh.start_job("filter", name, json.loads(config_json))
-    summary = FilterSummary(run_id=job, filter=name, candidates=candidates.height, already_judged=already)
+    waiting = Waiting()
+    stored = json.loads(config_json)
+    job = wh.start_job("filter", name, stored, lock=lock_key("filter", name, stored), on_wait=waiting)
+    summary = FilterSummary(run_id=job, filter=name, waited_for=waiting.said())
     try:
+        # Read after the job started: an identical job this one waited for has written its verdicts.
+        runs = _earlier_runs(wh, name, config_json)
+        judged = "SELECT id FROM verdicts WHERE list_contains($runs, run_id)"
+        candidates = wh.sql(
+            rows_by_id(f"SELECT id FROM ({selection}) WHERE id NOT IN ({judged})"), {"runs": runs}
+        )
+        summary.candidates = candidates.height
+        summary.already_judged = int(
+            wh.sql(
+                f"SELECT count(DISTINCT id) AS n FROM ({selection}) WHERE id IN ({judged})", {"runs": runs}
+            )["n"][0]
+        )
+        kept_pool = wh.sql(
+            rows_by_id(
+                "SELECT id FROM verdicts WHERE list_contains($runs, run_id) GROUP BY id "
+                "HAVING arg_max(keep, (created_at, run_id))"
+            ),
+            {"runs": runs},
+        )
         if not candidates.height:
             result = FilterResult(_no_verdicts())
         elif engine == "ray":

@@ -34,7 +34,7 @@ from factory.teacher import (
     make_backend,
     parse_spec,
 )
-from factory.warehouse import Warehouse, ids_of, verdict_frame
+from factory.warehouse import Waiting, Warehouse, ids_of, lock_key, verdict_frame
 
 
 class TeacherConfig(BaseModel):
@@ -72,6 +72,7 @@ class GenerationSummary:
     inserted: int = 0
     teacher_stats: dict[str, Any] = field(default_factory=dict)
     stopped: str | None = None
+    waited_for: str | None = None  # the identical job this one waited for, and how long
 
     def as_dict(self) -> dict[str, Any]:
         return dict(self.__dict__)
@@ -148,8 +149,10 @@ def run_generator(
     `also` writes more in that commit (a generator's own state, e.g. a search tree).
     """
     spec = parse_spec(teacher_config.teacher)
-    job = wh.start_job("generate", name, stored_config(config))
-    summary = GenerationSummary(job_id=job, generator=name, teacher=str(spec))
+    stored = stored_config(config)
+    waiting = Waiting()  # an identical run in progress: wait, then answer from its cached calls
+    job = wh.start_job("generate", name, stored, lock=lock_key("generate", name, stored), on_wait=waiting)
+    summary = GenerationSummary(job_id=job, generator=name, teacher=str(spec), waited_for=waiting.said())
     out = Output()
     teacher: Teacher | None = None
     try:

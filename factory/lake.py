@@ -14,17 +14,20 @@ there first (a commit conflict, or SQLite's "database is locked").
 from __future__ import annotations
 
 import contextlib
+import errno
 import fcntl
 import getpass
 import importlib.util
+import json
 import os
 import random
 import re
+import sqlite3
 import time
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, TypeVar
+from typing import Any, Literal, TypeVar
 
 import duckdb
 import polars as pl
@@ -34,6 +37,7 @@ T = TypeVar("T")
 Params = list[Any] | dict[str, Any] | None
 ALIAS = "lake"
 MAX_DELAY = 2.0  # seconds: the longest back-off between two tries
+GUARD_KEY = "schema_version"  # the meta row that exclusive writes rewrite (see Lake.write)
 
 Error = duckdb.Error
 
@@ -49,6 +53,35 @@ _STORAGE_EXTENSIONS = {"s3": "httpfs", "gs": "httpfs", "gcs": "httpfs", "http": 
 
 class LakeError(RuntimeError):
     """A warehouse problem the user can act on; the message says what to do."""
+
+
+class QueryRefused(LakeError):
+    """User-given SQL that would do more than read the warehouse."""
+
+
+class DiskFull(LakeError):
+    """The disk filled up while writing; the write was rolled back whole."""
+
+
+def is_disk_full(exc: BaseException) -> bool:
+    return (isinstance(exc, OSError) and exc.errno == errno.ENOSPC) or "no space left on device" in str(
+        exc
+    ).lower()
+
+
+@contextlib.contextmanager
+def disk_full_says_so(where: str) -> Iterator[None]:
+    """Turn a full disk, however the library reports it (an IO error inside a query, a Parquet
+    writer's error, a failed ROLLBACK after it), into one message that says nothing was committed."""
+    try:
+        yield
+    except Exception as exc:
+        if is_disk_full(exc):
+            raise DiskFull(
+                f"no space left on device while writing {where}: nothing was committed; "
+                f"free some space (df -h {where}) and run the command again"
+            ) from exc
+        raise
 
 
 @dataclass(frozen=True)
@@ -105,8 +138,9 @@ def connect(location: Location, read_only: bool = False) -> Lake:
     The data path comes from the warehouse's config, not from the path the catalog was
     created with (OVERRIDE_DATA_PATH), so a moved folder or a re-pointed bucket works.
     """
+    # Only signed extensions load (DuckDB's default; the PyPI extension packages are signed builds).
     # DuckDB draws a progress bar on stdout for slow queries: it would corrupt `factory sql --format csv`.
-    con = duckdb.connect(config={"allow_unsigned_extensions": "true"})
+    con = duckdb.connect(config={"allow_unsigned_extensions": "false"})
     con.execute("SET enable_progress_bar = false")
     load_extension(con, "ducklake")
     if location.scheme in _CATALOG_EXTENSIONS:
@@ -118,9 +152,31 @@ def connect(location: Location, read_only: bool = False) -> Lake:
     if read_only:
         options.append("READ_ONLY")
     attach = f"ATTACH {quote('ducklake:' + location.catalog)} AS {ALIAS} ({', '.join(options)})"
-    _retry(lambda: con.execute(attach))
+    try:
+        _retry(lambda: con.execute(attach))
+    except duckdb.Error as exc:
+        # A process killed mid-commit leaves SQLite a hot journal that only a writer can roll
+        # back; a read-only open would fail on it until the next write. Roll it back here.
+        if not (read_only and "readonly database" in str(exc) and recover_sqlite(location)):
+            raise
+        _retry(lambda: con.execute(attach))
     con.execute(f"USE {ALIAS}")
     return Lake(con, location, read_only)
+
+
+def recover_sqlite(location: Location) -> bool:
+    """Roll back a SQLite catalog's hot journal left by a killed writer; whether there was one.
+
+    SQLite rolls a hot journal back when a connection that may write first reads the
+    database, under its own locks, so this is safe beside live writers.
+    """
+    scheme, _, target = location.catalog.partition(":")
+    journal = Path(target + "-journal")
+    if scheme != "sqlite" or not journal.exists() or journal.stat().st_size == 0:
+        return False
+    with contextlib.closing(sqlite3.connect(target, timeout=30)) as catalog:
+        catalog.execute("SELECT count(*) FROM sqlite_master").fetchone()
+    return True
 
 
 def _retry(fn: Callable[[], T], attempts: int = 30, base_delay: float = 0.05) -> T:
@@ -135,12 +191,136 @@ def _retry(fn: Callable[[], T], attempts: int = 30, base_delay: float = 0.05) ->
     raise AssertionError("unreachable")  # pragma: no cover
 
 
-def single_statement(sql: str) -> bool:
-    """Whether a SQL text is exactly one statement (guards user-given SQL fragments)."""
+# -- user-given SQL --------------------------------------------------------------------------------
+# Table functions a user's query may call: they only read the warehouse or compute values.
+# Everything else is refused by name (DuckLake's maintenance functions, sqlite_query, query(),
+# json_execute_serialized_sql, ...), whatever the connection's rights.
+SAFE_TABLE_FUNCTIONS = frozenset(
+    """snapshot range generate_series unnest repeat repeat_row json_each json_tree
+    duckdb_columns duckdb_constraints duckdb_databases duckdb_functions duckdb_keywords duckdb_schemas
+    duckdb_tables duckdb_types duckdb_views duckdb_indexes duckdb_sequences duckdb_settings
+    pragma_table_info table_info pragma_version version show show_tables show_databases summary
+    ducklake_snapshots snapshots ducklake_table_info ducklake_current_snapshot current_snapshot
+    ducklake_last_committed_snapshot last_committed_snapshot ducklake_table_changes table_changes
+    ducklake_table_insertions table_insertions ducklake_table_deletions table_deletions
+    ducklake_list_files list_files ducklake_settings settings ducklake_options options""".split()
+)
+# File readers: DuckDB's own file-system settings confine them (to the warehouse's data path in
+# the `factory sql` sandbox), so they are allowed only there.
+FILE_TABLE_FUNCTIONS = frozenset(
+    """read_csv read_csv_auto sniff_csv read_json read_json_auto read_ndjson read_ndjson_auto
+    read_json_objects read_json_objects_auto read_ndjson_objects read_parquet parquet_scan
+    parquet_metadata parquet_schema parquet_file_metadata parquet_kv_metadata read_text read_blob
+    glob""".split()
+)
+# Readers that open files through their own driver, past DuckDB's file-system settings: only
+# when the user asked to read files (`factory sql --allow-files`).
+DRIVER_TABLE_FUNCTIONS = frozenset({"sqlite_scan", "read_duckdb"})
+
+FileAccess = Literal["none", "warehouse", "any"]
+_EXPLAIN = re.compile(r"\s*EXPLAIN\s+(?!ANALY[SZ]E\b)(.*)\Z", re.IGNORECASE | re.DOTALL)
+_WRITES = {"INSERT", "UPDATE", "DELETE", "CREATE", "DROP", "ALTER", "COPY", "MERGE_INTO", "COPY_DATABASE"}
+_parser: duckdb.DuckDBPyConnection | None = None
+
+
+def _syntax_tree(sql: str) -> dict[str, Any]:
+    """DuckDB's own parse of one SELECT statement, as JSON (json_serialize_sql)."""
+    global _parser
+    if _parser is None:
+        _parser = duckdb.connect()
+    tree = json.loads(_parser.execute("SELECT json_serialize_sql(?)", [sql]).fetchone()[0])
+    if tree.get("error"):
+        raise QueryRefused(
+            f"DuckDB cannot check this statement ({tree.get('error_message')}); write it as one SELECT"
+        )
+    return tree
+
+
+def _calls(tree: Any) -> Iterator[tuple[str, str]]:
+    """(kind, name) of every table function and every table read from a path or URL in a parse tree."""
+    if isinstance(tree, dict):
+        if tree.get("type") == "TABLE_FUNCTION":
+            yield "function", str((tree.get("function") or {}).get("function_name", "")).lower()
+        elif tree.get("type") == "BASE_TABLE" and re.search(r"[/\\:.]", str(tree.get("table_name", ""))):
+            yield "path", str(tree["table_name"])
+        for value in tree.values():
+            yield from _calls(value)
+    elif isinstance(tree, list):
+        for value in tree:
+            yield from _calls(value)
+
+
+def check_query(sql: str, files: FileAccess = "none") -> None:
+    """Refuse user SQL that is not one read-only SELECT (WITH, FROM-first, DESCRIBE, SUMMARIZE, ...).
+
+    DuckDB's parser decides: exactly one statement of type SELECT, calling only table
+    functions that read. `files` says which file readers are allowed: none (SQL run on a
+    writer's connection), warehouse (the sandbox, where DuckDB confines them to the data
+    path), or any (the sandbox with --allow-files).
+    """
     try:
-        return len(duckdb.extract_statements(sql)) == 1
-    except duckdb.Error:
-        return True  # a syntax error: let the real query report it with its position
+        statements = duckdb.extract_statements(sql)
+    except duckdb.Error as exc:
+        raise QueryRefused(f"the query cannot be parsed: {str(exc).splitlines()[0]}") from exc
+    if len(statements) != 1:
+        hint = " (PIVOT without an IN list runs two: list the values, ON col IN ('a', 'b'))"
+        raise QueryRefused(
+            f"one statement at a time, got {len(statements)}" + (hint if "pivot" in sql.lower() else "")
+        )
+    kind = statements[0].type
+    explained = _EXPLAIN.match(sql)
+    if kind == duckdb.StatementType.EXPLAIN and explained:  # a plan only: check what it plans
+        check_query(explained.group(1), files)
+        return
+    if kind != duckdb.StatementType.SELECT:
+        hint = ""
+        if kind.name in _WRITES:
+            hint = "; write through factory import, filters, snapshots or the Python API"
+        elif kind == duckdb.StatementType.EXPLAIN:
+            hint = "; EXPLAIN ANALYZE runs the statement, EXPLAIN alone shows the plan"
+        raise QueryRefused(
+            f"only reading is allowed (SELECT, WITH, FROM, DESCRIBE, SUMMARIZE, EXPLAIN), not {kind.name}{hint}"
+        )
+    readers = FILE_TABLE_FUNCTIONS | DRIVER_TABLE_FUNCTIONS
+    allowed_readers = {"none": frozenset(), "warehouse": FILE_TABLE_FUNCTIONS, "any": readers}[files]
+    for what, name in _calls(_syntax_tree(sql)):
+        if name in SAFE_TABLE_FUNCTIONS or name in allowed_readers or (what == "path" and files != "none"):
+            continue
+        if what == "path" or name in readers:
+            where = "without --allow-files" if files == "warehouse" else "in SQL that is part of a write"
+            raise QueryRefused(f"reading files ({name}) is not allowed {where}")
+        raise QueryRefused(
+            f"table function {name}() is not allowed: it can change or read beyond the warehouse"
+        )
+
+
+def check_expression(sql: str) -> str:
+    """A user-given SQL condition or expression, as DuckDB's parser writes it back: safe to splice.
+
+    Refused unless it is one expression that reads only the warehouse (`check_query` with no
+    file access). What comes back is DuckDB's own rendering of the parse (json_serialize_sql,
+    then json_deserialize_sql): no comments, every operator parenthesised, so it means the
+    same wherever it is spliced (`1) --` is just `1`).
+    """
+    check_query(f"SELECT ({sql})")
+    tree = _syntax_tree(f"SELECT ({sql})")
+    node = tree["statements"][0]["node"]
+    extra = [
+        key
+        for key in ("where_clause", "having", "qualify", "sample", "group_expressions")
+        if node.get(key) not in (None, [], {})
+    ]
+    if node.get("cte_map", {}).get("map"):
+        extra.append("with")
+    if node.get("type") != "SELECT_NODE" or node.get("modifiers") or extra or len(node["select_list"]) != 1:
+        raise QueryRefused(f"expected one SQL expression, got: {sql}")
+    if (node.get("from_table") or {}).get("type") != "EMPTY":
+        raise QueryRefused(f"expected one SQL expression, got: {sql}")
+    assert _parser is not None  # set by _syntax_tree
+    text = _parser.execute("SELECT json_deserialize_sql(?::JSON)", [json.dumps(tree)]).fetchone()[0]
+    if not text.startswith("SELECT "):
+        raise QueryRefused(f"expected one SQL expression, got: {sql}")
+    return f"({text.removeprefix('SELECT ')})"
 
 
 def default_author() -> str:
@@ -158,17 +338,51 @@ class Lake:
         self.con = con
         self.location = location
         self.read_only = read_only
+        self.sandbox: FileAccess | None = None  # set by lock_down: every query is then checked
 
     def close(self) -> None:
         self.con.close()
 
+    def lock_down(self, allow_files: bool = False) -> None:
+        """Make this read-only connection a sandbox for a user's SQL, with DuckDB's own settings.
+
+        The lake is attached READ_ONLY (DuckDB refuses writes to it and to its catalog);
+        extensions neither install nor load; file access is off except for the warehouse's
+        data path (unless `allow_files`); then the configuration is locked, so no query can
+        SET any of it back. On top, every query must pass `check_query` (one SELECT that
+        calls only reading table functions): SQLite's driver opens files past DuckDB's
+        settings, so ATTACH and sqlite_query stay refused by statement type and by name.
+        """
+        if not self.read_only:
+            raise LakeError("only a read-only connection can be a sandbox")
+        settings = [
+            "SET autoinstall_known_extensions = false",
+            "SET autoload_known_extensions = false",
+            "SET allow_community_extensions = false",
+        ]
+        if not allow_files:
+            settings += [
+                f"SET allowed_directories = [{quote(self.location.data_path)}]",
+                "SET enable_external_access = false",
+            ]
+        for setting in [*settings, "SET lock_configuration = true"]:
+            self.con.execute(setting)
+        self.sandbox = "any" if allow_files else "warehouse"
+
+    def _checked(self, sql: str) -> str:
+        if self.sandbox is not None:
+            check_query(sql, self.sandbox)
+        return sql
+
     # -- reading -------------------------------------------------------------------------------
     def frame(self, sql: str, params: Params = None) -> pl.DataFrame:
         """Run a query and return a polars frame (retrying while the catalog is locked)."""
+        sql = self._checked(sql)
         return _retry(lambda: self.con.execute(sql, params or []).pl())
 
     def row(self, sql: str, params: Params = None) -> tuple:
         """The first row of a query's result."""
+        sql = self._checked(sql)
         return _retry(lambda: self.con.execute(sql, params or []).fetchone())
 
     def scalar(self, sql: str, params: Params = None) -> Any:
@@ -184,7 +398,13 @@ class Lake:
         finally:
             self.con.unregister(name)
 
+    def temp_view(self, name: str, sql: str) -> None:
+        """(Re)define a temporary view of the factory's own SQL, on sandboxed connections too."""
+        self.con.execute(f'CREATE OR REPLACE TEMP VIEW "{name}" AS {sql}')
+
     def execute(self, sql: str, params: Params = None) -> None:
+        if self.sandbox is not None:
+            raise QueryRefused("a sandboxed connection only reads (use frame, row or scalar)")
         self.con.execute(sql, params or [])
 
     def table_folder(self, table: str) -> Path | None:
@@ -215,18 +435,36 @@ class Lake:
         fn: Callable[[Lake], T],
         author: str | None = None,
         attempts: int = 30,
+        exclusive: bool = False,
     ) -> T:
         """Run fn inside one DuckLake transaction with an author and a commit message.
 
         On a commit conflict or a locked catalog the transaction is rolled back and fn runs
         again from the start, with exponential back-off and jitter, so fn must be safe to
         repeat (it reads what it needs inside the transaction).
+
+        exclusive: no other exclusive write may commit between this one's start and its
+        commit, on any machine, so a check that fn makes (a name is free, no identical job
+        runs) still holds when it commits. DuckLake tables have no unique constraints and two
+        appends both commit, so the catalog itself arbitrates: the write also rewrites one
+        guard row of `meta`, and DuckLake refuses the second of two overlapping commits that
+        delete from the same table; that one is retried from the start and sees the first
+        (measured on PostgreSQL: without the guard, three processes creating one snapshot name
+        all committed). On SQLite the database lock already serialises overlapping
+        transactions; the guard adds one small rewrite of `meta` to the commit.
         """
         if self.read_only:
             raise LakeError("this warehouse connection is read-only; open it with read_only=False to write")
         who = author or default_author()
-        with self._writer_lock():
-            return _retry(lambda: self._attempt(message, fn, who), attempts=attempts)
+
+        def guarded(lk: Lake) -> T:
+            lk.execute(f"UPDATE meta SET value = value WHERE key = {quote(GUARD_KEY)}")
+            return fn(lk)
+
+        with disk_full_says_so(self.location.data_path), self._writer_lock():
+            return _retry(
+                lambda: self._attempt(message, guarded if exclusive else fn, who), attempts=attempts
+            )
 
     @contextlib.contextmanager
     def _writer_lock(self) -> Iterator[None]:

@@ -38,6 +38,7 @@ UTF8_BOM = b"\xef\xbb\xbf"
 UTF16_BOMS = (b"\xff\xfe", b"\xfe\xff")
 KINDS = {".jsonl": "jsonl", ".ndjson": "jsonl", ".json": "json", ".csv": "csv", ".parquet": "parquet"}
 _WHITESPACE = np.array([9, 10, 13, 32], dtype=np.uint8)
+TOO_DEEP = "the JSON nests deeper than it can be read (about 900 levels); flatten it"
 
 
 @dataclass(frozen=True)
@@ -68,6 +69,64 @@ def jsonl_records(path: Path, text: str) -> Iterator[tuple[int, Any]]:
             yield number, json.loads(line)
         except json.JSONDecodeError as exc:
             raise ReadError(f"{path}:{number}: not valid JSON ({exc.msg})") from exc
+
+
+class _DuplicateKey(ValueError):
+    def __init__(self, key: str) -> None:
+        super().__init__(
+            f"the key '{key}' appears twice in one object; keep one (JSON leaves the choice to the reader, "
+            "so we refuse rather than guess)"
+        )
+        self.key = key
+
+
+def _object(pairs: list[tuple[str, Any]]) -> dict[str, Any]:
+    """json.loads' object builder that refuses a key given twice (the stdlib keeps the last silently)."""
+    record = dict(pairs)
+    if len(record) != len(pairs):
+        seen: set[str] = set()
+        for key, _ in pairs:
+            if key in seen:
+                raise _DuplicateKey(key)
+            seen.add(key)
+    return record
+
+
+def _json_message(exc: json.JSONDecodeError) -> str:
+    """A JSON error as one sentence (the stdlib's messages may end in "at", as in "... character at")."""
+    return f"malformed JSON: {exc.msg.removesuffix(' at')} at line {exc.lineno} column {exc.colno}"
+
+
+def _bad_text(value: Any, path: str) -> str | None:
+    """The path of the first string in a parsed value that is not valid Unicode (a lone surrogate)."""
+    if isinstance(value, str):
+        try:
+            value.encode("utf-8")
+        except UnicodeEncodeError:
+            return path
+        return None
+    items = value.items() if isinstance(value, dict) else enumerate(value) if isinstance(value, list) else ()
+    for key, item in items:
+        if isinstance(key, str) and _bad_text(key, path) is not None:
+            return f"{path}.{key}".lstrip(".")
+        found = _bad_text(item, f"{path}[{key}]" if isinstance(key, int) else f"{path}.{key}".lstrip("."))
+        if found is not None:
+            return found
+    return None
+
+
+def surrogate_problem(origin: str, record: dict[str, Any]) -> Problem | None:
+    """A Problem when a parsed record holds a lone surrogate escape (\\ud800): JSON allows the
+    escape, but the text is not Unicode and cannot be stored."""
+    field = _bad_text(record, "")
+    if field is None:
+        return None
+    return Problem(
+        origin,
+        field.encode("utf-8", "backslashreplace").decode() or None,  # the path may hold the bad key
+        "bad_encoding",
+        "a lone surrogate escape (\\ud800-\\udfff without its pair) is not a character; fix the escape",
+    )
 
 
 @dataclass
@@ -362,17 +421,33 @@ def _parse_lines_slowly(
                 )
             )
             continue
-        try:
-            record = json.loads(text)
-        except json.JSONDecodeError as exc:
+        if "\x00" in text:
+            column = text.index("\x00") + 1
             problems.append(
-                Problem(origin, None, "malformed_json", f"malformed JSON: {exc.msg} at column {exc.colno}")
+                Problem(
+                    origin, None, "nul_byte", f"a raw NUL byte at column {column}; remove it from the file"
+                )
             )
+            continue
+        try:
+            record = json.loads(text, object_pairs_hook=_object)
+            problem = surrogate_problem(origin, record) if isinstance(record, dict) else None
+        except json.JSONDecodeError as exc:
+            problems.append(Problem(origin, None, "malformed_json", _json_message(exc)))
+            continue
+        except _DuplicateKey as exc:
+            problems.append(Problem(origin, exc.key, "duplicate_key", str(exc)))
+            continue
+        except RecursionError:
+            problems.append(Problem(origin, None, "too_deep", TOO_DEEP))
             continue
         if not isinstance(record, dict):
             problems.append(
                 Problem(origin, None, "not_an_object", f"expected a JSON object, got {type(record).__name__}")
             )
+            continue
+        if problem is not None:
+            problems.append(problem)
             continue
         records.append(record)
         kept.append(number)
@@ -399,16 +474,19 @@ def read_json(path: Path, options: ReadOptions) -> Iterator[Raw]:
         ) from exc
     if not text.strip():
         raise ReadError(f"{label}: the file is empty; nothing to import")
+    if "\x00" in text:
+        line = text[: text.index("\x00")].count("\n") + 1
+        raise ReadError(f"{label}:{line}: a raw NUL byte; remove it from the file [nul_byte]")
     try:
-        parsed = json.loads(text)
+        parsed = json.loads(text, object_pairs_hook=_object)
+    except RecursionError as exc:
+        raise ReadError(f"{label}: {TOO_DEEP} [too_deep]") from exc
     except json.JSONDecodeError as exc:
-        if exc.pos == 0 or "Extra data" in exc.msg:
-            raise ReadError(
-                f"{label}:{exc.lineno}: malformed JSON: {exc.msg} at column {exc.colno} "
-                "(is this JSON Lines? name it .jsonl)"
-            ) from exc
-        raise ReadError(f"{label}:{exc.lineno}: malformed JSON: {exc.msg} at column {exc.colno}") from exc
-    if isinstance(parsed, dict):
+        hint = " (is this JSON Lines? name it .jsonl)" if exc.pos == 0 or "Extra data" in exc.msg else ""
+        raise ReadError(f"{label}:{exc.lineno}: {_json_message(exc)}{hint}") from exc
+    except _DuplicateKey as exc:
+        raise ReadError(f"{label}: {exc} [duplicate_key]") from exc
+    if isinstance(parsed, dict):  # one record: documented (README, Import)
         parsed = [parsed]
     if not isinstance(parsed, list):
         raise ReadError(f"{label}: expected a JSON array of records, got {type(parsed).__name__}")
@@ -416,7 +494,13 @@ def read_json(path: Path, options: ReadOptions) -> Iterator[Raw]:
         items = parsed[start : start + options.batch_rows]
         records, kept, problems = [], [], []
         for k, item in enumerate(items, start=start + 1):
-            if isinstance(item, dict):
+            try:
+                problem = surrogate_problem(f"{label}#{k}", item) if isinstance(item, dict) else None
+            except RecursionError:
+                problem = Problem(f"{label}#{k}", None, "too_deep", TOO_DEEP)
+            if problem is not None:
+                problems.append(problem)
+            elif isinstance(item, dict):
                 records.append(item)
                 kept.append(k)
             else:
@@ -454,6 +538,12 @@ def read_csv(path: Path, options: ReadOptions) -> Iterator[Raw]:
         except (csv.Error, UnicodeDecodeError) as exc:
             raise ReadError(f"{label}:1: cannot read the header: {exc}") from exc
         header = [h.strip() for h in header]
+        doubled = sorted({h for h in header if header.count(h) > 1})
+        if doubled:
+            raise ReadError(
+                f"{label}:1: the header names {', '.join(map(repr, doubled))} twice; rename one "
+                "[duplicate_key]"
+            )
         records: list[dict] = []
         kept: list[int] = []
         problems: list[Problem] = []

@@ -24,9 +24,11 @@ from __future__ import annotations
 import polars as pl
 import polars_hash  # noqa: F401  (registers the `chash` namespace used by row_id)
 
-SCHEMA_VERSION = 4
-# Versions that differ from this one by added tables only: opening one creates them.
-ADDITIVE_FROM = {"2": ("embeddings", "sketches", "mcts_nodes"), "3": ("mcts_nodes",)}
+SCHEMA_VERSION = 5
+# Versions that differ from this one by added tables and columns only: opening one adds them.
+ADDITIVE_FROM = {"2": ("embeddings", "sketches", "mcts_nodes"), "3": ("mcts_nodes",), "4": ()}
+# Columns added to existing tables, by the version that added them.
+ADDED_COLUMNS = {5: (("jobs", "lock_key"),)}
 
 MESSAGE_TYPE = "STRUCT(role VARCHAR, content VARCHAR)[]"
 
@@ -116,6 +118,7 @@ TABLES: dict[str, dict[str, str]] = {
         "author": "VARCHAR",
         "started_at": "TIMESTAMPTZ",
         "finished_at": "TIMESTAMPTZ",
+        "lock_key": "VARCHAR",  # identical jobs (same plugin and config) share it and run one at a time
     },
     "embeddings": {
         "id": "VARCHAR",  # the embedded row
@@ -220,6 +223,19 @@ def row_text(key: str) -> pl.Expr:
     }[key]
     present = [pl.when(part != "").then(part) for part in parts]  # an empty field adds no separator
     return pl.concat_str(present, separator="\x1f", ignore_nulls=True).fill_null("")
+
+
+def migration_sql(version: str) -> list[str]:
+    """Statements that bring a warehouse of an additive older `version` to SCHEMA_VERSION."""
+    created = ADDITIVE_FROM[version]
+    altered = [
+        f'ALTER TABLE {table} ADD COLUMN IF NOT EXISTS "{column}" {TABLES[table][column]}'
+        for added_in, columns in sorted(ADDED_COLUMNS.items())
+        if added_in > int(version)
+        for table, column in columns
+        if table not in created
+    ]
+    return [create_sql(table) for table in created] + altered
 
 
 def create_sql(table: str) -> str:

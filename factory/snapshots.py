@@ -82,14 +82,22 @@ def create(
         raise SnapshotError(
             f"snapshot name '{name}' is not allowed: use letters, digits, '_', '-' and '.', starting with a letter or digit"
         )
-    if wh.sql("SELECT count(*) AS n FROM snapshots WHERE name = ?", [name])["n"][0]:
-        raise SnapshotError(f"a snapshot named '{name}' exists; snapshots are immutable, so pick a new name")
     parent_record = get(wh, parent) if parent is not None else None
-    if where and not lake.single_statement(f"SELECT 1 FROM rows WHERE ({where})"):
-        raise SnapshotError(f"--where must be one SQL condition, got: {where}")
+    condition = None  # the --where as DuckDB's parser writes it back: safe to splice
+    if where:
+        try:
+            condition = wh.user_expression(where)
+        except lake.QueryRefused as exc:
+            raise SnapshotError(f"--where must be one SQL condition over rows columns: {exc}") from exc
     params = {"name": name} | ({"parent": parent} if parent is not None else {})
 
     def work(lk: lake.Lake) -> dict[str, Any]:
+        # Checked inside the commit, which is exclusive: of two processes creating the same
+        # name at once, the second sees the first's snapshot when it runs (or is re-run).
+        if lk.scalar("SELECT count(*) FROM snapshots WHERE name = ?", [name]):
+            raise SnapshotError(
+                f"snapshot '{name}' already exists; snapshots are immutable, so pick a new name"
+            )
         # The selection reads one fixed version of the warehouse, recorded with the snapshot.
         version = lk.version()
         rows_then = f"rows AT (VERSION => {int(version)})"
@@ -102,8 +110,8 @@ def create(
         # Only pay for the anti-join when some filter rejected something at this version.
         rejecting = honour_verdicts and bool(lk.scalar(f"SELECT count(*) FROM ({rejections})"))
         conditions = [f"id NOT IN ({rejections})"] if rejecting else []
-        if where:
-            conditions.append(f"row IN (SELECT rowid FROM {rows_then} WHERE ({where}))")
+        if condition:
+            conditions.append(f"row IN (SELECT rowid FROM {rows_then} WHERE {condition})")
         selection = f"SELECT id, row FROM ({base})" + (
             " WHERE " + " AND ".join(conditions) if conditions else ""
         )
@@ -125,7 +133,7 @@ def create(
             if honour_verdicts
             else []
         )
-        query = _replay_query(lk, version, parent_record, where, rejecting, stats["row_count"])
+        query = _replay_query(lk, version, parent_record, condition, rejecting, stats["row_count"])
         lk.execute(
             "INSERT INTO snapshots VALUES ($name, $parent, $message, $where, $honour, $runs, $count, $digest, "
             "$author, now(), $version, $query)",
@@ -154,11 +162,16 @@ def create(
         }
 
     detail = f" from {parent}" if parent else ""
-    return wh.lake.write(f"snapshot: create {name}{detail} ({message or 'no message'})", work)
+    return wh.lake.write(f"snapshot: create {name}{detail} ({message or 'no message'})", work, exclusive=True)
 
 
 def _replay_query(
-    lk: lake.Lake, version: int, parent: dict[str, Any] | None, where: str | None, rejecting: bool, count: int
+    lk: lake.Lake,
+    version: int,
+    parent: dict[str, Any] | None,
+    condition: str | None,
+    rejecting: bool,
+    count: int,
 ) -> str | None:
     """The selection as one query over time-travelled tables, if it gives back exactly the members.
 
@@ -167,11 +180,11 @@ def _replay_query(
     """
     if parent is not None and not parent["query"]:
         return None
-    if where and VOLATILE.search(where):
+    if condition and VOLATILE.search(condition):
         return None
     source = parent["query"] if parent is not None else f"rows AT (VERSION => {int(version)})"
     conditions = ([f"id NOT IN ({_latest_rejections(version)})"] if rejecting else []) + (
-        [f"({where})"] if where else []
+        [condition] if condition else []
     )
     if not conditions and parent is not None:
         query = source

@@ -18,7 +18,7 @@ from typing import Any
 
 import polars as pl
 
-from factory import snapshots
+from factory import redact, snapshots
 from factory.evaluation import EvalSettings, evaluate
 from factory.generation import plugin_config
 from factory.warehouse import Warehouse, new_id
@@ -53,7 +53,7 @@ def _finish(wh: Warehouse, run_id: str, status: str, metrics: dict[str, Any], ar
         f"run {status}: {run_id}",
         lambda lk: lk.execute(
             "UPDATE runs SET status = ?, metrics = ?, artifact_path = ?, finished_at = now() WHERE id = ?",
-            [status, json.dumps(metrics, default=str), artifact, run_id],
+            [status, redact.scrub(json.dumps(metrics, default=str)), artifact, run_id],
         ),
     )
 
@@ -81,7 +81,14 @@ def train(
            "method": getattr(cfg, "method", None), "config": cfg.model_dump(mode="json"), "seed": cfg.seed}  # fmt: skip
     _insert(wh, run)
     try:
-        wh.export(snapshot, folder / "data", str(plugin.consumes), eval_split=cfg.eval_split, seed=cfg.seed)
+        wh.export(
+            snapshot,
+            folder / "data",
+            str(plugin.consumes),
+            eval_split=cfg.eval_split,
+            seed=cfg.seed,
+            inside_warehouse=out is None,  # the default run folder is the warehouse's own runs/
+        )
         before = (
             evaluate(wh, cfg.model, snapshot, settings, run_id)
             if settings.eval_split or settings.split == "all"

@@ -13,11 +13,15 @@ see the README's "Warehouse layout".
 
 from __future__ import annotations
 
+import contextlib
+import hashlib
 import json
 import os
 import re
 import shutil
 import socket
+import sys
+import time
 import uuid
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass
@@ -27,13 +31,14 @@ from typing import Any
 
 import polars as pl
 
-from factory import formats, lake, schema
+from factory import formats, lake, outputs, redact, schema
 
 SNAPSHOT_CALL = re.compile(r"\bsnapshot\(\s*'([A-Za-z0-9][A-Za-z0-9_.\-]*)'\s*\)", re.IGNORECASE)
 CONFIG_FILE = "factory.json"
 STAGING = ".staging"
 ENV_WAREHOUSE = "FACTORY_WAREHOUSE"
 DEFAULT_PATH = "warehouse"
+LOCK_POLL_S = 0.5  # how often a job waiting for an identical one looks again
 
 
 class WarehouseError(lake.LakeError):
@@ -88,8 +93,19 @@ def init(
     return Warehouse(folder, conn)
 
 
-def open_warehouse(path: str | os.PathLike | None = None, read_only: bool = False) -> Warehouse:
-    """Open an existing warehouse; fails with a hint when it is missing or of another schema version."""
+def open_warehouse(
+    path: str | os.PathLike | None = None,
+    read_only: bool = False,
+    sandbox: bool = False,
+    allow_files: bool = False,
+) -> Warehouse:
+    """Open an existing warehouse; fails with a hint when it is missing or of another schema version.
+
+    sandbox: open it to run a user's SQL (`factory sql`): read-only, every query checked to be
+    one SELECT that only reads, DuckDB's file access confined to the data path (unless
+    `allow_files`) and its configuration locked (see `lake.Lake.lock_down`).
+    """
+    read_only = read_only or sandbox
     folder = resolve_path(path)
     config_path = folder / CONFIG_FILE
     if not config_path.exists():
@@ -103,9 +119,9 @@ def open_warehouse(path: str | os.PathLike | None = None, read_only: bool = Fals
         raise WarehouseError(f"{config_path}: not a valid warehouse config ({exc})") from exc
     conn = lake.connect(location, read_only=read_only)
     version = conn.scalar("SELECT value FROM meta WHERE key = 'schema_version'")
-    if version in schema.ADDITIVE_FROM:  # only tables were added since: create them (readers skip it)
+    if version in schema.ADDITIVE_FROM:  # only tables and columns were added since (readers skip it)
         if not read_only:
-            conn.write(f"migrate: schema {version} -> {schema.SCHEMA_VERSION}", _add_tables(version))
+            conn.write(f"migrate: schema {version} -> {schema.SCHEMA_VERSION}", _migrate(version))
         version = str(schema.SCHEMA_VERSION)
     if version != str(schema.SCHEMA_VERSION):
         conn.close()
@@ -113,13 +129,16 @@ def open_warehouse(path: str | os.PathLike | None = None, read_only: bool = Fals
             f"{folder}: warehouse schema version {version}, this instruction-factory expects "
             f"{schema.SCHEMA_VERSION}; use a matching release of instruction-factory"
         )
-    return Warehouse(folder, conn)
+    wh = Warehouse(folder, conn)
+    if sandbox:
+        conn.lock_down(allow_files)
+    return wh
 
 
-def _add_tables(version: str) -> Callable[[lake.Lake], None]:
+def _migrate(version: str) -> Callable[[lake.Lake], None]:
     def work(lk: lake.Lake) -> None:
-        for table in schema.ADDITIVE_FROM[version]:
-            lk.execute(schema.create_sql(table))
+        for statement in schema.migration_sql(version):
+            lk.execute(statement)
         lk.execute("UPDATE meta SET value = ? WHERE key = 'schema_version'", [str(schema.SCHEMA_VERSION)])
 
     return work
@@ -192,23 +211,49 @@ class Warehouse:
     def close(self) -> None:
         self.lake.close()
 
+    def protected_paths(self) -> list[Path]:
+        """Where no command may write a user-named output (see `factory.outputs`)."""
+        return outputs.protected(self.folder, self.lake.location)
+
     # -- reading -------------------------------------------------------------------------------
     def sql(self, query: str, params: lake.Params = None) -> pl.DataFrame:
         """Run SQL over the warehouse; `snapshot('name')` reads a snapshot's rows.
 
-        A literal `snapshot('name')` is expanded to the snapshot's fastest form (its
-        recorded query over time-travelled tables, else a rowid semi-join); the table macro
-        `snapshot(name)` serves the parametrised form.
+        A literal `snapshot('name')` is replaced by a temporary view of the snapshot's
+        fastest form (its recorded query over time-travelled tables, else a rowid
+        semi-join); the table macro `snapshot(name)` serves the parametrised form. Only a
+        view's name goes into the text, never the recorded SQL itself: the replacement may
+        land in a comment or a string, where spliced SQL would change what the query does.
         """
-        expanded = SNAPSHOT_CALL.sub(lambda m: self._relation(m.group(1)), query)
-        return self.lake.frame(expanded, params)
+        return self.lake.frame(self._expand(query), params)
+
+    def user_sql(self, query: str) -> pl.DataFrame:
+        """Run a query a user wrote (a prompt query) on this writable warehouse.
+
+        Refused unless it is one SELECT that only reads the warehouse: no files, no table
+        functions that write or reach outside (`lake.check_query`)."""
+        expanded = self._expand(query)
+        lake.check_query(expanded)
+        return self.lake.frame(expanded)
+
+    @staticmethod
+    def user_expression(text: str) -> str:
+        """A user's SQL condition or expression, checked to be one expression that reads only
+        the warehouse and rewritten by DuckDB's parser, so it is safe to splice into SQL
+        (`lake.check_expression`)."""
+        return lake.check_expression(text)
+
+    def _expand(self, query: str) -> str:
+        return SNAPSHOT_CALL.sub(lambda m: self._relation(m.group(1)), query)
 
     def _relation(self, name: str) -> str:
         if name not in self._relations:
             from factory import snapshots
 
             self._relations[name] = snapshots.relation(self, name)
-        return self._relations[name]
+        view = "snapshot_" + hashlib.md5(name.encode()).hexdigest()[:16]
+        self.lake.temp_view(view, self._relations[name])  # again each time: a rollback drops it
+        return view
 
     def count(self, table: str = "rows") -> int:
         return int(self.lake.scalar(f"SELECT count(*) FROM {table}"))
@@ -246,7 +291,8 @@ class Warehouse:
                     continue
                 result.offered += frame.height
                 stored = _stored_rows(frame, job_id, created_at)
-                stored.write_parquet(staging / f"{k:06d}.parquet", compression="snappy")
+                with lake.disk_full_says_so(str(staging.parent)):
+                    stored.write_parquet(staging / f"{k:06d}.parquet", compression="snappy")
             files = sorted(staging.glob("*.parquet"))
             target = self.lake.table_folder("rows")
 
@@ -348,11 +394,25 @@ class Warehouse:
         )
 
     # -- jobs ----------------------------------------------------------------------------------
-    def start_job(self, kind: str, plugin: str, config: dict[str, Any]) -> str:
+    def start_job(
+        self,
+        kind: str,
+        plugin: str,
+        config: dict[str, Any],
+        lock: str | None = None,
+        on_wait: Callable[[dict[str, Any]], None] | None = None,
+    ) -> str:
         """Record a running job (its own small commit) and return its id.
 
         Jobs left `running` by a process on this host that no longer exists are marked
         `interrupted` first, so `factory sql` shows what was killed.
+
+        lock: jobs with the same lock key (`lock_key`: the same plugin and config) run one at
+        a time on every machine sharing the catalog, so two identical runs never judge a row
+        or pay for a call twice: while a live job holds the key, this one waits (`on_wait` is
+        told once which job it waits for) and starts when that job ends, then finds its work
+        done (verdicts written, calls cached). The check and the start are one exclusive
+        commit (see `lake.Lake.write`).
         """
         job = new_id("job")
         host = socket.gethostname()
@@ -370,9 +430,13 @@ class Warehouse:
                     "UPDATE jobs SET status = 'interrupted', finished_at = now() WHERE list_contains(?, id)",
                     [dead],
                 )
+            if lock is not None:
+                holder = _lock_holder(lk, lock)
+                if holder is not None:
+                    raise _Busy(holder)  # rolls this attempt back; the caller waits and tries again
             lk.execute(
-                "INSERT INTO jobs (id, kind, plugin, config, status, pid, host, author, started_at) "
-                "VALUES (?, ?, ?, ?, 'running', ?, ?, ?, now())",
+                "INSERT INTO jobs (id, kind, plugin, config, status, pid, host, author, started_at, lock_key) "
+                "VALUES (?, ?, ?, ?, 'running', ?, ?, ?, now(), ?)",
                 [
                     job,
                     kind,
@@ -381,27 +445,44 @@ class Warehouse:
                     os.getpid(),
                     host,
                     lake.default_author(),
+                    lock,
                 ],
             )
 
-        self.lake.write(f"job start: {kind} {plugin} {job}", work)
-        return job
+        told = False
+        while True:
+            try:
+                self.lake.write(f"job start: {kind} {plugin} {job}", work, exclusive=lock is not None)
+                return job
+            except _Busy as busy:
+                if not told and on_wait is not None:
+                    on_wait(busy.holder)
+                told = True
+            while _lock_holder(self.lake, lock) is not None:  # poll by reading; write only to start
+                time.sleep(LOCK_POLL_S)
 
     @staticmethod
     def finish_job(
         lk: lake.Lake, job_id: str, status: str, stats: dict[str, Any], error: str | None = None
     ) -> None:
-        """Set a job's final status; call inside a write so it lands with the job's data."""
+        """Set a job's final status; call inside a write so it lands with the job's data.
+
+        The stats and the error are scrubbed of secrets (an endpoint may echo its key)."""
         lk.execute(
             "UPDATE jobs SET status = ?, stats = ?, error = ?, finished_at = now() WHERE id = ?",
-            [status, json.dumps(stats, default=str), error, job_id],
+            [status, redact.scrub(json.dumps(stats, default=str)), redact.scrub(error), job_id],
         )
 
     def fail_job(self, job_id: str, error: str, stats: dict[str, Any] | None = None) -> None:
-        """Record that a job failed (its data was not committed)."""
-        self.lake.write(
-            f"job failed: {job_id}", lambda lk: self.finish_job(lk, job_id, "failed", stats or {}, error)
-        )
+        """Record that a job failed (its data was not committed).
+
+        Best effort: the caller re-raises the failure itself, which must not be replaced by a
+        second one (on a full disk this write fails too). A job whose end could not be
+        recorded stays `running` until the next job on this host marks it `interrupted`."""
+        with contextlib.suppress(Exception):
+            self.lake.write(
+                f"job failed: {job_id}", lambda lk: self.finish_job(lk, job_id, "failed", stats or {}, error)
+            )
 
     def jobs(self) -> pl.DataFrame:
         return self.sql("SELECT * FROM jobs ORDER BY started_at DESC")
@@ -463,6 +544,62 @@ def _move(source: Path, target: Path) -> Path:
     target.parent.mkdir(parents=True, exist_ok=True)
     shutil.move(source, target)
     return target
+
+
+class Waiting:
+    """An `on_wait` for `start_job`: says on stderr which identical job this one waits for,
+    and remembers it (and for how long) for the job's summary."""
+
+    def __init__(self) -> None:
+        self.holder: dict[str, Any] | None = None
+        self.since = 0.0
+
+    def __call__(self, holder: dict[str, Any]) -> None:
+        self.holder, self.since = holder, time.monotonic()
+        sys.stderr.write(f"waiting for {self._job()} to finish, so no work is done twice\n")
+
+    def _job(self) -> str:
+        h = self.holder or {}
+        return (
+            f"job {h['id']} (the same {h['kind']} {h['plugin']} and config, started "
+            f"{h['started_at']:%H:%M:%S} on {h['host']}, pid {h['pid']})"
+        )
+
+    def said(self) -> str | None:
+        """What was waited for, or None when nothing was."""
+        if self.holder is None:
+            return None
+        return f"{self._job()} for {time.monotonic() - self.since:.1f} s"
+
+
+class _Busy(Exception):
+    """Another live job holds the lock key (raised inside a write, so nothing commits)."""
+
+    def __init__(self, holder: dict[str, Any]) -> None:
+        super().__init__(holder["id"])
+        self.holder = holder
+
+
+def _lock_holder(lk: lake.Lake, lock: str | None) -> dict[str, Any] | None:
+    """The live running job that holds a lock key, if any (a dead one on this host does not count)."""
+    if lock is None:
+        return None
+    found = lk.frame(
+        "SELECT id, kind, plugin, host, pid, started_at FROM jobs WHERE status = 'running' AND lock_key = ? "
+        "ORDER BY started_at",
+        [lock],
+    )
+    here = socket.gethostname()
+    for holder in found.iter_rows(named=True):
+        if holder["host"] != here or _alive(holder["pid"]):
+            return holder
+    return None
+
+
+def lock_key(kind: str, plugin: str, config: dict[str, Any]) -> str:
+    """The lock key of a job: a hash of its kind, plugin and stored config."""
+    text = json.dumps([kind, plugin, config], sort_keys=True, default=str)
+    return hashlib.sha256(text.encode()).hexdigest()[:32]
 
 
 def new_id(prefix: str) -> str:

@@ -48,8 +48,9 @@ def _scores(candidates: pl.DataFrame, config: SelectConfig, ctx: Any) -> pl.Seri
         if wh is None:
             raise ValueError("score_sql is run in the warehouse: run this filter in-process")
         with wh.lake.registered("select_ids", candidates.select("id")):
+            score = wh.user_expression(str(config.score_sql))
             found = wh.sql(
-                f"SELECT id, any_value(({config.score_sql}))::DOUBLE AS score FROM rows "
+                f"SELECT id, any_value({score})::DOUBLE AS score FROM rows "
                 "WHERE id IN (SELECT id FROM select_ids) GROUP BY id"
             )
     joined = candidates.select("id").join(found, on="id", how="left", maintain_order="left")

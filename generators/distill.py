@@ -98,7 +98,7 @@ def prompts(wh: Warehouse, cfg: PromptSource) -> pl.DataFrame:
     elif cfg.on is not None:
         frame = wh.sql(f"SELECT id, instruction, input FROM snapshot('{cfg.on}') ORDER BY id")
     else:
-        frame = wh.sql(str(cfg.query))
+        frame = wh.user_sql(str(cfg.query))
         if "instruction" not in frame.columns:
             raise ValueError("the prompt query must return an 'instruction' column")
     for column in ("id", "input"):

@@ -21,7 +21,7 @@ from typing import Any, Literal
 import polars as pl
 from pydantic import BaseModel, Field, field_validator
 
-from factory import formats, readers
+from factory import formats, outputs, readers
 from factory.lake import Lake
 from factory.plugins import Plugin
 from factory.readers import Problem, Raw, ReadError
@@ -61,6 +61,7 @@ class ImportConfig(BaseModel):
     )
     seed: int = Field(0, description="seed of the random template choice")
     domain: str | None = Field(None, description="domain label for every imported row")
+    force: bool = Field(False, description="replace an existing rejects report")
 
     @field_validator("map", mode="before")
     @classmethod
@@ -250,13 +251,16 @@ def _handle(problems: list[Problem], config: ImportConfig, state: _State) -> Non
     state.rejects += problems
 
 
-def write_rejects(path: Path, problems: list[Problem]) -> None:
+def write_rejects(path: Path, problems: list[Problem], places: list[Path], force: bool) -> None:
     """The rejects report: one CSV line per rejected record (origin, field, code, message)."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    with path.open("w", newline="") as handle:
-        writer = csv.writer(handle)
-        writer.writerow(["origin", "field", "code", "message"])
-        writer.writerows([p.origin, p.field or "", p.code, p.message] for p in problems)
+
+    def write(target: Path) -> None:
+        with target.open("w", newline="", encoding="utf-8", errors="backslashreplace") as handle:
+            writer = csv.writer(handle)
+            writer.writerow(["origin", "field", "code", "message"])
+            writer.writerows([p.origin, p.field or "", p.code, p.message] for p in problems)
+
+    outputs.write_file(path, write, places, force, flag="--rejects")
 
 
 def import_file(
@@ -266,6 +270,8 @@ def import_file(
     config = config or ImportConfig()
     path = Path(path)
     readers.data_files(path)  # fail fast on a missing path, an empty file or a mixed folder
+    if config.rejects is not None:
+        outputs.check_file(config.rejects, wh.protected_paths(), config.force, flag="--rejects")
     source = config.source or path.stem
     job = wh.start_job("import", "human", {"path": str(path), **config.model_dump(mode="json")})
     summary = ImportSummary(job_id=job, path=str(path), format=config.format, source=source)
@@ -282,20 +288,23 @@ def import_file(
             result.inserted,
         )
         summary.rejected, summary.warnings = state.rejected, state.warnings
-        if state.rejects:
-            target = config.rejects or wh.folder / "rejects" / f"{job}.csv"
-            write_rejects(target, state.rejects)
+        if state.rejects and summary.rejects_path is None:  # once, though a conflict re-runs the commit
+            target = config.rejects or wh.folder / "rejects" / f"{job}.csv"  # the default is ours
+            places = wh.protected_paths() if config.rejects is not None else []
+            write_rejects(target, state.rejects, places, config.force or config.rejects is None)
             summary.rejects_path = str(target)
         wh.finish_job(lk, job, "succeeded", summary.as_dict())
 
     message = f"import: {path} (source={source}, job {job})"
     try:
         wh.add_rows(batches(), message=message, job_id=job, on_commit=finish)
-    except ImportFailed as exc:
-        wh.fail_job(job, str(exc).splitlines()[0], {"problems": exc.total})
-        raise
-    except Exception as exc:
-        wh.fail_job(job, f"{type(exc).__name__}: {exc}")
+    except BaseException as exc:
+        if summary.rejects_path is not None:  # it reports on an import that did not land
+            Path(summary.rejects_path).unlink(missing_ok=True)
+        if isinstance(exc, ImportFailed):
+            wh.fail_job(job, str(exc).splitlines()[0], {"problems": exc.total})
+        elif isinstance(exc, Exception):
+            wh.fail_job(job, f"{type(exc).__name__}: {exc}")
         raise
     return summary
 

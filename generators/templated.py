@@ -26,6 +26,7 @@ import polars as pl
 import yaml
 from pydantic import BaseModel, Field, ValidationError
 
+from factory import jinja_sandbox
 from factory.readers import Problem, ReadError
 
 
@@ -58,7 +59,7 @@ def load_task(path: Path) -> TemplateTask:
         first = exc.errors()[0]
         where = ".".join(str(p) for p in first["loc"])
         raise ReadError(f"{path}: field '{where}': {first['msg']}") from exc
-    env = _environment()
+    env = jinja_sandbox.environment()
     for template in task.templates:
         for part in ("instruction", "input", "output"):
             try:
@@ -70,15 +71,14 @@ def load_task(path: Path) -> TemplateTask:
     return task
 
 
-def _environment() -> jinja2.Environment:
-    return jinja2.Environment(undefined=jinja2.StrictUndefined, keep_trailing_newline=False, autoescape=False)
-
-
 def render(
     records: pl.DataFrame, task: TemplateTask, mode: Literal["random", "all"], seed: int
 ) -> tuple[pl.DataFrame, list[Problem]]:
-    """Alpaca rows (instruction, input, output, lineage, _origin) from raw records."""
-    env = _environment()
+    """Alpaca rows (instruction, input, output, lineage, _origin) from raw records.
+
+    Templates render in the factory's Jinja sandbox (`factory.jinja_sandbox`): a template that
+    reaches for Python internals, or builds too much, or runs too long, is a template_error."""
+    env = jinja_sandbox.environment()
     compiled = [
         (t, env.from_string(t.instruction), env.from_string(t.input), env.from_string(t.output))
         for t in task.templates
@@ -93,7 +93,7 @@ def render(
         chosen = compiled if mode == "all" else [random.Random(f"{seed}:{origin}").choice(compiled)]
         for template, instruction, inp, output in chosen:
             try:
-                values = [instruction.render(record), inp.render(record), output.render(record)]
+                values = [jinja_sandbox.render(t, record) for t in (instruction, inp, output)]
             except jinja2.UndefinedError as exc:
                 problems.append(
                     Problem(origin, None, "template_error", f"template '{template.name}': {exc.message}")

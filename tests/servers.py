@@ -44,8 +44,10 @@ class ScriptedServer:
         fault_rate: float = 0.0,
         slow_s: float = 1.5,
         seed: int = 0,
+        echo_headers: bool = False,
     ) -> None:
         self.answer = answer
+        self.echo_headers = echo_headers  # a refusal's body quotes the request's headers, key included
         self.fault_rate = fault_rate
         self.slow_s = slow_s
         self.rng = random.Random(seed)
@@ -80,7 +82,11 @@ class ScriptedServer:
                     time.sleep(server.slow_s)
                 text = server.answer(body["messages"][-1]["content"] if chat else prompt)
                 if isinstance(text, int):  # the script refuses this prompt with that status
-                    return self._send(text, b'{"error": {"message": "refused by the script"}}')
+                    message = "refused by the script"
+                    if server.echo_headers:
+                        auth = self.headers.get("Authorization", "")
+                        message += f"; you sent Authorization: {auth} (key {auth.removeprefix('Bearer ')})"
+                    return self._send(text, json.dumps({"error": {"message": message}}).encode())
                 n = body.get("n", 1)
                 if chat:
                     choices = [

@@ -133,6 +133,63 @@ CASES = {
         1,
     ),
     "parquet_non_string": ("a.parquet", None, r"a\.parquet#2: field 'output': is empty", 2),
+    "raw_nul_byte": (
+        "a.jsonl",
+        _jsonl([json.dumps(GOOD), b'{"instruction": "a\x00b", "output": "x"}', json.dumps(GOOD2)]),
+        r"a\.jsonl:2: a raw NUL byte at column 19",
+        2,
+    ),
+    "control_character": (
+        "a.jsonl",
+        _jsonl([json.dumps(GOOD), b'{"instruction": "a\x01b", "output": "x"}', json.dumps(GOOD2)]),
+        r"a\.jsonl:2: malformed JSON: Invalid control character at line 1 column 19( \[|$)",
+        2,
+    ),
+    "lone_surrogate": (
+        "a.jsonl",
+        _jsonl(
+            [json.dumps(GOOD), '{"instruction": "broken \\ud800 text", "output": "x"}', json.dumps(GOOD2)]
+        ),
+        r"a\.jsonl:2: field 'instruction': a lone surrogate escape",
+        2,
+    ),
+    "lone_surrogate_in_a_turn": (
+        "c.jsonl",
+        _jsonl(
+            [
+                '{"messages": [{"role": "user", "content": "hi"}, {"role": "assistant", "content": "\\udfff"}]}',
+                json.dumps(
+                    {"messages": [{"role": "user", "content": "a"}, {"role": "assistant", "content": "b"}]}
+                ),
+            ]
+        ),
+        r"c\.jsonl:1: field 'messages\[1\]\.content': a lone surrogate escape",
+        1,
+    ),
+    "lone_surrogate_in_json_array": (
+        "a.json",
+        json.dumps([GOOD, {"instruction": "x\ud800", "output": "y"}, GOOD2]).encode(),
+        r"a\.json#2: field 'instruction': a lone surrogate escape",
+        2,
+    ),
+    "too_deep": (
+        "a.jsonl",
+        _jsonl(
+            [
+                json.dumps(GOOD),
+                '{"instruction": ' + "[" * 5000 + "]" * 5000 + ', "output": "x"}',
+                json.dumps(GOOD2),
+            ]
+        ),
+        r"a\.jsonl:2: the JSON nests deeper than it can be read",
+        2,
+    ),
+    "duplicate_key": (
+        "a.jsonl",
+        _jsonl([json.dumps(GOOD), '{"instruction": "a", "output": "x", "output": "y"}', json.dumps(GOOD2)]),
+        r"a\.jsonl:2: field 'output': the key 'output' appears twice in one object",
+        2,
+    ),
 }
 
 
@@ -175,6 +232,7 @@ def test_skip_imports_good_rows_and_reports_rejects(wh, tmp_path, case):
         for r in rejects
     )
     assert re.search(pattern, line), line
+    assert " at at " not in line
     assert all(r["code"] and r["code"] == r["code"].lower() for r in rejects)
 
 

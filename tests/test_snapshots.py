@@ -46,7 +46,7 @@ def test_default_snapshot_leaves_out_rows_a_filter_rejected(loaded):
 
 def test_names_are_never_reused_and_must_be_valid(loaded):
     loaded.create_snapshot("base")
-    with pytest.raises(SnapshotError, match="a snapshot named 'base' exists; snapshots are immutable"):
+    with pytest.raises(SnapshotError, match="snapshot 'base' already exists; snapshots are immutable"):
         loaded.create_snapshot("base")
     with pytest.raises(SnapshotError, match="is not allowed"):
         loaded.create_snapshot("bad name;")
@@ -146,7 +146,7 @@ def test_schema_version_checked_on_open(wh):
     )
     folder = wh.folder
     wh.close()
-    with pytest.raises(WarehouseError, match="schema version 999, this instruction-factory expects 4"):
+    with pytest.raises(WarehouseError, match="schema version 999, this instruction-factory expects 5"):
         factory.open(str(folder))
 
 
@@ -166,8 +166,26 @@ def test_a_schema_2_warehouse_gains_the_new_tables_on_open(wh):
     upgraded = factory.open(str(folder))
     assert upgraded.count("sketches") == 0 and upgraded.count("embeddings") == 0
     assert upgraded.count("mcts_nodes") == 0
-    assert upgraded.sql("SELECT value FROM meta WHERE key = 'schema_version'")["value"][0] == "4"
+    assert upgraded.sql("SELECT value FROM meta WHERE key = 'schema_version'")["value"][0] == "5"
+    assert "lock_key" in upgraded.sql("DESCRIBE jobs")["column_name"].to_list()
     upgraded.close()
+
+
+def test_a_schema_4_warehouse_gains_the_jobs_lock_key_on_open(wh):
+    def downgrade(lk) -> None:
+        lk.execute("ALTER TABLE jobs DROP COLUMN lock_key")
+        lk.execute("UPDATE meta SET value = '4' WHERE key = 'schema_version'")
+
+    factory.import_file(wh, str(write_jsonl(wh.folder.parent / "a.jsonl", alpaca(3))))
+    wh.lake.write("test: a schema 4 warehouse", downgrade)
+    folder = wh.folder
+    wh.close()
+    with factory.open(str(folder), read_only=True) as reader:  # readers open it as it is
+        assert reader.jobs().height == 1 and "lock_key" not in reader.jobs().columns
+    with factory.open(str(folder)) as upgraded:
+        jobs = upgraded.jobs()
+        assert jobs.height == 1 and jobs["lock_key"].to_list() == [None]
+        assert upgraded.sql("SELECT value FROM meta WHERE key = 'schema_version'").item() == "5"
 
 
 def test_missing_warehouse_says_how_to_create_one(tmp_path):

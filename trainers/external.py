@@ -23,6 +23,7 @@ from typing import Any, Literal
 import yaml
 from pydantic import Field
 
+from factory import outputs
 from factory.warehouse import Warehouse
 from trainers.data import read_jsonl
 from trainers.sft import SftConfig
@@ -53,10 +54,18 @@ def _model_path(name: str) -> str:
     return str(model_folder(name))
 
 
-def llamafactory(wh: Warehouse, snapshot: str, out: Path, cfg: ExternalConfig) -> dict[str, Any]:
+def llamafactory(wh: Warehouse, snapshot: str, out: Path, cfg: ExternalConfig, force: bool) -> dict[str, Any]:
     method = _method("llamafactory", cfg.method)
+    places = wh.protected_paths()
+    path = outputs.check_file(out / "llamafactory.yaml", places, force)
     exported = wh.export(
-        snapshot, out / "data", "llamafactory", eval_split=cfg.eval_split, seed=cfg.seed, name=snapshot
+        snapshot,
+        out / "data",
+        "llamafactory",
+        eval_split=cfg.eval_split,
+        seed=cfg.seed,
+        name=snapshot,
+        force=force,
     )
     if cfg.stage == "dpo" and not exported["preference"]:
         raise ValueError(
@@ -96,17 +105,22 @@ def llamafactory(wh: Warehouse, snapshot: str, out: Path, cfg: ExternalConfig) -
     if "eval" in exported["files"]:
         config |= {"eval_dataset": f"{snapshot}_eval", "per_device_eval_batch_size": cfg.batch_size,
                    "eval_strategy": "epoch"}  # fmt: skip
-    path = out / "llamafactory.yaml"
-    path.write_text(yaml.safe_dump(config, sort_keys=False))
+    outputs.write_file(
+        path, lambda target: target.write_text(yaml.safe_dump(config, sort_keys=False)), places, force
+    )
     return {"tool": "llamafactory", "config": str(path), "data": str(out / "data"), "counts": exported["counts"],
             "command": f"llamafactory-cli train {path}"}  # fmt: skip
 
 
-def axolotl(wh: Warehouse, snapshot: str, out: Path, cfg: ExternalConfig) -> dict[str, Any]:
+def axolotl(wh: Warehouse, snapshot: str, out: Path, cfg: ExternalConfig, force: bool) -> dict[str, Any]:
     method = _method("axolotl", cfg.method)
+    places = wh.protected_paths()
+    path = outputs.check_file(out / "axolotl.yaml", places, force)
     data = out / "data"
     fmt = "preference" if cfg.stage == "dpo" else "openai"
-    exported = wh.export(snapshot, data, fmt, eval_split=cfg.eval_split, seed=cfg.seed)
+    pairs = [f"axolotl-{split}.jsonl" for split in ("train", "eval")] if cfg.stage == "dpo" else []
+    outputs.check_folder(data, pairs, places, force)
+    exported = wh.export(snapshot, data, fmt, eval_split=cfg.eval_split, seed=cfg.seed, force=force)
     if cfg.stage == "dpo":  # axolotl's chat_template.default: messages (prompt), chosen and rejected messages
         for split, file in exported["files"].items():
             records = read_jsonl(data / file)
@@ -114,8 +128,12 @@ def axolotl(wh: Warehouse, snapshot: str, out: Path, cfg: ExternalConfig) -> dic
                 {"messages": r["prompt"], "chosen": r["chosen"][0], "rejected": r["rejected"][0]}
                 for r in records
             ]
-            (data / f"axolotl-{split}.jsonl").write_text(
-                "".join(json.dumps(x, ensure_ascii=False) + "\n" for x in lines)
+            text = "".join(json.dumps(x, ensure_ascii=False) + "\n" for x in lines)
+            outputs.write_file(
+                data / f"axolotl-{split}.jsonl",
+                lambda target, text=text: target.write_text(text),
+                places,
+                force,
             )
         dataset = {"type": "chat_template.default", "field_messages": "messages", "field_chosen": "chosen",
                    "field_rejected": "rejected"}  # fmt: skip
@@ -160,18 +178,22 @@ def axolotl(wh: Warehouse, snapshot: str, out: Path, cfg: ExternalConfig) -> dic
         config["load_in_4bit"] = True
     if cfg.stage == "dpo":
         config |= {"rl": "dpo", "rl_beta": cfg.beta}
-    path = out / "axolotl.yaml"
-    path.write_text(yaml.safe_dump(config, sort_keys=False))
+    outputs.write_file(
+        path, lambda target: target.write_text(yaml.safe_dump(config, sort_keys=False)), places, force
+    )
     return {"tool": "axolotl", "config": str(path), "data": str(data), "counts": exported["counts"],
             "command": f"axolotl train {path}"}  # fmt: skip
 
 
 def write_config(
-    wh: Warehouse, tool: str, snapshot: str, out: Path, values: dict[str, Any]
+    wh: Warehouse, tool: str, snapshot: str, out: Path, values: dict[str, Any], force: bool = False
 ) -> dict[str, Any]:
-    """Export `snapshot` for `tool` and write its training config; returns the paths and the command to run."""
+    """Export `snapshot` for `tool` and write its training config; returns the paths and the command to run.
+
+    Files already in `out` are replaced only with `force`; `out` may not lie inside the warehouse."""
     if tool not in TOOLS:
         raise ValueError(f"unknown tool '{tool}': choose {' or '.join(TOOLS)}")
     cfg = ExternalConfig(**values)
+    outputs.check_folder(out, [], wh.protected_paths(), force)
     out.mkdir(parents=True, exist_ok=True)
-    return (llamafactory if tool == "llamafactory" else axolotl)(wh, snapshot, out, cfg)
+    return (llamafactory if tool == "llamafactory" else axolotl)(wh, snapshot, out, cfg, force)

@@ -17,6 +17,7 @@ the CPU give the same numbers.
 from __future__ import annotations
 
 import json
+import pickle
 import random
 import time
 from collections.abc import Callable
@@ -26,6 +27,8 @@ from typing import Any
 
 import torch
 from pydantic import BaseModel, Field
+from safetensors import SafetensorError
+from safetensors.torch import load_file, save_file
 
 Batch = dict[str, torch.Tensor]
 LossFn = Callable[[Any, Batch], torch.Tensor]  # the sum of a micro-batch's unit losses
@@ -137,11 +140,13 @@ def _trainable_state(model: Any) -> dict[str, torch.Tensor]:
 
 
 def _save(model: Any, optimizer: Any, scheduler: Any, folder: Path, logs: list[StepLog]) -> None:
+    """A checkpoint without pickle: trainable weights in safetensors, optimizer and scheduler state
+    and the RNG in a torch file of plain tensors and numbers (read back with weights_only=True)."""
     partial = folder.with_name(folder.name + ".partial")
     partial.mkdir(parents=True, exist_ok=True)
+    save_file({n: t.contiguous() for n, t in _trainable_state(model).items()}, partial / "model.safetensors")
     torch.save(
         {
-            "model": _trainable_state(model),
             "optimizer": optimizer.state_dict(),
             "scheduler": scheduler.state_dict(),
             "rng": torch.get_rng_state(),
@@ -156,14 +161,23 @@ def _resume(model: Any, optimizer: Any, scheduler: Any, folder: Path, logs: list
     found = _checkpoints(folder) if folder.exists() else []
     if not found:
         return 0
-    state = torch.load(found[-1] / "state.pt", weights_only=False)
-    missing = set(_trainable_state(model)) - set(state["model"])
+    try:
+        weights = load_file(found[-1] / "model.safetensors")
+        # weights_only: a checkpoint that holds anything but tensors and plain values is refused,
+        # never unpickled (a crafted state.pt cannot run code).
+        state = torch.load(found[-1] / "state.pt", weights_only=True)
+    except (OSError, RuntimeError, pickle.UnpicklingError, SafetensorError) as exc:
+        raise ValueError(
+            f"checkpoint {found[-1]} cannot be read safely ({str(exc).splitlines()[0]}): "
+            "remove it or train into a new folder"
+        ) from exc
+    missing = set(_trainable_state(model)) - set(weights)
     if missing:
         raise ValueError(
             f"checkpoint {found[-1]} does not fit this model and method (e.g. {sorted(missing)[0]} missing): "
             "remove it or train into a new folder"
         )
-    model.load_state_dict(state["model"], strict=False)
+    model.load_state_dict(weights, strict=False)
     optimizer.load_state_dict(state["optimizer"])
     scheduler.load_state_dict(state["scheduler"])
     torch.set_rng_state(state["rng"])

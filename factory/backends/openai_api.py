@@ -19,6 +19,7 @@ from typing import Any
 
 import openai
 
+from factory import redact
 from factory.teacher import Attempt, Request, Sample, TeacherError, TeacherOptions, api_key
 
 BASE_DELAY_S, MAX_DELAY_S = 0.25, 30.0
@@ -35,8 +36,9 @@ def _retry_after(exc: Exception) -> float | None:
         return None
 
 
-def _describe(exc: Exception) -> str:
-    """`kind: detail` for llm_calls.error; the kind is stable for SQL grouping."""
+def _describe(exc: Exception, key: str | None = None) -> str:
+    """`kind: detail` for llm_calls.error; the kind is stable for SQL grouping. Secrets (the
+    configured key, anything shaped like one) are scrubbed: an endpoint may echo them."""
     status = getattr(exc, "status_code", None)
     if isinstance(exc, openai.APITimeoutError):
         kind = "timeout"
@@ -46,7 +48,7 @@ def _describe(exc: Exception) -> str:
         kind = f"http_{status}"
     else:
         kind = "bad_response"
-    return f"{kind}: {type(exc).__name__}: {str(exc)[:300]}"
+    return f"{kind}: {type(exc).__name__}: {redact.scrub(str(exc), [key])[:300]}"
 
 
 def _choices_to_samples(response: Any, chat: bool, n: int) -> list[Sample]:
@@ -132,6 +134,7 @@ class OpenAIBackend:
 
     async def _run(self, jobs: list[tuple[Request, int]], report: Callable[[int, Attempt], bool]) -> None:
         client = self._client()
+        key = api_key(self.options)
         gate = asyncio.Semaphore(self.options.concurrency)
         open_ = [True]  # False once the budget is spent: start nothing new
 
@@ -144,14 +147,18 @@ class OpenAIBackend:
                     try:
                         samples = await self._once(client, self.model, request, n)
                     except FATAL as exc:
-                        report(index, Attempt([], time.perf_counter() - started, _describe(exc)))
-                        raise TeacherError(f"the endpoint refused the request: {_describe(exc)}") from exc
+                        report(index, Attempt([], time.perf_counter() - started, _describe(exc, key)))
+                        raise TeacherError(
+                            f"the endpoint refused the request: {_describe(exc, key)}"
+                        ) from exc
                     except REFUSED as exc:
-                        open_[0] = report(index, Attempt([], time.perf_counter() - started, _describe(exc)))
+                        open_[0] = report(
+                            index, Attempt([], time.perf_counter() - started, _describe(exc, key))
+                        )
                         return
                     except Exception as exc:
                         failure = Attempt(
-                            [], time.perf_counter() - started, _describe(exc), _retry_after(exc)
+                            [], time.perf_counter() - started, _describe(exc, key), _retry_after(exc)
                         )
                     else:
                         open_[0] = report(index, Attempt(samples, time.perf_counter() - started)) and open_[0]
