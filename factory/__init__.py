@@ -13,6 +13,7 @@ The heavy modules (polars, duckdb) load on first use, so `factory --help` is ins
 
 from __future__ import annotations
 
+from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 if TYPE_CHECKING:
@@ -41,12 +42,12 @@ def open(
     return warehouse.open_warehouse(path, read_only=read_only, sandbox=sandbox, allow_files=allow_files)
 
 
-def import_file(wh: Warehouse, path: str, **config: Any) -> Any:
+def import_file(wh: Warehouse, path: str | Path, progress: bool = False, **config: Any) -> Any:
     """Import a file or folder with the registered `human` generator (keyword args: ImportConfig)."""
     from factory import plugins
 
-    plugin = plugins.get("generator", "human")
-    return plugin.run(wh, path, plugin.config(**config))
+    plugin, cfg = plugins.configured("generator", "human", {**config, "path": path})
+    return plugin.run(wh, cfg, progress=progress)
 
 
 def generate(wh: Warehouse, name: str, progress: bool = False, **values: Any) -> Any:
@@ -55,10 +56,64 @@ def generate(wh: Warehouse, name: str, progress: bool = False, **values: Any) ->
     Dotted keys set one nested value and keep its siblings' defaults:
     `**{"sampling.max_tokens": 256, "teacher.teacher": "openai:gpt-4o-mini"}`.
     """
-    from factory.generation import generator_config
+    from factory import plugins
 
-    plugin, cfg = generator_config(name, values)
+    plugin, cfg = plugins.configured("generator", name, values)
     return plugin.run(wh, cfg, progress=progress)
 
 
-__all__ = ["__version__", "generate", "import_file", "init", "open"]
+def filter(
+    wh: Warehouse,
+    name: str,
+    on: str | None = None,
+    where: str | None = None,
+    engine: str = "local",
+    progress: bool = False,
+    **values: Any,
+) -> Any:
+    """Judge rows with a filter plugin (config values as keyword args); see `factory.filtering`."""
+    from factory import filtering
+
+    return filtering.run_filter(wh, name, values, on=on, where=where, engine=engine, progress=progress)  # type: ignore[arg-type]
+
+
+def create_snapshot(wh: Warehouse, name: str, **options: Any) -> dict[str, Any]:
+    """Freeze a selection under a name (parent=, where=, message=, honour_verdicts=)."""
+    return wh.create_snapshot(name, **options)
+
+
+def export(wh: Warehouse, snapshot: str, out: str | Path, fmt: str, **options: Any) -> dict[str, Any]:
+    """Write a snapshot in a trainer's format (eval_split=, seed=, name=, mosaic=, force=)."""
+    return wh.export(snapshot, out, fmt, **options)
+
+
+def train(
+    wh: Warehouse, snapshot: str, trainer: str = "sft", progress: bool = False, **values: Any
+) -> dict[str, Any]:
+    """Train a trainer plugin on a snapshot, evaluate before and after, record the run."""
+    from factory import training
+
+    out = values.pop("out", None)
+    return training.train(wh, snapshot, trainer, values, out=out, progress=progress)
+
+
+def evaluate(wh: Warehouse, model: str, snapshot: str, **settings: Any) -> dict[str, Any]:
+    """Evaluate a run's model (by run id) or any model on a snapshot, recorded as a run."""
+    from factory import config, training
+    from factory.evaluation import EvalSettings
+
+    return training.evaluate_run(wh, model, snapshot, config.validate(EvalSettings, settings))
+
+
+__all__ = [
+    "__version__",
+    "create_snapshot",
+    "evaluate",
+    "export",
+    "filter",
+    "generate",
+    "import_file",
+    "init",
+    "open",
+    "train",
+]

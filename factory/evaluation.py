@@ -23,6 +23,7 @@ from pydantic import BaseModel, Field
 
 from factory import ifeval
 from factory.embeddings import BUNDLED
+from factory.errors import ConfigError
 from factory.rouge import f1 as rouge_f1
 from factory.warehouse import Warehouse
 
@@ -82,7 +83,7 @@ def eval_rows(wh: Warehouse, snapshot: str, settings: EvalSettings) -> pl.DataFr
         "id", pl.col("domain").fill_null("general"), "instruction", messages()
     )
     if frame.height == 0:
-        raise ValueError(
+        raise ConfigError(
             f"snapshot '{snapshot}' has no rows to evaluate in split '{settings.split}': "
             "use split=all for an evaluation snapshot, or a larger eval_split"
         )

@@ -31,6 +31,7 @@ from typing import Any
 import polars as pl
 
 from factory import outputs, schema, snapshots
+from factory.errors import ConfigError
 from factory.mosaic import MosaicConfig, load_tokenizer, mosaic_frame
 from factory.warehouse import Warehouse
 
@@ -273,9 +274,9 @@ def export(
     folders), and files already there are replaced only with `force`.
     """
     if fmt not in FORMATS:
-        raise ValueError(f"unknown export format '{fmt}'; choose one of {', '.join(FORMATS)}")
+        raise ConfigError(f"unknown export format '{fmt}'; choose one of {', '.join(FORMATS)}")
     if not 0.0 <= eval_split < 1.0:
-        raise ValueError(f"--eval-split must be in [0, 1), got {eval_split}")
+        raise ConfigError(f"--eval-split must be in [0, 1), got {eval_split}")
     builder, kind = FORMATS[fmt]
     splits = [("train", ~pl.col("_eval"))] + ([("eval", pl.col("_eval"))] if eval_split > 0 else [])
     planned = [_file_name(kind, split) for split, _ in splits] + ["export.json"]

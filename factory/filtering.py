@@ -26,27 +26,12 @@ import polars as pl
 from pydantic import BaseModel
 
 from factory import lake, plugins, snapshots
-from factory.generation import plugin_config, stored_config
+from factory.errors import ConfigError, SetupError
+from factory.generation import stored_config
+from factory.plugins import FilterContext, FilterResult, PluginError
 from factory.warehouse import Waiting, Warehouse, lock_key, verdict_frame
 
 Engine = Literal["local", "ray"]
-
-
-@dataclass
-class FilterContext:
-    """What a filter may use besides its rows: the warehouse (None on a Ray worker) and its run."""
-
-    warehouse: Warehouse | None
-    run_id: str
-    progress: bool = False
-
-
-@dataclass
-class FilterResult:
-    """Verdicts, plus new rows derived from candidates (rows columns; `parent_ids` names the original)."""
-
-    verdicts: pl.DataFrame
-    rows: pl.DataFrame | None = None
 
 
 @dataclass
@@ -95,14 +80,10 @@ def run_filter(
     progress: bool = False,
 ) -> FilterSummary:
     """Judge the rows of a snapshot (or matching a condition, or all rows) with one filter."""
-    plugin, cfg = (
-        (plugins.get("filter", name), config)
-        if isinstance(config, BaseModel)
-        else plugin_config("filter", name, config or {})
-    )
+    plugin, cfg = plugins.configured("filter", name, config)
     name = plugin.name
     if engine == "ray" and not plugin.row_local:
-        raise ValueError(
+        raise ConfigError(
             f"filter '{name}' compares rows with each other, so it runs in-process only: drop --engine ray"
         )
     config_json = json.dumps(stored_config(cfg), sort_keys=True)
@@ -139,7 +120,7 @@ def run_filter(
             result = as_result(plugin.run(candidates, kept_pool, cfg, FilterContext(wh, job, progress)))
         verdicts = verdict_frame(result.verdicts)
         if verdicts.height != candidates.height or set(verdicts["id"]) != set(candidates["id"]):
-            raise RuntimeError(f"filter '{name}' must return one verdict per candidate row")
+            raise PluginError(f"filter '{name}' must return one verdict per candidate row")
         summary.kept = int(verdicts["keep"].sum())
         summary.dropped = verdicts.height - summary.kept
         reasons = (
@@ -210,7 +191,7 @@ def on_ray(
     try:
         import ray
     except ImportError as exc:
-        raise RuntimeError("--engine ray needs Ray Data: pip install 'instruction-factory[ray]'") from exc
+        raise SetupError("--engine ray needs Ray Data: pip install 'instruction-factory[ray]'") from exc
     if not ray.is_initialized():
         ray.init(include_dashboard=False, log_to_driver=False, configure_logging=False)
 

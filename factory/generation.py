@@ -24,6 +24,7 @@ from pydantic import BaseModel, Field
 
 from factory import lake
 from factory.call_cache import CallCache
+from factory.plugins import JobSummary
 from factory.teacher import (
     BACKENDS,
     BudgetExhausted,
@@ -63,8 +64,7 @@ class Produce(Protocol):
 
 
 @dataclass
-class GenerationSummary:
-    job_id: str
+class GenerationSummary(JobSummary):
     generator: str
     teacher: str
     accepted: int = 0
@@ -73,9 +73,6 @@ class GenerationSummary:
     teacher_stats: dict[str, Any] = field(default_factory=dict)
     stopped: str | None = None
     waited_for: str | None = None  # the identical job this one waited for, and how long
-
-    def as_dict(self) -> dict[str, Any]:
-        return dict(self.__dict__)
 
 
 def plain_request(text: str, chat: bool, sampling: Sampling, n: int = 1) -> Request:
@@ -212,47 +209,3 @@ def stored_config(config: BaseModel) -> dict[str, Any]:
         return value
 
     return strip(config.model_dump(mode="json"))
-
-
-def generator_config(name: str, values: dict[str, Any]) -> tuple[Any, BaseModel]:
-    """The generator a CLI name means (self-instruct -> self_instruct) and its validated config."""
-    return plugin_config("generator", name, values)
-
-
-def plugin_config(kind: str, name: str, values: dict[str, Any]) -> tuple[Any, BaseModel]:
-    """A plugin by CLI name (dashes or underscores) and its config validated from `values`.
-
-    `values` may use dotted keys (teacher.max_calls=100) or nested dicts; either way a
-    nested setting changes only that field, keeping the defaults of its siblings (setting
-    sampling.max_tokens keeps the paper's temperature and stop sequences).
-    """
-    from factory import plugins
-
-    plugin = plugins.get(kind, name.replace("-", "_"))
-    nested: dict[str, Any] = {}
-    for key, value in values.items():
-        target = nested
-        *parents, last = key.split(".")
-        for part in parents:
-            target = target.setdefault(part, {})
-        target[last] = value
-    return plugin, plugin.config(**_with_defaults(plugin.config, nested))
-
-
-def _with_defaults(model: type[BaseModel], values: dict[str, Any]) -> dict[str, Any]:
-    """`values` with every nested-model setting merged into that field's default."""
-    merged = dict(values)
-    for key, value in values.items():
-        field_info = model.model_fields.get(key)
-        if field_info is None or not isinstance(value, dict):
-            continue
-        default = field_info.get_default(call_default_factory=True)
-        if isinstance(default, BaseModel):
-            merged[key] = _merge(default.model_dump(), value)
-    return merged
-
-
-def _merge(base: Any, value: Any) -> Any:
-    if isinstance(base, dict) and isinstance(value, dict):
-        return {**base, **{k: _merge(base.get(k), v) for k, v in value.items()}}
-    return value

@@ -32,6 +32,8 @@ from jinja2.exceptions import SecurityError
 from jinja2.filters import do_center, do_indent, do_join, do_replace
 from jinja2.sandbox import ImmutableSandboxedEnvironment
 
+from factory.errors import FactoryError
+
 MAX_VALUE = 1 << 20  # characters
 TIME_LIMIT_S = 2.0
 _WIDTHS = re.compile(r"%(?:\([^)]*\))?[#0\- +]*(\*|\d+)?(?:\.(\*|\d+))?")
@@ -39,7 +41,7 @@ _FORMAT_SPEC = re.compile(r"\{[^{}]*:([^{}]*)\}")
 _NESTED_SPEC = re.compile(r"\{[^{}]*:[^{}]*\{")
 
 
-class TemplateLimit(SecurityError):
+class TemplateLimit(FactoryError, SecurityError):
     """A template tried to build a value, or run for a time, past the limits."""
 
 

@@ -33,13 +33,13 @@ import duckdb
 import polars as pl
 import pyarrow as pa
 
+from factory.errors import FactoryError
+
 T = TypeVar("T")
 Params = list[Any] | dict[str, Any] | None
 ALIAS = "lake"
 MAX_DELAY = 2.0  # seconds: the longest back-off between two tries
 GUARD_KEY = "schema_version"  # the meta row that exclusive writes rewrite (see Lake.write)
-
-Error = duckdb.Error
 
 _RETRYABLE = re.compile(
     r"database is locked|database table is locked|conflict|SQLITE_BUSY|busy|could not serialize",
@@ -51,12 +51,19 @@ _CATALOG_EXTENSIONS = {"sqlite": "sqlite_scanner", "postgres": "postgres_scanner
 _STORAGE_EXTENSIONS = {"s3": "httpfs", "gs": "httpfs", "gcs": "httpfs", "http": "httpfs", "https": "httpfs"}
 
 
-class LakeError(RuntimeError):
+class LakeError(FactoryError, RuntimeError):
     """A warehouse problem the user can act on; the message says what to do."""
 
 
 class QueryRefused(LakeError):
     """User-given SQL that would do more than read the warehouse."""
+
+
+class SQLError(LakeError):
+    """A statement DuckDB refused (a syntax error, an unknown column, a conflict that did not clear)."""
+
+
+Error = SQLError  # what callers catch around a query
 
 
 class DiskFull(LakeError):
@@ -154,7 +161,7 @@ def connect(location: Location, read_only: bool = False) -> Lake:
     attach = f"ATTACH {quote('ducklake:' + location.catalog)} AS {ALIAS} ({', '.join(options)})"
     try:
         _retry(lambda: con.execute(attach))
-    except duckdb.Error as exc:
+    except SQLError as exc:
         # A process killed mid-commit leaves SQLite a hot journal that only a writer can roll
         # back; a read-only open would fail on it until the next write. Roll it back here.
         if not (read_only and "readonly database" in str(exc) and recover_sqlite(location)):
@@ -180,13 +187,16 @@ def recover_sqlite(location: Location) -> bool:
 
 
 def _retry(fn: Callable[[], T], attempts: int = 30, base_delay: float = 0.05) -> T:
-    """Run fn, retrying with exponential back-off and jitter while the error is a lock or conflict."""
+    """Run fn, retrying with exponential back-off and jitter while the error is a lock or conflict;
+    any other DuckDB error (or the last one) comes out as SQLError with DuckDB's message."""
     for attempt in range(attempts):
         try:
             return fn()
-        except duckdb.Error as exc:
+        except (duckdb.Error, SQLError) as exc:
             if not _RETRYABLE.search(str(exc)) or attempt == attempts - 1:
-                raise
+                if isinstance(exc, SQLError):
+                    raise
+                raise SQLError(str(exc)) from exc
             time.sleep(min(MAX_DELAY, base_delay * 2**attempt) * (0.5 + random.random()))
     raise AssertionError("unreachable")  # pragma: no cover
 
@@ -405,7 +415,10 @@ class Lake:
     def execute(self, sql: str, params: Params = None) -> None:
         if self.sandbox is not None:
             raise QueryRefused("a sandboxed connection only reads (use frame, row or scalar)")
-        self.con.execute(sql, params or [])
+        try:
+            self.con.execute(sql, params or [])
+        except duckdb.Error as exc:
+            raise SQLError(str(exc)) from exc
 
     def table_folder(self, table: str) -> Path | None:
         """The local folder of a table's data files (None when they live in object storage).

@@ -35,6 +35,7 @@ import numpy as np
 import polars as pl
 from pydantic import BaseModel, Field, model_validator
 
+from factory.errors import ConfigError
 from factory.schema import user_turn
 
 Strategy = Literal["format", "permute", "maskout"]
@@ -63,7 +64,7 @@ class MosaicConfig(BaseModel):
     @model_validator(mode="after")
     def _known(self) -> MosaicConfig:
         if len(set(self.strategies)) != len(self.strategies):
-            raise ValueError("strategies: list each strategy once")
+            raise ConfigError("strategies: list each strategy once")
         return self
 
 
@@ -231,7 +232,7 @@ def load_tokenizer(name: str) -> Any:
     try:
         return AutoTokenizer.from_pretrained(folder)
     except OSError as exc:
-        raise ValueError(
+        raise ConfigError(
             f"tokenizer '{name}': not a tokenizer folder ({exc}); give a local path or 'embedded'"
         ) from exc
 

@@ -1,64 +1,195 @@
-"""Plugin registry: generators, filters and trainers are found through entry points.
+"""Plugin contracts and registry: generators, filters and trainers, found through entry points.
 
-The core never imports a plugin by name. A package (this one included) registers
-an object under the entry-point group `factory.generators`, `factory.filters` or
+The core never imports a plugin by name. A package (this one included) registers an
+object under the entry-point group `factory.generators`, `factory.filters` or
 `factory.trainers`; `factory plugins` lists what was found and where it came from.
+Each kind has one typed contract, checked for every installed plugin by
+`tests/factory/test_structure.py`:
+
+- generator: `run(wh, config, progress=False) -> JobSummary`; it writes rows through a
+  job (see `factory.runners`);
+- filter: `run(candidates, kept, config, ctx=None) -> DataFrame | FilterResult`: one
+  verdict per candidate (id, keep, score, reason), plus derived rows if it makes any;
+- trainer: `run(job: TrainJob) -> TrainResult`: reads the export in `job.data`, writes
+  under `job.out`.
+
+A package may also add CLI commands (`factory.commands`: a function that gets the
+typer app and registers its commands), e.g. the reflect generator's `alignment` view.
 """
 
 from __future__ import annotations
 
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from importlib import metadata
-from typing import Any
+from pathlib import Path
+from typing import TYPE_CHECKING, Any, Literal, Protocol, TypeVar, overload
 
+import polars as pl
 from pydantic import BaseModel
 
+from factory import config as settings
+from factory.errors import FactoryError
+
+if TYPE_CHECKING:
+    from factory.warehouse import Warehouse
+
 GROUPS = {"generator": "factory.generators", "filter": "factory.filters", "trainer": "factory.trainers"}
+COMMANDS = "factory.commands"
+Kind = Literal["generator", "filter", "trainer"]
+
+
+class PluginError(FactoryError, LookupError):
+    """A plugin that is not installed, or that broke its contract."""
+
+
+# -- what plugins get and give ---------------------------------------------------------------------
+@dataclass
+class JobSummary:
+    """What a generator run reports: at least the job that recorded it."""
+
+    job_id: str
+
+    def as_dict(self) -> dict[str, Any]:
+        return dict(self.__dict__)
+
+
+@dataclass
+class FilterContext:
+    """What a filter may use besides its rows: the warehouse (None on a Ray worker) and its run."""
+
+    warehouse: Warehouse | None
+    run_id: str
+    progress: bool = False
+
+
+@dataclass
+class FilterResult:
+    """Verdicts, plus new rows derived from candidates (rows columns; `parent_ids` names the original)."""
+
+    verdicts: pl.DataFrame
+    rows: pl.DataFrame | None = None
+
+
+FilterOutput = pl.DataFrame | FilterResult
+
+
+@dataclass
+class TrainJob:
+    """What the factory hands a trainer: the export to read, a folder to write, the config."""
+
+    data: Path
+    out: Path
+    config: Any
+    progress: bool = False
+
+
+@dataclass
+class TrainResult:
+    artifact: Path
+    metrics: dict[str, Any] = field(default_factory=dict)
+
+
+# -- the contracts -----------------------------------------------------------------------------------
+class GeneratorRun(Protocol):
+    def __call__(self, wh: Warehouse, config: Any, progress: bool = False) -> JobSummary: ...
+
+
+class FilterRun(Protocol):
+    def __call__(
+        self, candidates: pl.DataFrame, kept: pl.DataFrame, config: Any, ctx: FilterContext | None = None
+    ) -> FilterOutput: ...
+
+
+class TrainerRun(Protocol):
+    def __call__(self, job: TrainJob) -> TrainResult: ...
 
 
 @dataclass(frozen=True)
-class Plugin:
-    """What a plugin module exports as `plugin`: its name, validated config and entry point."""
+class GeneratorPlugin:
+    """A generator module's `plugin`: its name, validated config and run."""
 
     name: str
-    kind: str
     config: type[BaseModel]
-    run: Callable[..., Any]
+    run: GeneratorRun
     summary: str
-    row_local: bool = False  # a filter whose verdict on a row depends on that row alone (Ray-able)
-    methods: tuple[str, ...] = ()  # a trainer's training methods
-    consumes: str | None = None  # the export format a trainer reads
+    kind: Literal["generator"] = "generator"
 
 
-class PluginError(LookupError):
-    pass
+@dataclass(frozen=True)
+class FilterPlugin:
+    """A filter module's `plugin`. row_local: each verdict depends on its row alone (Ray-able)."""
+
+    name: str
+    config: type[BaseModel]
+    run: FilterRun
+    summary: str
+    row_local: bool = False
+    kind: Literal["filter"] = "filter"
 
 
-def _entry_points(kind: str) -> list[metadata.EntryPoint]:
-    return sorted(metadata.entry_points(group=GROUPS[kind]), key=lambda ep: ep.name)
+@dataclass(frozen=True)
+class TrainerPlugin:
+    """A trainer module's `plugin`: its methods and the export format it reads."""
+
+    name: str
+    config: type[BaseModel]
+    run: TrainerRun
+    summary: str
+    methods: tuple[str, ...] = ()
+    consumes: str = "openai"
+    kind: Literal["trainer"] = "trainer"
 
 
-def get(kind: str, name: str) -> Plugin:
-    """Load one plugin by kind and registered name, with a hint when it is not installed."""
-    for ep in _entry_points(kind):
-        if ep.name == name:
+Plugin = GeneratorPlugin | FilterPlugin | TrainerPlugin
+CLASSES: dict[str, type] = {"generator": GeneratorPlugin, "filter": FilterPlugin, "trainer": TrainerPlugin}
+P = TypeVar("P", GeneratorPlugin, FilterPlugin, TrainerPlugin)
+
+
+# -- the registry ------------------------------------------------------------------------------------
+def _entry_points(group: str) -> list[metadata.EntryPoint]:
+    return sorted(metadata.entry_points(group=group), key=lambda ep: ep.name)
+
+
+@overload
+def get(kind: Literal["generator"], name: str) -> GeneratorPlugin: ...
+@overload
+def get(kind: Literal["filter"], name: str) -> FilterPlugin: ...
+@overload
+def get(kind: Literal["trainer"], name: str) -> TrainerPlugin: ...
+def get(kind: Kind, name: str) -> Plugin:
+    """Load one plugin by kind and registered name (dashes or underscores), with a hint when missing."""
+    wanted = name.replace("-", "_")
+    for ep in _entry_points(GROUPS[kind]):
+        if ep.name == wanted:
             plugin = ep.load()
-            if not isinstance(plugin, Plugin):
-                raise PluginError(f"entry point {ep.value} ({GROUPS[kind]}) is not a factory.plugins.Plugin")
+            if not isinstance(plugin, CLASSES[kind]):
+                raise PluginError(
+                    f"entry point {ep.value} ({GROUPS[kind]}) is not a factory.plugins.{CLASSES[kind].__name__}"
+                )
             return plugin
-    known = ", ".join(ep.name for ep in _entry_points(kind)) or "none"
+    known = ", ".join(ep.name for ep in _entry_points(GROUPS[kind])) or "none"
     raise PluginError(
         f"no {kind} plugin named '{name}' (installed: {known}); "
         f"install a package that registers it under the entry-point group '{GROUPS[kind]}'"
     )
 
 
+def installed(kind: Kind) -> list[Plugin]:
+    """Every registered plugin of a kind, loaded."""
+    return [get(kind, ep.name) for ep in _entry_points(GROUPS[kind])]
+
+
+def commands() -> list[Callable[[Any], None]]:
+    """The command registrars that packages add under `factory.commands`."""
+    return [ep.load() for ep in _entry_points(COMMANDS)]
+
+
 def listing() -> list[dict[str, str]]:
     """Every registered plugin: kind, name, where it comes from (module and distribution)."""
     out = []
-    for kind in GROUPS:
-        for ep in _entry_points(kind):
+    for kind, group in GROUPS.items():
+        for ep in _entry_points(group):
             dist = ep.dist.name if ep.dist is not None else "?"
             version = ep.dist.version if ep.dist is not None else "?"
             try:
@@ -75,3 +206,15 @@ def listing() -> list[dict[str, str]]:
                 }
             )
     return out
+
+
+# -- configs -----------------------------------------------------------------------------------------
+def configured(
+    kind: Kind, name: str, values: dict[str, Any] | BaseModel | None = None
+) -> tuple[Any, BaseModel]:
+    """A plugin by name and its config validated from `values` (see `factory.config.validate`);
+    a config object already built is taken as it is."""
+    plugin = get(kind, name)
+    if isinstance(values, BaseModel):
+        return plugin, values
+    return plugin, settings.validate(plugin.config, values)

@@ -32,6 +32,8 @@ import pyarrow.ipc as ipc
 import pyarrow.json as pj
 import pyarrow.parquet as pq
 
+from factory.errors import InputError
+
 CHUNK_BYTES = 32 << 20
 DEFAULT_MAX_ROW_BYTES = 4 << 20
 UTF8_BOM = b"\xef\xbb\xbf"
@@ -55,7 +57,7 @@ class Problem:
         return f"{where}: {self.message} [{self.code}]"
 
 
-class ReadError(ValueError):
+class ReadError(InputError):
     """A file that cannot be read at all (missing, empty, wrong kind, mixed folder)."""
 
 

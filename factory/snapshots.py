@@ -16,13 +16,14 @@ from typing import Any
 import polars as pl
 
 from factory import lake
+from factory.errors import FactoryError
 from factory.warehouse import Warehouse
 
 NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.\-]{0,127}$")
 
 
-class SnapshotError(ValueError):
-    pass
+class SnapshotError(FactoryError, ValueError):
+    """A snapshot that cannot be made or found as asked."""
 
 
 def get(wh: Warehouse, name: str) -> dict[str, Any]:

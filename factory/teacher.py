@@ -32,15 +32,16 @@ from typing import Any, Protocol
 from pydantic import BaseModel, Field
 
 from factory.call_cache import CallCache, call_key
+from factory.errors import FactoryError
 
 BACKENDS = ("openai", "hf", "vllm")
 
 
-class TeacherError(RuntimeError):
+class TeacherError(FactoryError, RuntimeError):
     """A teacher could not be set up or refused a request in a way no retry fixes."""
 
 
-class BudgetExhausted(RuntimeError):
+class BudgetExhausted(FactoryError, RuntimeError):
     """The job reached its --max-calls or --max-tokens budget; a rerun resumes from the cache."""
 
 

@@ -18,9 +18,10 @@ from typing import Any
 
 import polars as pl
 
-from factory import redact, snapshots
+from factory import errors, plugins, snapshots
+from factory.errors import NotFound
 from factory.evaluation import EvalSettings, evaluate
-from factory.generation import plugin_config
+from factory.plugins import TrainJob
 from factory.warehouse import Warehouse, new_id
 
 LIBRARIES = ("instruction-factory", "torch", "transformers", "peft", "trl", "duckdb", "polars")
@@ -53,7 +54,7 @@ def _finish(wh: Warehouse, run_id: str, status: str, metrics: dict[str, Any], ar
         f"run {status}: {run_id}",
         lambda lk: lk.execute(
             "UPDATE runs SET status = ?, metrics = ?, artifact_path = ?, finished_at = now() WHERE id = ?",
-            [status, redact.scrub(json.dumps(metrics, default=str)), artifact, run_id],
+            [status, errors.scrub(json.dumps(metrics, default=str)), artifact, run_id],
         ),
     )
 
@@ -68,9 +69,7 @@ def train(
     progress: bool = False,
 ) -> dict[str, Any]:
     """Train `trainer` on `snapshot` with config `values`, evaluate before and after, record the run."""
-    from trainers.sft import TrainJob
-
-    plugin, cfg = plugin_config("trainer", trainer, values or {})
+    plugin, cfg = plugins.configured("trainer", trainer, values)
     record = snapshots.get(wh, snapshot)
     run_id = new_id("run")
     folder = Path(out) if out else wh.folder / "runs" / run_id
@@ -150,7 +149,7 @@ def compare(wh: Warehouse, a: str, b: str) -> pl.DataFrame:
         "SELECT id, snapshot, trainer, method, config, metrics FROM runs WHERE list_contains(?, id)", [[a, b]]
     )
     if found.height != len({a, b}):
-        raise LookupError(f"no run with id {a if a not in found['id'].to_list() else b}: see `factory runs`")
+        raise NotFound(f"no run with id {a if a not in found['id'].to_list() else b}: see `factory runs`")
     flat = {}
     for row in found.iter_rows(named=True):
         values = {"snapshot": row["snapshot"], "trainer": row["trainer"], "method": row["method"]}

@@ -31,7 +31,7 @@ from typing import Any
 
 import polars as pl
 
-from factory import formats, lake, outputs, redact, schema
+from factory import errors, formats, lake, outputs, schema
 
 SNAPSHOT_CALL = re.compile(r"\bsnapshot\(\s*'([A-Za-z0-9][A-Za-z0-9_.\-]*)'\s*\)", re.IGNORECASE)
 CONFIG_FILE = "factory.json"
@@ -470,7 +470,7 @@ class Warehouse:
         The stats and the error are scrubbed of secrets (an endpoint may echo its key)."""
         lk.execute(
             "UPDATE jobs SET status = ?, stats = ?, error = ?, finished_at = now() WHERE id = ?",
-            [status, redact.scrub(json.dumps(stats, default=str)), redact.scrub(error), job_id],
+            [status, errors.scrub(json.dumps(stats, default=str)), errors.scrub(error), job_id],
         )
 
     def fail_job(self, job_id: str, error: str, stats: dict[str, Any] | None = None) -> None:
@@ -516,16 +516,16 @@ class Warehouse:
         return snapshots.diff(self, a, b, sample=sample)
 
     def export(self, snapshot: str, out: str | os.PathLike, fmt: str, **kwargs: Any) -> dict[str, Any]:
-        from factory import export
+        from importlib import import_module  # `factory.export` is also the API function's name
 
-        return export.export(self, snapshot, Path(out), fmt, **kwargs)
+        return import_module("factory.export").export(self, snapshot, Path(out), fmt, **kwargs)
 
 
 def verdict_frame(verdicts: pl.DataFrame) -> pl.DataFrame:
     """Verdicts (id, keep, and optional score, reason) in the table's types."""
     missing = {"id", "keep"} - set(verdicts.columns)
     if missing:
-        raise ValueError(f"verdicts frame needs columns {sorted(missing)}")
+        raise errors.InputError(f"verdicts frame needs columns {sorted(missing)}")
     return verdicts.select(
         pl.col("id").cast(pl.String),
         pl.col("keep").cast(pl.Boolean),

@@ -16,7 +16,8 @@ from pathlib import Path
 import polars as pl
 from pydantic import BaseModel, Field, field_validator
 
-from factory.plugins import Plugin
+from factory.errors import ConfigError
+from factory.plugins import FilterContext, FilterPlugin
 
 DEFAULT_FILE = Path(__file__).with_name("blocklist_default.txt")
 FIELDS = ["system", "instruction", "input", "output", "rejected"]
@@ -35,7 +36,7 @@ class BlocklistConfig(BaseModel):
     def _known_fields(cls, value: list[str]) -> list[str]:
         unknown = sorted(set(value) - {*FIELDS, "messages"})
         if unknown:
-            raise ValueError(f"unknown field(s) {unknown}; choose from {[*FIELDS, 'messages']}")
+            raise ConfigError(f"unknown field(s) {unknown}; choose from {[*FIELDS, 'messages']}")
         return value
 
     @field_validator("patterns")
@@ -50,7 +51,7 @@ def _check_pattern(pattern: str, where: str) -> None:
     try:
         pl.Series([""]).str.contains(pattern)
     except pl.exceptions.ComputeError as exc:
-        raise ValueError(f"{where}: invalid regular expression {pattern!r}: {exc}") from None
+        raise ConfigError(f"{where}: invalid regular expression {pattern!r}: {exc}") from None
 
 
 def load_terms(config: BlocklistConfig) -> tuple[list[str], list[str]]:
@@ -60,7 +61,7 @@ def load_terms(config: BlocklistConfig) -> tuple[list[str], list[str]]:
         try:
             lines = Path(path).read_text(encoding="utf-8").splitlines()
         except (OSError, UnicodeDecodeError) as exc:
-            raise ValueError(f"blocklist file {path}: cannot read it ({exc})") from exc
+            raise ConfigError(f"blocklist file {path}: cannot read it ({exc})") from exc
         for number, line in enumerate(lines, start=1):
             entry = line.strip()
             if not entry or entry.startswith("#"):
@@ -80,7 +81,7 @@ def _text(field: str) -> pl.Expr:
 
 
 def run(
-    candidates: pl.DataFrame, kept: pl.DataFrame, config: BlocklistConfig, ctx: object = None
+    candidates: pl.DataFrame, kept: pl.DataFrame, config: BlocklistConfig, ctx: FilterContext | None = None
 ) -> pl.DataFrame:
     """One verdict per row: dropped with `blocklisted <term> in <field>` when anything matches."""
     terms, patterns = load_terms(config)
@@ -99,9 +100,8 @@ def run(
     )
 
 
-plugin = Plugin(
+plugin = FilterPlugin(
     name="blocklist",
-    kind="filter",
     config=BlocklistConfig,
     run=run,
     summary="safety: drop rows containing blocklisted terms or patterns (user-extendable files)",

@@ -21,7 +21,8 @@ import polars as pl
 from pydantic import BaseModel, Field, model_validator
 
 from factory import readers, snapshots
-from factory.plugins import Plugin
+from factory.errors import ConfigError
+from factory.plugins import FilterContext, FilterPlugin
 from factory.schema import row_text
 from filters.shingles import shingle_hashes
 
@@ -37,7 +38,7 @@ class DecontaminateConfig(BaseModel):
     @model_validator(mode="after")
     def _some_eval_set(self) -> DecontaminateConfig:
         if not self.eval_files and not self.eval_snapshots:
-            raise ValueError("name at least one eval set: eval_files=[...] or eval_snapshots=[...]")
+            raise ConfigError("name at least one eval set: eval_files=[...] or eval_snapshots=[...]")
         return self
 
 
@@ -63,12 +64,12 @@ def eval_items(config: DecontaminateConfig, wh: Any) -> pl.DataFrame:
     for path in config.eval_files:
         for raw in readers.read(Path(path), readers.ReadOptions()):
             if raw.problems:
-                raise ValueError(f"eval set: {raw.problems[0]}")
+                raise ConfigError(f"eval set: {raw.problems[0]}")
             records = raw.table.to_pylist() if raw.table is not None else raw.records or []
             frames.append(pl.DataFrame({"item": raw.origins, "text": [_record_text(r) for r in records]}))
     for name in config.eval_snapshots:
         if wh is None:
-            raise ValueError("eval snapshots need the warehouse: run this filter in-process")
+            raise ConfigError("eval snapshots need the warehouse: run this filter in-process")
         snap = snapshots.get(wh, name)["name"]
         rows = wh.sql(f"SELECT * FROM snapshot('{snap}')")
         frames.append(
@@ -87,7 +88,10 @@ def _word_grams(text: str, n: int) -> set[tuple[str, ...]]:
 
 
 def run(
-    candidates: pl.DataFrame, kept: pl.DataFrame, config: DecontaminateConfig, ctx: Any = None
+    candidates: pl.DataFrame,
+    kept: pl.DataFrame,
+    config: DecontaminateConfig,
+    ctx: FilterContext | None = None,
 ) -> pl.DataFrame:
     """One verdict per row: dropped, naming the eval item, when it shares an n-gram with one."""
     items = eval_items(config, getattr(ctx, "warehouse", None))
@@ -133,9 +137,8 @@ def run(
     )
 
 
-plugin = Plugin(
+plugin = FilterPlugin(
     name="decontaminate",
-    kind="filter",
     config=DecontaminateConfig,
     run=run,
     summary="drop rows sharing a 12-word n-gram with eval sets (files or snapshots), naming the eval item",

@@ -15,6 +15,8 @@ from typing import Any, Literal
 import polars as pl
 from pydantic import BaseModel, Field, model_validator
 
+from factory.errors import ConfigError
+
 
 class KeepPolicy(BaseModel):
     keep: Literal["first", "longest", "score"] = Field(
@@ -27,7 +29,7 @@ class KeepPolicy(BaseModel):
     @model_validator(mode="after")
     def _score_needs_a_filter(self) -> KeepPolicy:
         if self.keep == "score" and not self.score_filter:
-            raise ValueError("keep=score needs score_filter: the filter whose scores rank rows")
+            raise ConfigError("keep=score needs score_filter: the filter whose scores rank rows")
         return self
 
 
@@ -35,7 +37,7 @@ def latest_scores(ctx: Any, filter_name: str) -> pl.DataFrame:
     """The latest score a filter gave each row (id, score), from the warehouse in the context."""
     wh = getattr(ctx, "warehouse", None)
     if wh is None:
-        raise ValueError("keep=score reads scores from the warehouse: run this filter in-process")
+        raise ConfigError("keep=score reads scores from the warehouse: run this filter in-process")
     return wh.sql(
         "SELECT id, arg_max(score, created_at) AS score FROM verdicts WHERE filter = ? GROUP BY id",
         [filter_name],

@@ -17,14 +17,14 @@ the text is made.
 
 from __future__ import annotations
 
-from typing import Any, Literal
+from typing import Literal
 
 import numba
 import numpy as np
 import polars as pl
 from pydantic import Field
 
-from factory.plugins import Plugin
+from factory.plugins import FilterContext, FilterPlugin
 from factory.schema import row_text
 from filters import dedup, shingles
 
@@ -124,7 +124,9 @@ def first_of_key(first: np.ndarray, second: np.ndarray) -> np.ndarray:
     return winner
 
 
-def run(candidates: pl.DataFrame, kept: pl.DataFrame, config: ExactConfig, ctx: Any = None) -> pl.DataFrame:
+def run(
+    candidates: pl.DataFrame, kept: pl.DataFrame, config: ExactConfig, ctx: FilterContext | None = None
+) -> pl.DataFrame:
     """One verdict per candidate: keep the representative of each key, drop the other copies."""
     everyone = dedup.contenders(candidates, kept, _key(config), config, ctx)
     first, second = _key_hashes(*shingles.utf8_buffers(everyone["_key"]), config.collapse_whitespace)
@@ -132,9 +134,8 @@ def run(candidates: pl.DataFrame, kept: pl.DataFrame, config: ExactConfig, ctx: 
     return dedup.verdicts(judged, "exact_duplicate")
 
 
-plugin = Plugin(
+plugin = FilterPlugin(
     name="exact",
-    kind="filter",
     config=ExactConfig,
     run=run,
     summary="exact dedup on a normalised key (case, whitespace, punctuation); keep first or longest",

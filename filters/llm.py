@@ -12,6 +12,7 @@ from collections.abc import Sequence
 from typing import Any
 
 from factory.call_cache import CallCache
+from factory.errors import ConfigError
 from factory.generation import TeacherConfig
 from factory.teacher import Request, Sample, Teacher, make_backend, parse_spec
 
@@ -20,7 +21,9 @@ def ask(ctx: Any, config: TeacherConfig, requests: Sequence[Request]) -> list[Sa
     """The first sample of each request, through the cached teacher of this filter run."""
     wh = getattr(ctx, "warehouse", None)
     if wh is None:
-        raise ValueError("a filter that asks a teacher records its calls in the warehouse: run it in-process")
+        raise ConfigError(
+            "a filter that asks a teacher records its calls in the warehouse: run it in-process"
+        )
     backend = make_backend(parse_spec(config.teacher), config.options)
     teacher = Teacher(backend, CallCache(wh, ctx.run_id), config.max_calls, config.max_tokens, ctx.progress)
     try:

@@ -32,7 +32,7 @@ import polars as pl
 import pyarrow as pa
 from pydantic import Field
 
-from factory.plugins import Plugin
+from factory.plugins import FilterContext, FilterPlugin
 from factory.schema import row_text
 from filters import dedup, shingles
 
@@ -335,7 +335,9 @@ def _first_of_each(ids: pl.Series) -> np.ndarray:
     )
 
 
-def run(candidates: pl.DataFrame, kept: pl.DataFrame, config: MinHashConfig, ctx: Any = None) -> pl.DataFrame:
+def run(
+    candidates: pl.DataFrame, kept: pl.DataFrame, config: MinHashConfig, ctx: FilterContext | None = None
+) -> pl.DataFrame:
     """One verdict per candidate: keep one row per near-duplicate group, drop the rest with the match."""
     everyone = dedup.contenders(candidates, kept, key_expression(config.key), config, ctx)
     sig, (starts, hashes, rows) = sketch(everyone, config, getattr(ctx, "warehouse", None))
@@ -360,9 +362,8 @@ def run(candidates: pl.DataFrame, kept: pl.DataFrame, config: MinHashConfig, ctx
     return dedup.verdicts(judged, "near_duplicate", pl.col("_score"))
 
 
-plugin = Plugin(
+plugin = FilterPlugin(
     name="minhash",
-    kind="filter",
     config=MinHashConfig,
     run=run,
     summary="near-duplicate removal: MinHash + LSH over word n-grams, every pair's Jaccard checked",

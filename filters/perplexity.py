@@ -25,7 +25,7 @@ import numpy as np
 import polars as pl
 from pydantic import BaseModel, Field
 
-from factory.plugins import Plugin
+from factory.plugins import FilterContext, FilterPlugin
 from factory.schema import user_turn
 
 
@@ -125,7 +125,7 @@ def _score(rows: pl.DataFrame, config: ScoringModel, conditioned: bool) -> np.nd
 
 
 def run_perplexity(
-    candidates: pl.DataFrame, kept: pl.DataFrame, config: PerplexityConfig, ctx: Any = None
+    candidates: pl.DataFrame, kept: pl.DataFrame, config: PerplexityConfig, ctx: FilterContext | None = None
 ) -> pl.DataFrame:
     """One verdict per row: its response perplexity as the score, dropped above the bound."""
     ppl = np.exp(_score(candidates, config, conditioned=True))
@@ -148,7 +148,9 @@ def run_perplexity(
     )
 
 
-def run_ifd(candidates: pl.DataFrame, kept: pl.DataFrame, config: IfdConfig, ctx: Any = None) -> pl.DataFrame:
+def run_ifd(
+    candidates: pl.DataFrame, kept: pl.DataFrame, config: IfdConfig, ctx: FilterContext | None = None
+) -> pl.DataFrame:
     """One verdict per row: IFD as the score; above max_ifd dropped, then the top share kept."""
     ifd = _score(candidates, config, conditioned=True) / _score(candidates, config, conditioned=False)
     frame = candidates.select("id").with_columns(pl.Series("score", ifd, pl.Float64).round(6).fill_nan(None))
@@ -170,17 +172,15 @@ def run_ifd(candidates: pl.DataFrame, kept: pl.DataFrame, config: IfdConfig, ctx
     )
 
 
-plugin = Plugin(
+plugin = FilterPlugin(
     name="perplexity",
-    kind="filter",
     config=PerplexityConfig,
     run=run_perplexity,
     summary="response perplexity under a local causal LM (embedded Gemma 270M by default); optional bound",
     row_local=True,
 )
-ifd_plugin = Plugin(
+ifd_plugin = FilterPlugin(
     name="ifd",
-    kind="filter",
     config=IfdConfig,
     run=run_ifd,
     summary="Cherry LLM IFD: loss(answer | instruction) / loss(answer); drop > 1, keep the top 10%",

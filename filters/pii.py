@@ -18,8 +18,7 @@ from typing import Literal
 import polars as pl
 from pydantic import BaseModel, Field
 
-from factory.filtering import FilterResult
-from factory.plugins import Plugin
+from factory.plugins import FilterContext, FilterPlugin, FilterResult
 from factory.warehouse import ids_of
 
 KINDS: dict[str, tuple[str, str]] = {  # kind -> (pattern, placeholder)
@@ -120,7 +119,9 @@ def _redact_all(expr: pl.Expr, found: list[tuple[str, dict[str, str]]]) -> pl.Ex
     return expr
 
 
-def run(candidates: pl.DataFrame, kept: pl.DataFrame, config: PiiConfig, ctx: object = None) -> FilterResult:
+def run(
+    candidates: pl.DataFrame, kept: pl.DataFrame, config: PiiConfig, ctx: FilterContext | None = None
+) -> FilterResult:
     """Keep rows without PII; drop the others, with a redacted copy as a new row unless `action` is drop."""
     found = findings(candidates, config)
     texts = _texts(candidates)
@@ -173,9 +174,8 @@ def run(candidates: pl.DataFrame, kept: pl.DataFrame, config: PiiConfig, ctx: ob
     return FilterResult(verdicts, redacted)
 
 
-plugin = Plugin(
+plugin = FilterPlugin(
     name="pii",
-    kind="filter",
     config=PiiConfig,
     run=run,
     summary="safety: redact emails, phones, IPs, Luhn-valid cards, IBANs, API keys into new rows with lineage",

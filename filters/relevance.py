@@ -17,7 +17,7 @@ import polars as pl
 from pydantic import BaseModel, Field
 
 from factory.embeddings import BUNDLED, row_embeddings
-from factory.plugins import Plugin
+from factory.plugins import FilterContext, FilterPlugin
 
 
 class RelevanceConfig(BaseModel):
@@ -37,7 +37,7 @@ def similarity(rows: pl.DataFrame, config: RelevanceConfig, wh: Any = None) -> n
 
 
 def run(
-    candidates: pl.DataFrame, kept: pl.DataFrame, config: RelevanceConfig, ctx: Any = None
+    candidates: pl.DataFrame, kept: pl.DataFrame, config: RelevanceConfig, ctx: FilterContext | None = None
 ) -> pl.DataFrame:
     """One verdict per row: kept when the response is similar enough to its prompt."""
     sim = pl.Series(
@@ -58,9 +58,8 @@ def run(
     )
 
 
-plugin = Plugin(
+plugin = FilterPlugin(
     name="relevance",
-    kind="filter",
     config=RelevanceConfig,
     run=run,
     summary="instruction-response relevance: cosine of MiniLM embeddings (survey eq. 31's sim factor)",

@@ -18,7 +18,8 @@ import polars as pl
 from pydantic import BaseModel, Field, model_validator
 
 from factory.embeddings import BUNDLED, row_embeddings
-from factory.plugins import Plugin
+from factory.errors import ConfigError
+from factory.plugins import FilterContext, FilterPlugin
 from filters.dedup import latest_scores
 
 
@@ -36,7 +37,7 @@ class SelectConfig(BaseModel):
     @model_validator(mode="after")
     def _one_score(self) -> SelectConfig:
         if (self.score_filter is None) == (self.score_sql is None):
-            raise ValueError("rank rows by exactly one of score_filter=NAME or score_sql=EXPRESSION")
+            raise ConfigError("rank rows by exactly one of score_filter=NAME or score_sql=EXPRESSION")
         return self
 
 
@@ -46,7 +47,7 @@ def _scores(candidates: pl.DataFrame, config: SelectConfig, ctx: Any) -> pl.Seri
     else:
         wh = getattr(ctx, "warehouse", None)
         if wh is None:
-            raise ValueError("score_sql is run in the warehouse: run this filter in-process")
+            raise ConfigError("score_sql is run in the warehouse: run this filter in-process")
         with wh.lake.registered("select_ids", candidates.select("id")):
             score = wh.user_expression(str(config.score_sql))
             found = wh.sql(
@@ -57,7 +58,9 @@ def _scores(candidates: pl.DataFrame, config: SelectConfig, ctx: Any) -> pl.Seri
     return joined["score"]
 
 
-def run(candidates: pl.DataFrame, kept: pl.DataFrame, config: SelectConfig, ctx: Any = None) -> pl.DataFrame:
+def run(
+    candidates: pl.DataFrame, kept: pl.DataFrame, config: SelectConfig, ctx: FilterContext | None = None
+) -> pl.DataFrame:
     """Select up to the budget in score order (unscored rows last), skipping near-copies of chosen rows."""
     wh = getattr(ctx, "warehouse", None)
     score = _scores(candidates, config, ctx)
@@ -93,9 +96,8 @@ def run(candidates: pl.DataFrame, kept: pl.DataFrame, config: SelectConfig, ctx:
     )
 
 
-plugin = Plugin(
+plugin = FilterPlugin(
     name="select",
-    kind="filter",
     config=SelectConfig,
     run=run,
     summary="Deita-style budgeted selection: best score first, skipping rows with cosine > 0.9 to chosen ones",

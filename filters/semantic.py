@@ -13,14 +13,14 @@ poem about the ocean" score 0.91 with MiniLM). NeMo Curator's SemDeDup default
 
 from __future__ import annotations
 
-from typing import Any, Literal
+from typing import Literal
 
 import numpy as np
 import polars as pl
 from pydantic import Field
 
 from factory.embeddings import BUNDLED, row_embeddings
-from factory.plugins import Plugin
+from factory.plugins import FilterContext, FilterPlugin
 from factory.schema import row_text
 from filters import dedup
 
@@ -62,7 +62,7 @@ def nearest_earlier(vectors: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
 
 
 def run(
-    candidates: pl.DataFrame, kept: pl.DataFrame, config: SemanticConfig, ctx: Any = None
+    candidates: pl.DataFrame, kept: pl.DataFrame, config: SemanticConfig, ctx: FilterContext | None = None
 ) -> pl.DataFrame:
     """One verdict per candidate: dropped as `semantic_duplicate of <id>` (score: cosine) or kept."""
     everyone = dedup.contenders(candidates, kept, row_text(config.key), config, ctx)
@@ -94,9 +94,8 @@ def run(
     return dedup.verdicts(judged, "semantic_duplicate", pl.col("_score").round(4))
 
 
-plugin = Plugin(
+plugin = FilterPlugin(
     name="semantic",
-    kind="filter",
     config=SemanticConfig,
     run=run,
     summary="semantic dedup (SemDeDup): MiniLM embeddings, k-means, within-cluster cosine >= 0.9",

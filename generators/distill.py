@@ -18,6 +18,7 @@ from typing import Literal
 import polars as pl
 from pydantic import BaseModel, Field, model_validator
 
+from factory.errors import ConfigError
 from factory.generation import (
     GenerationSummary,
     Output,
@@ -26,7 +27,7 @@ from factory.generation import (
     run_generator,
     template_hash,
 )
-from factory.plugins import Plugin
+from factory.plugins import GeneratorPlugin
 from factory.readers import ReadError, jsonl_records
 from factory.teacher import Request, Sampling, Teacher
 from factory.warehouse import Warehouse
@@ -58,7 +59,7 @@ class PromptSource(BaseModel):
     @model_validator(mode="after")
     def _one_source(self) -> PromptSource:
         if sum(x is not None for x in (self.on, self.query, self.file)) != 1:
-            raise ValueError("give exactly one source of prompts: on (a snapshot), query or file")
+            raise ConfigError("give exactly one source of prompts: on (a snapshot), query or file")
         return self
 
 
@@ -100,7 +101,7 @@ def prompts(wh: Warehouse, cfg: PromptSource) -> pl.DataFrame:
     else:
         frame = wh.user_sql(str(cfg.query))
         if "instruction" not in frame.columns:
-            raise ValueError("the prompt query must return an 'instruction' column")
+            raise ConfigError("the prompt query must return an 'instruction' column")
     for column in ("id", "input"):
         if column not in frame.columns:
             frame = frame.with_columns(pl.lit(None if column == "id" else "", pl.String).alias(column))
@@ -172,9 +173,8 @@ def run(wh: Warehouse, cfg: DistillConfig, progress: bool = False) -> Generation
     )
 
 
-plugin = Plugin(
+plugin = GeneratorPlugin(
     name="distill",
-    kind="generator",
     config=DistillConfig,
     run=run,
     summary="a teacher answers prompts from a snapshot, query or file (n each, optional system templates)",

@@ -21,6 +21,7 @@ from typing import Any
 
 from pydantic import BaseModel, Field, field_validator
 
+from factory.errors import ConfigError
 from factory.generation import (
     GenerationSummary,
     Output,
@@ -31,7 +32,7 @@ from factory.generation import (
     run_generator,
     template_hash,
 )
-from factory.plugins import Plugin
+from factory.plugins import GeneratorPlugin
 from factory.teacher import Sampling, Teacher
 from factory.warehouse import Warehouse
 from generators.distill import request_for
@@ -162,7 +163,7 @@ class EvolInstructConfig(BaseModel):
     def _known(cls, operations: list[str]) -> list[str]:
         for operation in operations:
             if operation != "breadth" and operation not in DEPTH_METHODS:
-                raise ValueError(
+                raise ConfigError(
                     f"unknown operation '{operation}': use {', '.join([*DEPTH_METHODS, 'breadth'])}"
                 )
         return operations
@@ -237,9 +238,8 @@ def run(wh: Warehouse, cfg: EvolInstructConfig, progress: bool = False) -> Gener
     return run_generator(wh, NAME, cfg, cfg.teacher, lambda t, out: evolve(pool, cfg, t, out), progress)
 
 
-plugin = Plugin(
+plugin = GeneratorPlugin(
     name=NAME,
-    kind="generator",
     config=EvolInstructConfig,
     run=run,
     summary="Evol-Instruct: in-depth and in-breadth rewrites with the paper's elimination rules",

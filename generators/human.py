@@ -22,8 +22,10 @@ import polars as pl
 from pydantic import BaseModel, Field, field_validator
 
 from factory import formats, outputs, readers
+from factory.config import parse_pairs
+from factory.errors import ConfigError, InputError
 from factory.lake import Lake
-from factory.plugins import Plugin
+from factory.plugins import GeneratorPlugin, JobSummary
 from factory.readers import Problem, Raw, ReadError
 from factory.warehouse import Warehouse
 from generators import templated
@@ -34,6 +36,7 @@ MAX_SHOWN = 20
 class ImportConfig(BaseModel):
     """Settings of one import; the CLI flags and the Python API share them."""
 
+    path: Path | None = Field(None, description="file or folder to import (factory import PATH sets it)")
     format: Literal["auto", "alpaca", "sharegpt", "openai", "preference", "prompt_completion"] = Field(
         "auto", description="record format; auto detects it from the field names"
     )
@@ -67,22 +70,13 @@ class ImportConfig(BaseModel):
     @classmethod
     def _parse_map(cls, value: Any) -> Any:
         if isinstance(value, str):
-            return parse_map(value)
+            return parse_pairs(
+                value, "--map", as_yaml=False, shape="target=source", example="prompt=question"
+            )
         return value
 
 
-def parse_map(text: str) -> dict[str, str]:
-    """Parse `target=source,target=source` into a dict, naming a malformed pair."""
-    out: dict[str, str] = {}
-    for pair in filter(None, (p.strip() for p in text.split(","))):
-        target, sep, source = pair.partition("=")
-        if not sep or not target.strip() or not source.strip():
-            raise ValueError(f"--map: '{pair}' is not target=source (e.g. prompt=question)")
-        out[target.strip()] = source.strip()
-    return out
-
-
-class ImportFailed(ValueError):
+class ImportFailed(InputError):
     """The import found bad records with on_error=fail; nothing was committed."""
 
     def __init__(self, problems: list[Problem], total: int) -> None:
@@ -97,8 +91,7 @@ class ImportFailed(ValueError):
 
 
 @dataclass
-class ImportSummary:
-    job_id: str
+class ImportSummary(JobSummary):
     path: str
     format: str
     source: str
@@ -113,7 +106,7 @@ class ImportSummary:
         return self.offered - self.inserted
 
     def as_dict(self) -> dict[str, Any]:
-        return {**self.__dict__, "duplicates": self.duplicates}
+        return {**super().as_dict(), "duplicates": self.duplicates}
 
 
 @dataclass
@@ -267,13 +260,13 @@ def import_file(
     wh: Warehouse, path: str | Path, config: ImportConfig | None = None, progress: bool = False
 ) -> ImportSummary:
     """Import one file or folder into the warehouse as a single commit; see the module docstring."""
-    config = config or ImportConfig()
     path = Path(path)
+    config = (config or ImportConfig()).model_copy(update={"path": path})
     readers.data_files(path)  # fail fast on a missing path, an empty file or a mixed folder
     if config.rejects is not None:
         outputs.check_file(config.rejects, wh.protected_paths(), config.force, flag="--rejects")
     source = config.source or path.stem
-    job = wh.start_job("import", "human", {"path": str(path), **config.model_dump(mode="json")})
+    job = wh.start_job("import", "human", config.model_dump(mode="json"))
     summary = ImportSummary(job_id=job, path=str(path), format=config.format, source=source)
     state = _State()
 
@@ -347,13 +340,18 @@ class _progress:
             self.bar.__exit__(*exc)
 
 
-def run(wh: Warehouse, path: str | Path, config: ImportConfig, progress: bool = False) -> ImportSummary:
-    return import_file(wh, path, config, progress=progress)
+def run(wh: Warehouse, config: ImportConfig, progress: bool = False) -> ImportSummary:
+    """The generator contract: the file or folder is the config's `path` (`factory import PATH`)."""
+    if config.path is None:
+        raise ConfigError(
+            "the human importer needs the file or folder to read: factory import PATH "
+            "(or factory generate human --set path=PATH)"
+        )
+    return import_file(wh, config.path, config, progress=progress)
 
 
-plugin = Plugin(
+plugin = GeneratorPlugin(
     name="human",
-    kind="generator",
     config=ImportConfig,
     run=run,
     summary="import JSON/JSONL/CSV/Parquet/HF datasets in alpaca, sharegpt, openai, preference formats",

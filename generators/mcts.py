@@ -45,7 +45,7 @@ from factory.generation import (
     run_generator,
     template_hash,
 )
-from factory.plugins import Plugin
+from factory.plugins import GeneratorPlugin
 from factory.schema import TABLES
 from factory.teacher import Sampling, Teacher
 from factory.warehouse import Warehouse
@@ -351,9 +351,8 @@ def run(wh: Warehouse, cfg: MctsConfig, progress: bool = False) -> GenerationSum
     return run_generator(wh, "mcts", cfg, cfg.teacher, produce, progress, also=store_trees)
 
 
-plugin = Plugin(
+plugin = GeneratorPlugin(
     name="mcts",
-    kind="generator",
     config=MctsConfig,
     run=run,
     summary="IDEA-MCTS: UCT tree search over evolution actions; reward = quality + diversity + complexity",

@@ -18,7 +18,7 @@ from pydantic import Field
 from factory import lake
 from factory.generation import GenerationSummary, make_row, template_hash
 from factory.mosaic import OVERHEAD_TEXT, MosaicConfig, load_tokenizer, mosaic_rows
-from factory.plugins import Plugin
+from factory.plugins import GeneratorPlugin
 from factory.warehouse import Warehouse
 
 
@@ -63,9 +63,8 @@ def run(wh: Warehouse, cfg: MosaicGeneratorConfig, progress: bool = False) -> Ge
     return summary
 
 
-plugin = Plugin(
+plugin = GeneratorPlugin(
     name="mosaic",
-    kind="generator",
     config=MosaicGeneratorConfig,
     run=run,
     summary="Mosaic-IT: k instruction pairs composed under a meta-instruction (format, permute, maskout)",

@@ -24,6 +24,7 @@ from typing import Literal
 import polars as pl
 from pydantic import Field, model_validator
 
+from factory.errors import ConfigError
 from factory.generation import (
     GenerationSummary,
     Output,
@@ -33,7 +34,7 @@ from factory.generation import (
     run_generator,
     template_hash,
 )
-from factory.plugins import Plugin
+from factory.plugins import GeneratorPlugin
 from factory.teacher import Sampling, Teacher
 from factory.warehouse import Warehouse
 from generators.distill import PromptSource, prompts
@@ -80,9 +81,9 @@ class PreferenceConfig(PromptSource):
     @model_validator(mode="after")
     def _consistent(self) -> PreferenceConfig:
         if self.mode == "critique_revise" and self.principles is None:
-            raise ValueError("critique_revise needs principles=FILE (one principle per paragraph)")
+            raise ConfigError("critique_revise needs principles=FILE (one principle per paragraph)")
         if self.mode == "rank" and self.n * (1 + len(self.more_teachers)) < 2:
-            raise ValueError("rank needs at least two candidates per prompt: raise n or add more_teachers")
+            raise ConfigError("rank needs at least two candidates per prompt: raise n or add more_teachers")
         return self
 
 
@@ -90,10 +91,10 @@ def read_principles(path: Path) -> list[str]:
     try:
         text = path.read_text(encoding="utf-8")
     except (OSError, UnicodeDecodeError) as exc:
-        raise ValueError(f"principles file {path}: cannot read it ({exc})") from exc
+        raise ConfigError(f"principles file {path}: cannot read it ({exc})") from exc
     principles = [" ".join(p.split()) for p in re.split(r"\n\s*\n", text) if p.strip()]
     if not principles:
-        raise ValueError(f"principles file {path}: no principles (write one per paragraph)")
+        raise ConfigError(f"principles file {path}: no principles (write one per paragraph)")
     return principles
 
 
@@ -195,9 +196,8 @@ def run(wh: Warehouse, cfg: PreferenceConfig, progress: bool = False) -> Generat
     )
 
 
-plugin = Plugin(
+plugin = GeneratorPlugin(
     name="preference",
-    kind="generator",
     config=PreferenceConfig,
     run=run,
     summary="DPO pairs: RLAIF (n samples, a judge ranks, best vs worst) or constitutional critique-revise",

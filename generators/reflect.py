@@ -34,6 +34,7 @@ import polars as pl
 from pydantic import Field, field_validator
 
 from factory.embeddings import BUNDLED
+from factory.errors import ConfigError
 from factory.generation import (
     GenerationSummary,
     Output,
@@ -43,7 +44,7 @@ from factory.generation import (
     run_generator,
     template_hash,
 )
-from factory.plugins import Plugin
+from factory.plugins import GeneratorPlugin
 from factory.readers import ReadError, jsonl_records
 from factory.teacher import Sampling, Teacher, parse_spec
 from factory.warehouse import Warehouse
@@ -99,7 +100,7 @@ class ReflectConfig(PromptSource):
     @classmethod
     def _levels(cls, levels: list[str]) -> list[str]:
         if not levels or any(not level.strip() for level in levels):
-            raise ValueError("give at least one non-empty difficulty level")
+            raise ConfigError("give at least one non-empty difficulty level")
         return levels
 
 
@@ -301,9 +302,8 @@ def run(wh: Warehouse, cfg: ReflectConfig, progress: bool = False) -> Generation
     )
 
 
-plugin = Plugin(
+plugin = GeneratorPlugin(
     name="reflect",
-    kind="generator",
     config=ReflectConfig,
     run=run,
     summary="reflective teacher-student loop (survey Algorithm 1): retrieved context, leveled questions, alignment matrix",

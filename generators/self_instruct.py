@@ -25,6 +25,7 @@ from typing import Any
 
 from pydantic import BaseModel, Field
 
+from factory.errors import ConfigError
 from factory.generation import (
     GenerationSummary,
     Output,
@@ -33,7 +34,7 @@ from factory.generation import (
     run_generator,
     template_hash,
 )
-from factory.plugins import Plugin
+from factory.plugins import GeneratorPlugin
 from factory.rouge import RougeIndex
 from factory.teacher import Request, Sampling, Teacher
 from factory.warehouse import Warehouse
@@ -93,7 +94,7 @@ def _seeds(wh: Warehouse, cfg: SelfInstructConfig) -> list[dict[str, Any]]:
         {"d": cfg.classification_domain},
     )
     if frame.height < cfg.human_in_context:
-        raise ValueError(
+        raise ConfigError(
             f"snapshot '{cfg.on}' has {frame.height} seed instructions; Self-Instruct needs at least "
             f"{cfg.human_in_context} (human_in_context)"
         )
@@ -303,9 +304,8 @@ def run(wh: Warehouse, cfg: SelfInstructConfig, progress: bool = False) -> Gener
     )
 
 
-plugin = Plugin(
+plugin = GeneratorPlugin(
     name=NAME,
-    kind="generator",
     config=SelfInstructConfig,
     run=run,
     summary="Self-Instruct: new tasks from seed tasks, the paper's prompts, decoding and filters",

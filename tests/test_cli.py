@@ -142,3 +142,37 @@ def test_console_script_is_installed():
     script = Path(sys.executable).parent / "factory"
     proc = subprocess.run([str(script), "--help"], capture_output=True, text=True)
     assert proc.returncode == 0 and "import" in proc.stdout and "snapshot" in proc.stdout
+
+
+def test_generate_human_is_the_importer_and_errors_are_one_line(session):
+    cwd = session
+    write_jsonl(cwd / "more.jsonl", alpaca(3, prefix="more"))
+    made = run("generate", "human", "--set", "path=more.jsonl", "--set", "source=more", cwd=cwd)
+    assert made.returncode == 0
+    counted = run("sql", "SELECT count(*) AS n FROM rows WHERE source = 'more'", "--format", "csv", cwd=cwd)
+    assert counted.stdout.split() == ["n", "3"]
+    no_path = run("generate", "human", cwd=cwd, ok=False)
+    assert no_path.returncode == 1 and "factory import PATH" in no_path.stderr
+    typo = run("filter", "heuristics", "--set", "max_repitition=0.5", cwd=cwd, ok=False)
+    assert typo.returncode == 1 and "unknown setting 'max_repitition'" in typo.stderr
+    for failed in (no_path, typo, run("sql", "SELECT nope FROM rows", cwd=cwd, ok=False)):
+        assert "Traceback" not in failed.stderr and failed.stderr.startswith("error: "), failed.stderr
+
+
+def test_an_unexpected_error_is_a_bug_and_debug_shows_its_traceback(session, monkeypatch, capsys):
+    from factory.cli import common, main
+
+    def broken(*args: object, **kwargs: object) -> None:
+        raise KeyError("a plugin's bug")
+
+    monkeypatch.setattr(common, "console", broken)  # printing fails: not a FactoryError
+    argv = ["plugins"]
+    for debug in (False, True):
+        with pytest.raises(SystemExit) as stopped:
+            main([*argv, "--debug"] if debug else argv)
+        assert stopped.value.code == 1
+        err = capsys.readouterr().err
+        if debug:
+            assert "Traceback" in err and "KeyError" in err
+        else:
+            assert "unexpected KeyError" in err and "--debug" in err and "Traceback" not in err

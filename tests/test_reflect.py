@@ -13,9 +13,9 @@ import numpy as np
 import pytest
 
 import factory
-from factory import alignment as drawing
 from factory.embeddings import encode
 from factory.readers import ReadError
+from generators import _alignment as drawing
 from generators import reflect
 from tests.conftest import write_jsonl
 

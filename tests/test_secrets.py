@@ -9,7 +9,7 @@ import sys
 import pytest
 
 import factory
-from factory.redact import scrub
+from factory.errors import scrub
 from tests.servers import ScriptedServer
 
 FACTORY = [sys.executable, "-m", "factory.cli"]

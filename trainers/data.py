@@ -23,6 +23,7 @@ from typing import Any
 import numpy as np
 import torch
 
+from factory.errors import ConfigError
 from factory.readers import jsonl_records
 
 IGNORE = -100
@@ -63,7 +64,7 @@ def use_template(tokenizer: Any, name: str | None) -> None:
     if name:
         tokenizer.chat_template = TEMPLATES.get(name, name)
     elif not getattr(tokenizer, "chat_template", None):
-        raise ValueError(
+        raise ConfigError(
             "the model's tokenizer has no chat template: name one with chat_template=chatml "
             "(or alpaca, or a Jinja template)"
         )

@@ -15,9 +15,10 @@ from typing import Any
 import torch
 from pydantic import Field
 
-from factory.plugins import Plugin
+from factory.errors import ConfigError
+from factory.plugins import TrainerPlugin, TrainJob, TrainResult
 from trainers import data, loop, methods
-from trainers.sft import SftConfig, TrainJob, TrainResult, examples_for, fit, load_model, target_logits
+from trainers.sft import SftConfig, examples_for, fit, load_model, target_logits
 
 
 class DistillConfig(SftConfig):
@@ -52,7 +53,7 @@ def run(job: TrainJob) -> TrainResult:
     model, tokenizer = load_model(cfg.model, cfg.method)
     teacher, _ = load_model(cfg.teacher)
     if teacher.config.vocab_size != model.config.vocab_size:
-        raise ValueError(
+        raise ConfigError(
             f"teacher vocabulary ({teacher.config.vocab_size}) differs from the student's "
             f"({model.config.vocab_size}): token-level distillation needs one tokenizer; distil through "
             "generated data instead (factory generate distill)"
@@ -67,9 +68,8 @@ def run(job: TrainJob) -> TrainResult:
     return result
 
 
-plugin = Plugin(
+plugin = TrainerPlugin(
     name="distill",
-    kind="trainer",
     config=DistillConfig,
     run=run,
     summary="distillation: KL(teacher || student) over next-token distributions, mixed with SFT",

@@ -14,9 +14,10 @@ from typing import Any
 import torch
 from pydantic import Field, model_validator
 
-from factory.plugins import Plugin
+from factory.errors import ConfigError
+from factory.plugins import TrainerPlugin, TrainJob, TrainResult
 from trainers import data, loop, methods
-from trainers.sft import SftConfig, TrainJob, TrainResult, fit, load_model, target_logits
+from trainers.sft import SftConfig, fit, load_model, target_logits
 
 
 class DpoConfig(SftConfig):
@@ -26,7 +27,7 @@ class DpoConfig(SftConfig):
     @model_validator(mode="after")
     def _no_packing(self) -> DpoConfig:
         if self.packing:
-            raise ValueError("dpo compares whole responses pair by pair: set packing=false")
+            raise ConfigError("dpo compares whole responses pair by pair: set packing=false")
         return self
 
 
@@ -99,9 +100,8 @@ def run(job: TrainJob) -> TrainResult:
     return result
 
 
-plugin = Plugin(
+plugin = TrainerPlugin(
     name="dpo",
-    kind="trainer",
     config=DpoConfig,
     run=run,
     summary="Direct Preference Optimisation on prompt/chosen/rejected pairs against a frozen reference",

@@ -23,7 +23,8 @@ from typing import Any, Literal
 import yaml
 from pydantic import Field
 
-from factory import outputs
+from factory import config, outputs
+from factory.errors import ConfigError
 from factory.warehouse import Warehouse
 from trainers.data import read_jsonl
 from trainers.sft import SftConfig
@@ -42,7 +43,7 @@ class ExternalConfig(SftConfig):
 def _method(tool: str, method: str) -> str:
     supported = {"llamafactory": ("full", "lora", "qlora"), "axolotl": ("full", "lora", "qlora")}[tool]
     if method not in supported:
-        raise ValueError(
+        raise ConfigError(
             f"{tool} trains {', '.join(supported)}; for {method} use `factory train` (our sft trainer has it)"
         )
     return method
@@ -68,7 +69,7 @@ def llamafactory(wh: Warehouse, snapshot: str, out: Path, cfg: ExternalConfig, f
         force=force,
     )
     if cfg.stage == "dpo" and not exported["preference"]:
-        raise ValueError(
+        raise ConfigError(
             f"snapshot '{snapshot}' has rows without a rejected answer: DPO needs preference pairs"
         )
     config: dict[str, Any] = {
@@ -192,8 +193,8 @@ def write_config(
 
     Files already in `out` are replaced only with `force`; `out` may not lie inside the warehouse."""
     if tool not in TOOLS:
-        raise ValueError(f"unknown tool '{tool}': choose {' or '.join(TOOLS)}")
-    cfg = ExternalConfig(**values)
+        raise ConfigError(f"unknown tool '{tool}': choose {' or '.join(TOOLS)}")
+    cfg = config.validate(ExternalConfig, values)
     outputs.check_folder(out, [], wh.protected_paths(), force)
     out.mkdir(parents=True, exist_ok=True)
     return (llamafactory if tool == "llamafactory" else axolotl)(wh, snapshot, out, cfg, force)

@@ -30,6 +30,8 @@ from pydantic import BaseModel, Field
 from safetensors import SafetensorError
 from safetensors.torch import load_file, save_file
 
+from factory.errors import ConfigError, InputError
+
 Batch = dict[str, torch.Tensor]
 LossFn = Callable[[Any, Batch], torch.Tensor]  # the sum of a micro-batch's unit losses
 UnitsFn = Callable[[Batch], int]
@@ -91,7 +93,7 @@ def train(
     torch.manual_seed(settings.seed)
     plan = schedule(len(items), settings)
     if not plan:
-        raise ValueError("nothing to train on: the snapshot's train split is empty")
+        raise ConfigError("nothing to train on: the snapshot's train split is empty")
     params = [p for p in model.parameters() if p.requires_grad]
     optimizer = torch.optim.AdamW(params, lr=settings.learning_rate, weight_decay=settings.weight_decay)
     warmup = int(settings.warmup_ratio * len(plan))
@@ -167,13 +169,13 @@ def _resume(model: Any, optimizer: Any, scheduler: Any, folder: Path, logs: list
         # never unpickled (a crafted state.pt cannot run code).
         state = torch.load(found[-1] / "state.pt", weights_only=True)
     except (OSError, RuntimeError, pickle.UnpicklingError, SafetensorError) as exc:
-        raise ValueError(
+        raise InputError(
             f"checkpoint {found[-1]} cannot be read safely ({str(exc).splitlines()[0]}): "
             "remove it or train into a new folder"
         ) from exc
     missing = set(_trainable_state(model)) - set(weights)
     if missing:
-        raise ValueError(
+        raise InputError(
             f"checkpoint {found[-1]} does not fit this model and method (e.g. {sorted(missing)[0]} missing): "
             "remove it or train into a new folder"
         )

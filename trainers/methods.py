@@ -12,6 +12,8 @@ from typing import Any, Literal
 
 from pydantic import BaseModel, Field
 
+from factory.errors import ConfigError, SetupError
+
 METHODS = ("full", "lora", "qlora", "prefix", "prompt", "ptuning", "ia3", "bitfit")
 Method = Literal["full", "lora", "qlora", "prefix", "prompt", "ptuning", "ia3", "bitfit"]
 PACKABLE = ("full", "lora", "qlora", "ia3", "bitfit")  # virtual-token methods shift positions
@@ -43,7 +45,7 @@ def prepare(model: Any, method: str, settings: MethodSettings) -> Any:
         model.requires_grad_(False)
         biases = [p for name, p in model.named_parameters() if name.endswith(".bias")]
         if not biases:
-            raise ValueError(
+            raise ConfigError(
                 "BitFit trains only bias terms and this model has none (Llama and Gemma have no biases): "
                 "choose another method, or a model with biases (GPT-2, BERT, Qwen2 attention)"
             )
@@ -68,7 +70,7 @@ def prepare(model: Any, method: str, settings: MethodSettings) -> Any:
                                       feedforward_modules=_feedforward(model)),
     }  # fmt: skip
     if method not in configs:
-        raise ValueError(f"unknown method '{method}': choose one of {', '.join(METHODS)}")
+        raise ConfigError(f"unknown method '{method}': choose one of {', '.join(METHODS)}")
     if method == "qlora":
         model = peft.prepare_model_for_kbit_training(model)
     return peft.get_peft_model(model, configs[method]())
@@ -78,14 +80,14 @@ def _check_qlora() -> None:
     import torch
 
     if not torch.cuda.is_available():
-        raise RuntimeError(
+        raise SetupError(
             "QLoRA quantises the base model to 4 bits with bitsandbytes, which needs a CUDA GPU; this machine "
             "has none. Use method=lora on CPU (same adapters, full-precision base)."
         )
     try:
         import bitsandbytes  # noqa: F401
     except ImportError as exc:
-        raise RuntimeError("QLoRA needs bitsandbytes: pip install 'instruction-factory[train-gpu]'") from exc
+        raise SetupError("QLoRA needs bitsandbytes: pip install 'instruction-factory[train-gpu]'") from exc
 
 
 def quantization(method: str) -> Any:
@@ -116,7 +118,7 @@ def _ia3_targets(model: Any, settings: MethodSettings) -> list[str]:
         return list(settings.target_modules)
     found = sorted(_linear_names(model) & {"k_proj", "v_proj", "key", "value"}) + _feedforward(model)
     if not found:
-        raise ValueError("IA3: name target_modules for this model (no k_proj / v_proj / down_proj found)")
+        raise ConfigError("IA3: name target_modules for this model (no k_proj / v_proj / down_proj found)")
     return found
 
 

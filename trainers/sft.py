@@ -16,14 +16,14 @@ SFTTrainer on the same model, data and settings.
 from __future__ import annotations
 
 import time
-from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 import torch
 from pydantic import Field, model_validator
 
-from factory.plugins import Plugin
+from factory.errors import ConfigError
+from factory.plugins import TrainerPlugin, TrainJob, TrainResult
 from trainers import data, loop, methods
 
 
@@ -42,27 +42,11 @@ class SftConfig(loop.LoopSettings, methods.MethodSettings):
     @model_validator(mode="after")
     def _packing_fits(self) -> SftConfig:
         if self.packing and self.method not in methods.PACKABLE:
-            raise ValueError(
+            raise ConfigError(
                 f"packing works with {', '.join(methods.PACKABLE)}: {self.method} adds virtual tokens "
                 "that would shift the packed rows' positions; set packing=false"
             )
         return self
-
-
-@dataclass
-class TrainJob:
-    """What the factory hands a trainer: the export to read, a folder to write, the config."""
-
-    data: Path
-    out: Path
-    config: Any
-    progress: bool = False
-
-
-@dataclass
-class TrainResult:
-    artifact: Path
-    metrics: dict[str, Any] = field(default_factory=dict)
 
 
 def load_model(name: str, method: str = "full") -> tuple[Any, Any]:
@@ -78,7 +62,7 @@ def load_model(name: str, method: str = "full") -> tuple[Any, Any]:
             folder, dtype=torch.float32, quantization_config=methods.quantization(method)
         )
     except OSError as exc:
-        raise ValueError(
+        raise ConfigError(
             f"cannot load model '{name}': give a local folder, a GGUF file or 'embedded' ({exc})"
         ) from exc
     if tokenizer.pad_token is None:
@@ -196,9 +180,8 @@ def _printer(progress: bool) -> Any:
     return show
 
 
-plugin = Plugin(
+plugin = TrainerPlugin(
     name="sft",
-    kind="trainer",
     config=SftConfig,
     run=run,
     summary="supervised fine-tuning: full, LoRA, QLoRA, prefix, prompt, P-tuning, IA3, BitFit",

@@ -19,7 +19,7 @@ from typing import Any
 
 import openai
 
-from factory import redact
+from factory import errors
 from factory.teacher import Attempt, Request, Sample, TeacherError, TeacherOptions, api_key
 
 BASE_DELAY_S, MAX_DELAY_S = 0.25, 30.0
@@ -48,7 +48,7 @@ def _describe(exc: Exception, key: str | None = None) -> str:
         kind = f"http_{status}"
     else:
         kind = "bad_response"
-    return f"{kind}: {type(exc).__name__}: {redact.scrub(str(exc), [key])[:300]}"
+    return f"{kind}: {type(exc).__name__}: {errors.scrub(str(exc), [key])[:300]}"
 
 
 def _choices_to_samples(response: Any, chat: bool, n: int) -> list[Sample]:

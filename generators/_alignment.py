@@ -1,4 +1,4 @@
-"""The alignment matrix of a `reflect` row, read back and drawn as a heat map.
+"""The alignment matrix of a `reflect` row, read back and drawn as a heat map (`factory alignment`).
 
 The reflect generator stores A (difficulty levels x iterations, eq. 31) in the
 lineage of the row it produced. Seeing it is how a user judges the loop: which
@@ -12,12 +12,17 @@ from __future__ import annotations
 import json
 from dataclasses import dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Annotated
+
+import typer
+
+from factory.cli.common import Warehouse, console, open_warehouse, shown
+from factory.errors import NotFound, SetupError
 
 if TYPE_CHECKING:
     from rich.table import Table
 
-    from factory.warehouse import Warehouse
+    from factory.warehouse import Warehouse as WarehouseType
 
 
 @dataclass
@@ -29,20 +34,18 @@ class Alignment:
     converged: bool
 
 
-def alignment(wh: Warehouse, row_id: str) -> Alignment:
+def alignment(wh: WarehouseType, row_id: str) -> Alignment:
     """The alignment matrix of the reflect row whose id starts with `row_id`."""
     found = wh.sql(
         "SELECT id, instruction, generator, generator_params FROM rows WHERE starts_with(id, ?) LIMIT 2",
         [row_id],
     )
     if found.height != 1:
-        raise LookupError(
-            f"row {row_id}: {'no row has' if found.height == 0 else 'several rows have'} this id"
-        )
+        raise NotFound(f"row {row_id}: {'no row has' if found.height == 0 else 'several rows have'} this id")
     row = found.row(0, named=True)
     params = json.loads(row["generator_params"] or "{}")
     if row["generator"] != "reflect" or "alignment" not in params:
-        raise LookupError(
+        raise NotFound(
             f"row {row['id']}: made by {row['generator']}, not by reflect: it has no alignment matrix"
         )
     return Alignment(
@@ -85,9 +88,7 @@ def heatmap_png(a: Alignment, path: Path) -> Path:
         matplotlib.use("Agg")
         import matplotlib.pyplot as plt
     except ImportError as exc:
-        raise RuntimeError(
-            "a PNG heat map needs matplotlib: pip install 'instruction-factory[plot]'"
-        ) from exc
+        raise SetupError("a PNG heat map needs matplotlib: pip install 'instruction-factory[plot]'") from exc
     iterations = len(a.matrix[0]) if a.matrix else 0
     figure, axes = plt.subplots(figsize=(1.2 + 0.9 * iterations, 0.8 + 0.5 * len(a.levels)))
     image = axes.imshow(a.matrix, cmap="Oranges", vmin=0, vmax=1, aspect="auto")
@@ -103,3 +104,29 @@ def heatmap_png(a: Alignment, path: Path) -> Path:
     figure.savefig(path, dpi=120)
     plt.close(figure)
     return path
+
+
+def register(app: typer.Typer) -> None:
+    """The `factory alignment` command (registered under the `factory.commands` entry point)."""
+    app.command("alignment")(show)
+
+
+def show(
+    row_id: Annotated[
+        str, typer.Argument(help="id (or unique prefix) of a row made by the reflect generator")
+    ],
+    png: Annotated[Path | None, typer.Option(help="also save the heat map as this PNG file")] = None,
+    force: Annotated[bool, typer.Option(help="replace an existing --png file")] = False,
+    warehouse: Warehouse = None,
+) -> None:
+    """The alignment matrix of a reflect row as a heat map (levels x iterations, survey eq. 31)."""
+    from factory import outputs
+
+    wh = open_warehouse(warehouse, read_only=True)
+    if png is not None:
+        outputs.check_file(png, wh.protected_paths(), force, flag="--png")
+    found = alignment(wh, row_id)
+    console().print(heatmap_table(found))
+    if png is not None:
+        outputs.write_file(png, lambda path: heatmap_png(found, path), wh.protected_paths(), force, "--png")
+        console().print(f"saved {shown(png)}")

@@ -1,0 +1,56 @@
+"""`factory filter NAME`: judge rows with a filter plugin; verdicts only, no row is deleted."""
+
+from __future__ import annotations
+
+import sys
+from typing import Annotated
+
+import typer
+
+from factory.cli.common import ConfigFile, Settings, Warehouse, console, fail, open_warehouse, shown, values
+
+
+def filter_(
+    name: Annotated[str, typer.Argument(help="filter plugin (see `factory plugins`), e.g. exact")],
+    on: Annotated[str | None, typer.Option("--on", help="judge the rows of this snapshot")] = None,
+    where: Annotated[str | None, typer.Option(help="judge the rows matching this SQL condition")] = None,
+    engine: Annotated[
+        str, typer.Option(help="local, or ray: row-local filters on a Ray Data cluster (started if none)")
+    ] = "local",
+    set_: Settings = None,
+    config: ConfigFile = None,
+    warehouse: Warehouse = None,
+) -> None:
+    """Judge rows with a filter; it writes verdicts and never deletes a row.
+
+    A rerun with the same config judges only rows it has not judged, against what it kept.
+    Examples:
+      factory filter exact
+      factory filter exact --on base --set key=instruction --set keep=longest
+      factory filter heuristics --set 'languages=[en]' --engine ray
+      factory filter decontaminate --set 'eval_files=[gsm8k.jsonl]'
+      factory filter judge --set teacher.teacher=openai:gpt-4o-mini --set threshold=4.5
+    """
+    from factory import filtering, plugins
+
+    if engine not in ("local", "ray"):
+        fail(f"--engine must be local or ray, not {engine!r}")
+    _, cfg = plugins.configured("filter", name, values(config, set_))
+    summary = filtering.run_filter(
+        open_warehouse(warehouse), name, cfg, on=on, where=where, engine=engine, progress=sys.stderr.isatty()
+    )
+    reasons = ", ".join(f"{reason} {n:,}" for reason, n in summary.reasons.items()) or "none"
+    out = console()
+    if summary.waited_for:
+        out.print(f"waited for {shown(summary.waited_for)}")
+    out.print(
+        f"filter {shown(name)} (run {summary.run_id}): {summary.candidates:,} row(s) judged, "
+        f"{summary.already_judged:,} already judged by this config; kept {summary.kept:,}, "
+        f"dropped {summary.dropped:,} ({shown(reasons)})"
+        + (f"; wrote {summary.new_rows:,} new row(s)" if summary.new_rows else "")
+        + ". See why: factory why ROW_ID"
+    )
+
+
+def register(app: typer.Typer) -> None:
+    app.command("filter")(filter_)
