@@ -29,6 +29,7 @@ import openai
 import factory
 from factory.call_cache import CallCache, call_key
 from factory.rouge import RougeIndex, tokenize
+from factory.store import jobs
 from factory.teacher import Request, Sampling, Teacher, TeacherOptions, make_backend, parse_spec
 
 OUT = Path("bench-out")
@@ -74,7 +75,7 @@ def throughput(requests: int, concurrency: int, max_tokens: int, trials: int = 6
                     tokens = asyncio.run(_bare(server.url, prompts, concurrency, max_tokens))
                 else:  # the warehouse and job exist before; the timed part is generate + commit
                     wh = factory.init(work / f"wh-{trial}")
-                    job = wh.start_job("generate", "bench", {})
+                    job = jobs.start(wh, "generate", "bench", {})
                     options = TeacherOptions(concurrency=concurrency)
                     teacher = Teacher(make_backend(parse_spec(f"openai:tiny@{server.url}"), options),
                                       CallCache(wh, job))  # fmt: skip
@@ -102,7 +103,7 @@ def cache_replay(calls: int) -> None:
     work = Path(tempfile.mkdtemp(prefix="cache-bench-"))
     try:
         wh = factory.init(work / "wh")
-        job = wh.start_job("generate", "bench", {})
+        job = jobs.start(wh, "generate", "bench", {})
         cache = CallCache(wh, job)
         requests = [
             Request(prompt=f"cached prompt {i}", sampling=Sampling(max_tokens=16)) for i in range(calls)
@@ -113,7 +114,7 @@ def cache_replay(calls: int) -> None:
             cache.record({"key": key, "backend": "openai", "model": "m", "params": params, "prompt": r.text,
                           "sample": 0, "response": "answer " + r.text, "finish_reason": "stop"})  # fmt: skip
         cache.close()
-        job2 = wh.start_job("generate", "bench", {})
+        job2 = jobs.start(wh, "generate", "bench", {})
         teacher = Teacher(make_backend(parse_spec("openai:m@http://127.0.0.1:9/v1"), TeacherOptions()),
                           CallCache(wh, job2))  # fmt: skip
         started = time.perf_counter()

@@ -24,6 +24,7 @@ from pydantic import BaseModel, Field
 from factory import ifeval
 from factory.embeddings import BUNDLED
 from factory.errors import ConfigError
+from factory.models import loader
 from factory.rouge import f1 as rouge_f1
 from factory.warehouse import Warehouse
 
@@ -90,31 +91,6 @@ def eval_rows(wh: Warehouse, snapshot: str, settings: EvalSettings) -> pl.DataFr
     return frame.head(settings.limit) if settings.limit else frame
 
 
-def load_for_eval(model: str) -> tuple[Any, Any]:
-    """A trained artifact (a full model or a peft adapter folder) or any model name, ready to generate."""
-    from pathlib import Path
-
-    import torch
-    from transformers import AutoTokenizer
-
-    from factory.embedded import model_folder
-
-    folder = model_folder(model)
-    if (Path(folder) / "adapter_config.json").exists():
-        from peft import AutoPeftModelForCausalLM
-
-        net = AutoPeftModelForCausalLM.from_pretrained(folder, dtype=torch.float32)
-    else:
-        from transformers import AutoModelForCausalLM
-
-        net = AutoModelForCausalLM.from_pretrained(folder, dtype=torch.float32)
-    tokenizer = AutoTokenizer.from_pretrained(folder)
-    if tokenizer.pad_token is None:
-        tokenizer.pad_token = tokenizer.eos_token
-    net.eval()
-    return net, tokenizer
-
-
 def _losses(net: Any, tokenizer: Any, conversations: list) -> list[tuple[float, int]]:
     import torch
 
@@ -153,14 +129,14 @@ def _generate(net: Any, tokenizer: Any, conversations: list, settings: EvalSetti
 def _judged(
     settings: EvalSettings, questions: list[str], answers: list[str], wh: Warehouse, run_id: str
 ) -> list[float | None]:
-    from factory.call_cache import CallCache
     from factory.generation import ask
-    from factory.teacher import Sampling, Teacher, TeacherOptions, make_backend, parse_spec
+    from factory.teacher import Sampling, TeacherConfig, open_teacher
 
-    teacher = Teacher(make_backend(parse_spec(str(settings.judge)), TeacherOptions()), CallCache(wh, run_id))
-    verdicts = ask(teacher, [JUDGE.format(question=q, answer=a) for q, a in zip(questions, answers, strict=True)],
-                   Sampling(temperature=0.0, max_tokens=512))  # fmt: skip
-    teacher.close()
+    with open_teacher(
+        wh, run_id, TeacherConfig(teacher=str(settings.judge))
+    ) as teacher:  # closed on failure too
+        verdicts = ask(teacher, [JUDGE.format(question=q, answer=a) for q, a in zip(questions, answers, strict=True)],
+                       Sampling(temperature=0.0, max_tokens=512))  # fmt: skip
     found = [RATING.search(v[0] or "") for v in verdicts]
     return [float(m.group(1)) if m else None for m in found]
 
@@ -176,7 +152,7 @@ def evaluate(
 
     settings = settings or EvalSettings()
     rows = eval_rows(wh, snapshot, settings)
-    net, tokenizer = load_for_eval(model)
+    net, tokenizer = loader.load(model)  # a trained adapter folder loads on its base model
     data.use_template(tokenizer, settings.chat_template)
     conversations = rows["messages"].to_list()
     references = [next(m["content"] for m in reversed(c) if m["role"] == "assistant") for c in conversations]

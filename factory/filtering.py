@@ -27,9 +27,10 @@ from pydantic import BaseModel
 
 from factory import lake, plugins, snapshots
 from factory.errors import ConfigError, SetupError
-from factory.generation import stored_config
 from factory.plugins import FilterContext, FilterResult, PluginError
-from factory.warehouse import Waiting, Warehouse, lock_key, verdict_frame
+from factory.store import jobs
+from factory.teacher import public_config
+from factory.warehouse import Warehouse, verdict_frame
 
 Engine = Literal["local", "ray"]
 
@@ -86,13 +87,12 @@ def run_filter(
         raise ConfigError(
             f"filter '{name}' compares rows with each other, so it runs in-process only: drop --engine ray"
         )
-    config_json = json.dumps(stored_config(cfg), sort_keys=True)
+    config_json = json.dumps(public_config(cfg), sort_keys=True)
+    stored = json.loads(config_json)  # keys sorted: jobs.config is then config_json, which finds earlier runs
     selection = _selection(wh, on, where)
-    waiting = Waiting()
-    stored = json.loads(config_json)
-    job = wh.start_job("filter", name, stored, lock=lock_key("filter", name, stored), on_wait=waiting)
-    summary = FilterSummary(run_id=job, filter=name, waited_for=waiting.said())
-    try:
+    with jobs.running(wh, "filter", name, stored, identical_wait=True) as job:
+        summary = FilterSummary(run_id=job.id, filter=name, waited_for=job.waited_for)
+        job.summary = lambda: {k: v for k, v in summary.__dict__.items() if k != "run_id"}
         # Read after the job started: an identical job this one waited for has written its verdicts.
         runs = _earlier_runs(wh, name, config_json)
         judged = "SELECT id FROM verdicts WHERE list_contains($runs, run_id)"
@@ -117,7 +117,7 @@ def run_filter(
         elif engine == "ray":
             result = on_ray(plugin, candidates, cfg)
         else:
-            result = as_result(plugin.run(candidates, kept_pool, cfg, FilterContext(wh, job, progress)))
+            result = as_result(plugin.run(candidates, kept_pool, cfg, FilterContext(wh, job.id, progress)))
         verdicts = verdict_frame(result.verdicts)
         if verdicts.height != candidates.height or set(verdicts["id"]) != set(candidates["id"]):
             raise PluginError(f"filter '{name}' must return one verdict per candidate row")
@@ -133,17 +133,14 @@ def run_filter(
 
         def finish(lk: lake.Lake, inserted: Any = None) -> None:
             summary.new_rows = inserted.inserted if inserted is not None else 0
-            wh.insert_verdicts(lk, verdicts, name, job)
-            stats = {k: v for k, v in summary.__dict__.items() if k != "run_id"}
-            wh.finish_job(lk, job, "succeeded", stats)
+            wh.insert_verdicts(lk, verdicts, name, job.id)
+            job.end(lk)
 
+        message = f"filter: {name} run {job.id} ({verdicts.height} verdicts)"
         if new_rows is None:
-            wh.lake.write(f"filter: {name} run {job} ({verdicts.height} verdicts)", finish)
+            wh.lake.write(message, finish)
         else:
-            wh.add_rows([new_rows], f"filter: {name} run {job} ({verdicts.height} verdicts)", job, finish)
-    except Exception as exc:
-        wh.fail_job(job, f"{type(exc).__name__}: {exc}")
-        raise
+            wh.add_rows([new_rows], message, job.id, finish)
     return summary
 
 

@@ -20,32 +20,22 @@ from dataclasses import dataclass, field
 from typing import Any, Protocol
 
 import polars as pl
-from pydantic import BaseModel, Field
+from pydantic import BaseModel
 
 from factory import lake
-from factory.call_cache import CallCache
 from factory.plugins import JobSummary
+from factory.store import jobs
 from factory.teacher import (
-    BACKENDS,
     BudgetExhausted,
     Request,
     Sampling,
     Teacher,
-    TeacherOptions,
-    make_backend,
+    TeacherConfig,
+    open_teacher,
     parse_spec,
+    public_config,
 )
-from factory.warehouse import Waiting, Warehouse, ids_of, lock_key, verdict_frame
-
-
-class TeacherConfig(BaseModel):
-    """The teacher part of every generator's config (the CLI's --teacher and budget flags)."""
-
-    teacher: str = Field("hf:embedded", description="teacher spec BACKEND:MODEL[@BASE_URL]")
-    options: TeacherOptions = Field(default_factory=TeacherOptions)
-    max_calls: int | None = Field(None, gt=0, description="stop cleanly after this many teacher requests")
-    max_tokens: int | None = Field(None, gt=0, description="stop cleanly after this many tokens")
-    seed: int = Field(0, description="seed of every random choice, so a rerun asks the same questions")
+from factory.warehouse import Warehouse, ids_of, verdict_frame
 
 
 @dataclass
@@ -143,25 +133,21 @@ def run_generator(
 ) -> GenerationSummary:
     """Run `produce` with a cached teacher and store what it made in one commit.
 
+    An identical run in progress is waited for, then this one answers from its cached calls.
     `also` writes more in that commit (a generator's own state, e.g. a search tree).
     """
     spec = parse_spec(teacher_config.teacher)
-    stored = stored_config(config)
-    waiting = Waiting()  # an identical run in progress: wait, then answer from its cached calls
-    job = wh.start_job("generate", name, stored, lock=lock_key("generate", name, stored), on_wait=waiting)
-    summary = GenerationSummary(job_id=job, generator=name, teacher=str(spec), waited_for=waiting.said())
-    out = Output()
-    teacher: Teacher | None = None
-    try:
-        backend = make_backend(spec, teacher_config.options)
-        teacher = Teacher(
-            backend, CallCache(wh, job), teacher_config.max_calls, teacher_config.max_tokens, progress
+    with jobs.running(wh, "generate", name, public_config(config), identical_wait=True) as job:
+        summary = GenerationSummary(
+            job_id=job.id, generator=name, teacher=str(spec), waited_for=job.waited_for
         )
-        try:
-            produce(teacher, out)
-        except BudgetExhausted as exc:
-            summary.stopped = str(exc)
-        teacher.close()
+        job.summary = summary.as_dict
+        out = Output()
+        with open_teacher(wh, job.id, teacher_config, progress) as teacher:
+            try:
+                produce(teacher, out)
+            except BudgetExhausted as exc:
+                summary.stopped = str(exc)
         summary.teacher_stats = teacher.stats.as_dict()
         summary.accepted = len(out.rows)
         for _, reason in out.rejected:
@@ -178,34 +164,15 @@ def run_generator(
                 .with_columns(keep=pl.lit(False))
             )
         rows = out.rows + rejected_rows
-        status = "stopped" if summary.stopped else "succeeded"
 
         def finish(lk: lake.Lake, result: Any) -> None:
             summary.inserted = result.inserted
-            wh.insert_verdicts(lk, verdict_frame(verdicts), name, job, once=True)
+            wh.insert_verdicts(lk, verdict_frame(verdicts), name, job.id, once=True)
             if also is not None:
                 also(lk)
-            wh.finish_job(lk, job, status, summary.as_dict())
+            job.end(lk, "stopped" if summary.stopped else "succeeded")
 
-        wh.add_rows([_frame(rows)] if rows else [], f"generate: {name} job {job}", job, on_commit=finish)
-    except BaseException as exc:
-        if teacher is not None:
-            teacher.cache.flush()
-        wh.fail_job(job, f"{type(exc).__name__}: {exc}", summary.as_dict())
-        raise
+        wh.add_rows(
+            [_frame(rows)] if rows else [], f"generate: {name} job {job.id}", job.id, on_commit=finish
+        )
     return summary
-
-
-def stored_config(config: BaseModel) -> dict[str, Any]:
-    """A config as jobs record it: every teacher as BACKEND:MODEL, since a base URL is never stored."""
-
-    def strip(value: Any) -> Any:
-        if isinstance(value, dict):
-            return {k: strip(v) for k, v in value.items()}
-        if isinstance(value, list):
-            return [strip(v) for v in value]
-        if isinstance(value, str) and "@" in value and value.partition(":")[0] in BACKENDS:
-            return str(parse_spec(value))  # a teacher spec (teacher, judge, ...): its URL goes
-        return value
-
-    return strip(config.model_dump(mode="json"))

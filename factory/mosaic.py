@@ -28,7 +28,6 @@ import random
 import re
 from dataclasses import dataclass, field
 from functools import cache
-from pathlib import Path
 from typing import Any, Literal
 
 import numpy as np
@@ -36,6 +35,7 @@ import polars as pl
 from pydantic import BaseModel, Field, model_validator
 
 from factory.errors import ConfigError
+from factory.models import loader
 from factory.schema import user_turn
 
 Strategy = Literal["format", "permute", "maskout"]
@@ -224,17 +224,7 @@ PART_OVERHEAD_TEXT = "\n\nTask 10: \n\nTask 10:\nBEGIN ANSWER\n\nEND ANSWER"
 @cache
 def load_tokenizer(name: str) -> Any:
     """The tokenizer that measures budgets: the embedded model's, or one from a local folder."""
-    from transformers import AutoTokenizer
-
-    from factory import embedded
-
-    folder = embedded.converted_model() if name == "embedded" else Path(name)
-    try:
-        return AutoTokenizer.from_pretrained(folder)
-    except OSError as exc:
-        raise ConfigError(
-            f"tokenizer '{name}': not a tokenizer folder ({exc}); give a local path or 'embedded'"
-        ) from exc
+    return loader.load_tokenizer(name)
 
 
 def token_counts(tokenizer: Any, texts: list[str], batch: int = 4096) -> np.ndarray:

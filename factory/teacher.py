@@ -21,18 +21,22 @@ request. Budgets (`max_calls`, `max_tokens`) stop a job cleanly with
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import sys
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, field
-from typing import Any, Protocol
+from typing import TYPE_CHECKING, Any, Protocol
 
 from pydantic import BaseModel, Field
 
 from factory.call_cache import CallCache, call_key
 from factory.errors import FactoryError
+
+if TYPE_CHECKING:
+    from factory.warehouse import Warehouse
 
 BACKENDS = ("openai", "hf", "vllm")
 
@@ -357,6 +361,50 @@ def _sample_from_record(record: dict[str, Any]) -> Sample:
         logprobs=json.loads(logprobs) if isinstance(logprobs, str) else logprobs,
         cached=True,
     )
+
+
+class TeacherConfig(BaseModel):
+    """The teacher part of a generator's or a filter's config (the CLI's --teacher and budget flags)."""
+
+    teacher: str = Field("hf:embedded", description="teacher spec BACKEND:MODEL[@BASE_URL]")
+    options: TeacherOptions = Field(default_factory=TeacherOptions)
+    max_calls: int | None = Field(None, gt=0, description="stop cleanly after this many teacher requests")
+    max_tokens: int | None = Field(None, gt=0, description="stop cleanly after this many tokens")
+    seed: int = Field(0, description="seed of every random choice, so a rerun asks the same questions")
+
+
+@contextlib.contextmanager
+def open_teacher(
+    wh: Warehouse, job_id: str, config: TeacherConfig, progress: bool = False
+) -> Iterator[Teacher]:
+    """The one way to get a teacher: the config's backend behind the job's call cache, with its
+    budgets; closed on the way out, failed or not, so every answer it paid for is in llm_calls."""
+    teacher = Teacher(
+        make_backend(parse_spec(config.teacher), config.options),
+        CallCache(wh, job_id),
+        config.max_calls,
+        config.max_tokens,
+        progress,
+    )
+    try:
+        yield teacher
+    finally:
+        teacher.close()
+
+
+def public_config(config: BaseModel) -> dict[str, Any]:
+    """A config as jobs record it: every teacher spec as BACKEND:MODEL, since a base URL is never stored."""
+
+    def strip(value: Any) -> Any:
+        if isinstance(value, dict):
+            return {k: strip(v) for k, v in value.items()}
+        if isinstance(value, list):
+            return [strip(v) for v in value]
+        if isinstance(value, str) and "@" in value and value.partition(":")[0] in BACKENDS:
+            return str(parse_spec(value))  # a teacher spec (teacher, judge, ...): its URL goes
+        return value
+
+    return strip(config.model_dump(mode="json"))
 
 
 def api_key(options: TeacherOptions) -> str | None:

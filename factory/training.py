@@ -18,10 +18,11 @@ from typing import Any
 
 import polars as pl
 
-from factory import errors, plugins, snapshots
+from factory import plugins, snapshots
 from factory.errors import NotFound
 from factory.evaluation import EvalSettings, evaluate
 from factory.plugins import TrainJob
+from factory.store import jobs
 from factory.warehouse import Warehouse, new_id
 
 LIBRARIES = ("instruction-factory", "torch", "transformers", "peft", "trl", "duckdb", "polars")
@@ -35,28 +36,6 @@ def versions() -> dict[str, str]:
         except metadata.PackageNotFoundError:
             continue
     return found
-
-
-def _insert(wh: Warehouse, run: dict[str, Any]) -> None:
-    def work(lk: Any) -> None:
-        lk.execute(
-            "INSERT INTO runs (id, snapshot, snapshot_digest, trainer, method, config, versions, seed, status, "
-            "started_at) VALUES (?, ?, ?, ?, ?, ?, ?, ?, 'running', now())",
-            [run["id"], run["snapshot"], run["digest"], run["trainer"], run["method"],
-             json.dumps(run["config"], default=str), json.dumps(versions()), run["seed"]],
-        )  # fmt: skip
-
-    wh.lake.write(f"run start: {run['trainer']} {run['id']}", work)
-
-
-def _finish(wh: Warehouse, run_id: str, status: str, metrics: dict[str, Any], artifact: str | None) -> None:
-    wh.lake.write(
-        f"run {status}: {run_id}",
-        lambda lk: lk.execute(
-            "UPDATE runs SET status = ?, metrics = ?, artifact_path = ?, finished_at = now() WHERE id = ?",
-            [status, errors.scrub(json.dumps(metrics, default=str)), artifact, run_id],
-        ),
-    )
 
 
 def train(
@@ -78,8 +57,7 @@ def train(
         settings = settings.model_copy(update={"chat_template": getattr(cfg, "chat_template", None)})
     run = {"id": run_id, "snapshot": snapshot, "digest": record["digest"], "trainer": trainer,
            "method": getattr(cfg, "method", None), "config": cfg.model_dump(mode="json"), "seed": cfg.seed}  # fmt: skip
-    _insert(wh, run)
-    try:
+    with jobs.recorded_run(wh, run, versions()):
         wh.export(
             snapshot,
             folder / "data",
@@ -95,12 +73,9 @@ def train(
         )
         result = plugin.run(TrainJob(folder / "data", folder, cfg, progress))
         after = evaluate(wh, str(result.artifact), snapshot, settings, run_id) if before is not None else None
-    except BaseException as exc:
-        _finish(wh, run_id, "failed", {"error": f"{type(exc).__name__}: {exc}"}, None)
-        raise
-    metrics = {"train": result.metrics, "eval_before": before, "eval": after}
-    _finish(wh, run_id, "succeeded", metrics, str(result.artifact))
-    return {**run, "metrics": metrics, "artifact": str(result.artifact)}
+        run["metrics"] = {"train": result.metrics, "eval_before": before, "eval": after}
+        run["artifact"] = str(result.artifact)
+    return run
 
 
 def evaluate_run(
@@ -116,14 +91,11 @@ def evaluate_run(
     run_id = new_id("run")
     run = {"id": run_id, "snapshot": snapshot, "digest": record["digest"], "trainer": "eval", "method": None,
            "config": {"model": model_or_run, **settings.model_dump(mode="json")}, "seed": settings.seed}  # fmt: skip
-    _insert(wh, run)
-    try:
-        metrics = evaluate(wh, model, snapshot, settings, run_id)
-    except BaseException as exc:
-        _finish(wh, run_id, "failed", {"error": f"{type(exc).__name__}: {exc}"}, None)
-        raise
-    _finish(wh, run_id, "succeeded", {"eval": metrics}, model)
-    return {**run, "metrics": {"eval": metrics}}
+    with jobs.recorded_run(wh, run, versions()):
+        run["metrics"] = {"eval": evaluate(wh, model, snapshot, settings, run_id)}
+        run["artifact"] = model  # recorded as the run's artifact_path
+    del run["artifact"]  # an evaluation made no model: none is reported
+    return run
 
 
 def runs(wh: Warehouse) -> pl.DataFrame:

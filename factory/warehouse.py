@@ -13,15 +13,11 @@ see the README's "Warehouse layout".
 
 from __future__ import annotations
 
-import contextlib
 import hashlib
 import json
 import os
 import re
 import shutil
-import socket
-import sys
-import time
 import uuid
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass
@@ -38,7 +34,6 @@ CONFIG_FILE = "factory.json"
 STAGING = ".staging"
 ENV_WAREHOUSE = "FACTORY_WAREHOUSE"
 DEFAULT_PATH = "warehouse"
-LOCK_POLL_S = 0.5  # how often a job waiting for an identical one looks again
 
 
 class WarehouseError(lake.LakeError):
@@ -393,97 +388,7 @@ class Warehouse:
             [row_id],
         )
 
-    # -- jobs ----------------------------------------------------------------------------------
-    def start_job(
-        self,
-        kind: str,
-        plugin: str,
-        config: dict[str, Any],
-        lock: str | None = None,
-        on_wait: Callable[[dict[str, Any]], None] | None = None,
-    ) -> str:
-        """Record a running job (its own small commit) and return its id.
-
-        Jobs left `running` by a process on this host that no longer exists are marked
-        `interrupted` first, so `factory sql` shows what was killed.
-
-        lock: jobs with the same lock key (`lock_key`: the same plugin and config) run one at
-        a time on every machine sharing the catalog, so two identical runs never judge a row
-        or pay for a call twice: while a live job holds the key, this one waits (`on_wait` is
-        told once which job it waits for) and starts when that job ends, then finds its work
-        done (verdicts written, calls cached). The check and the start are one exclusive
-        commit (see `lake.Lake.write`).
-        """
-        job = new_id("job")
-        host = socket.gethostname()
-
-        def work(lk: lake.Lake) -> None:
-            stale = lk.frame("SELECT id, pid FROM jobs WHERE status = 'running' AND host = ?", [host])
-            dead = [row["id"] for row in stale.iter_rows(named=True) if not _alive(row["pid"])]
-            table = lk.table_folder("rows")
-            for job_id in dead:  # a killed job committed nothing: its files are orphans
-                shutil.rmtree(self.folder / STAGING / job_id, ignore_errors=True)
-                for orphan in table.glob(f"import-{job_id}-*.parquet") if table else []:
-                    orphan.unlink(missing_ok=True)
-            if dead:
-                lk.execute(
-                    "UPDATE jobs SET status = 'interrupted', finished_at = now() WHERE list_contains(?, id)",
-                    [dead],
-                )
-            if lock is not None:
-                holder = _lock_holder(lk, lock)
-                if holder is not None:
-                    raise _Busy(holder)  # rolls this attempt back; the caller waits and tries again
-            lk.execute(
-                "INSERT INTO jobs (id, kind, plugin, config, status, pid, host, author, started_at, lock_key) "
-                "VALUES (?, ?, ?, ?, 'running', ?, ?, ?, now(), ?)",
-                [
-                    job,
-                    kind,
-                    plugin,
-                    json.dumps(config, default=str),
-                    os.getpid(),
-                    host,
-                    lake.default_author(),
-                    lock,
-                ],
-            )
-
-        told = False
-        while True:
-            try:
-                self.lake.write(f"job start: {kind} {plugin} {job}", work, exclusive=lock is not None)
-                return job
-            except _Busy as busy:
-                if not told and on_wait is not None:
-                    on_wait(busy.holder)
-                told = True
-            while _lock_holder(self.lake, lock) is not None:  # poll by reading; write only to start
-                time.sleep(LOCK_POLL_S)
-
-    @staticmethod
-    def finish_job(
-        lk: lake.Lake, job_id: str, status: str, stats: dict[str, Any], error: str | None = None
-    ) -> None:
-        """Set a job's final status; call inside a write so it lands with the job's data.
-
-        The stats and the error are scrubbed of secrets (an endpoint may echo its key)."""
-        lk.execute(
-            "UPDATE jobs SET status = ?, stats = ?, error = ?, finished_at = now() WHERE id = ?",
-            [status, errors.scrub(json.dumps(stats, default=str)), errors.scrub(error), job_id],
-        )
-
-    def fail_job(self, job_id: str, error: str, stats: dict[str, Any] | None = None) -> None:
-        """Record that a job failed (its data was not committed).
-
-        Best effort: the caller re-raises the failure itself, which must not be replaced by a
-        second one (on a full disk this write fails too). A job whose end could not be
-        recorded stays `running` until the next job on this host marks it `interrupted`."""
-        with contextlib.suppress(Exception):
-            self.lake.write(
-                f"job failed: {job_id}", lambda lk: self.finish_job(lk, job_id, "failed", stats or {}, error)
-            )
-
+    # -- jobs (their lifecycle is factory.store.jobs) -------------------------------------------
     def jobs(self) -> pl.DataFrame:
         return self.sql("SELECT * FROM jobs ORDER BY started_at DESC")
 
@@ -546,73 +451,5 @@ def _move(source: Path, target: Path) -> Path:
     return target
 
 
-class Waiting:
-    """An `on_wait` for `start_job`: says on stderr which identical job this one waits for,
-    and remembers it (and for how long) for the job's summary."""
-
-    def __init__(self) -> None:
-        self.holder: dict[str, Any] | None = None
-        self.since = 0.0
-
-    def __call__(self, holder: dict[str, Any]) -> None:
-        self.holder, self.since = holder, time.monotonic()
-        sys.stderr.write(f"waiting for {self._job()} to finish, so no work is done twice\n")
-
-    def _job(self) -> str:
-        h = self.holder or {}
-        return (
-            f"job {h['id']} (the same {h['kind']} {h['plugin']} and config, started "
-            f"{h['started_at']:%H:%M:%S} on {h['host']}, pid {h['pid']})"
-        )
-
-    def said(self) -> str | None:
-        """What was waited for, or None when nothing was."""
-        if self.holder is None:
-            return None
-        return f"{self._job()} for {time.monotonic() - self.since:.1f} s"
-
-
-class _Busy(Exception):
-    """Another live job holds the lock key (raised inside a write, so nothing commits)."""
-
-    def __init__(self, holder: dict[str, Any]) -> None:
-        super().__init__(holder["id"])
-        self.holder = holder
-
-
-def _lock_holder(lk: lake.Lake, lock: str | None) -> dict[str, Any] | None:
-    """The live running job that holds a lock key, if any (a dead one on this host does not count)."""
-    if lock is None:
-        return None
-    found = lk.frame(
-        "SELECT id, kind, plugin, host, pid, started_at FROM jobs WHERE status = 'running' AND lock_key = ? "
-        "ORDER BY started_at",
-        [lock],
-    )
-    here = socket.gethostname()
-    for holder in found.iter_rows(named=True):
-        if holder["host"] != here or _alive(holder["pid"]):
-            return holder
-    return None
-
-
-def lock_key(kind: str, plugin: str, config: dict[str, Any]) -> str:
-    """The lock key of a job: a hash of its kind, plugin and stored config."""
-    text = json.dumps([kind, plugin, config], sort_keys=True, default=str)
-    return hashlib.sha256(text.encode()).hexdigest()[:32]
-
-
 def new_id(prefix: str) -> str:
     return f"{prefix}-{uuid.uuid4().hex[:12]}"
-
-
-def _alive(pid: int | None) -> bool:
-    if pid is None:
-        return False
-    try:
-        os.kill(int(pid), 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:
-        return True
-    return True

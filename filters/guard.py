@@ -18,10 +18,9 @@ from typing import Literal
 import polars as pl
 from pydantic import BaseModel, Field
 
-from factory.generation import TeacherConfig
 from factory.plugins import FilterContext, FilterPlugin
 from factory.schema import user_turn
-from factory.teacher import Request, Sampling
+from factory.teacher import Request, Sampling, TeacherConfig
 from filters.llm import ask
 
 CATEGORIES = {

@@ -18,9 +18,8 @@ import re
 import polars as pl
 from pydantic import BaseModel, Field
 
-from factory.generation import TeacherConfig
 from factory.plugins import FilterContext, FilterPlugin
-from factory.teacher import Request, Sampling
+from factory.teacher import Request, Sampling, TeacherConfig
 from filters.llm import ask
 
 SYSTEM = "You are a helpful and precise assistant for checking the quality of the answer."

@@ -9,25 +9,18 @@ twice. The calls are recorded under the filter run's job id.
 from __future__ import annotations
 
 from collections.abc import Sequence
-from typing import Any
 
-from factory.call_cache import CallCache
 from factory.errors import ConfigError
-from factory.generation import TeacherConfig
-from factory.teacher import Request, Sample, Teacher, make_backend, parse_spec
+from factory.plugins import FilterContext
+from factory.teacher import Request, Sample, TeacherConfig, open_teacher
 
 
-def ask(ctx: Any, config: TeacherConfig, requests: Sequence[Request]) -> list[Sample]:
+def ask(ctx: FilterContext | None, config: TeacherConfig, requests: Sequence[Request]) -> list[Sample]:
     """The first sample of each request, through the cached teacher of this filter run."""
-    wh = getattr(ctx, "warehouse", None)
-    if wh is None:
+    if ctx is None or ctx.warehouse is None:
         raise ConfigError(
             "a filter that asks a teacher records its calls in the warehouse: run it in-process"
         )
-    backend = make_backend(parse_spec(config.teacher), config.options)
-    teacher = Teacher(backend, CallCache(wh, ctx.run_id), config.max_calls, config.max_tokens, ctx.progress)
-    try:
+    with open_teacher(ctx.warehouse, ctx.run_id, config, ctx.progress) as teacher:
         samples = teacher.generate(list(requests))
-    finally:
-        teacher.close()
     return [s[0] for s in samples]

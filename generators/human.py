@@ -27,6 +27,7 @@ from factory.errors import ConfigError, InputError
 from factory.lake import Lake
 from factory.plugins import GeneratorPlugin, JobSummary
 from factory.readers import Problem, Raw, ReadError
+from factory.store import jobs
 from factory.warehouse import Warehouse
 from generators import templated
 
@@ -266,39 +267,40 @@ def import_file(
     if config.rejects is not None:
         outputs.check_file(config.rejects, wh.protected_paths(), config.force, flag="--rejects")
     source = config.source or path.stem
-    job = wh.start_job("import", "human", config.model_dump(mode="json"))
-    summary = ImportSummary(job_id=job, path=str(path), format=config.format, source=source)
-    state = _State()
+    with jobs.running(wh, "import", "human", config.model_dump(mode="json")) as job:
+        summary = ImportSummary(job_id=job.id, path=str(path), format=config.format, source=source)
+        job.summary = summary.as_dict
+        state = _State()
 
-    def batches() -> Iterator[pl.DataFrame]:
-        with _progress(path, progress) as advance:
-            yield from _batches(path, config, state, source, advance)
+        def batches() -> Iterator[pl.DataFrame]:
+            with _progress(path, progress) as advance:
+                yield from _batches(path, config, state, source, advance)
 
-    def finish(lk: Lake, result: Any) -> None:
-        summary.format, summary.offered, summary.inserted = (
-            state.fmt or config.format,
-            result.offered,
-            result.inserted,
-        )
-        summary.rejected, summary.warnings = state.rejected, state.warnings
-        if state.rejects and summary.rejects_path is None:  # once, though a conflict re-runs the commit
-            target = config.rejects or wh.folder / "rejects" / f"{job}.csv"  # the default is ours
-            places = wh.protected_paths() if config.rejects is not None else []
-            write_rejects(target, state.rejects, places, config.force or config.rejects is None)
-            summary.rejects_path = str(target)
-        wh.finish_job(lk, job, "succeeded", summary.as_dict())
+        def finish(lk: Lake, result: Any) -> None:
+            summary.format, summary.offered, summary.inserted = (
+                state.fmt or config.format,
+                result.offered,
+                result.inserted,
+            )
+            summary.rejected, summary.warnings = state.rejected, state.warnings
+            if state.rejects and summary.rejects_path is None:  # once, though a conflict re-runs the commit
+                target = config.rejects or wh.folder / "rejects" / f"{job.id}.csv"  # the default is ours
+                places = wh.protected_paths() if config.rejects is not None else []
+                write_rejects(target, state.rejects, places, config.force or config.rejects is None)
+                summary.rejects_path = str(target)
+            job.end(lk)
 
-    message = f"import: {path} (source={source}, job {job})"
-    try:
-        wh.add_rows(batches(), message=message, job_id=job, on_commit=finish)
-    except BaseException as exc:
-        if summary.rejects_path is not None:  # it reports on an import that did not land
-            Path(summary.rejects_path).unlink(missing_ok=True)
-        if isinstance(exc, ImportFailed):
-            wh.fail_job(job, str(exc).splitlines()[0], {"problems": exc.total})
-        elif isinstance(exc, Exception):
-            wh.fail_job(job, f"{type(exc).__name__}: {exc}")
-        raise
+        try:
+            wh.add_rows(
+                batches(),
+                message=f"import: {path} (source={source}, job {job.id})",
+                job_id=job.id,
+                on_commit=finish,
+            )
+        except BaseException:
+            if summary.rejects_path is not None:  # it reports on an import that did not land
+                Path(summary.rejects_path).unlink(missing_ok=True)
+            raise
     return summary
 
 

@@ -19,6 +19,7 @@ from factory import lake
 from factory.generation import GenerationSummary, make_row, template_hash
 from factory.mosaic import OVERHEAD_TEXT, MosaicConfig, load_tokenizer, mosaic_rows
 from factory.plugins import GeneratorPlugin
+from factory.store import jobs
 from factory.warehouse import Warehouse
 
 
@@ -34,12 +35,12 @@ def run(wh: Warehouse, cfg: MosaicGeneratorConfig, progress: bool = False) -> Ge
     )
     usable = rows.filter((pl.col("kind") == "instruction") & pl.col("messages").is_null())
     usable = usable.head(cfg.limit) if cfg.limit else usable
-    job = wh.start_job("generate", "mosaic", cfg.model_dump(mode="json"))
-    summary = GenerationSummary(job_id=job, generator="mosaic", teacher="none (composition)")
-    skipped = rows.height - usable.height
-    if skipped:
-        summary.rejected["not_a_single_exchange"] = skipped
-    try:
+    with jobs.running(wh, "generate", "mosaic", cfg.model_dump(mode="json")) as job:
+        summary = GenerationSummary(job_id=job.id, generator="mosaic", teacher="none (composition)")
+        job.summary = summary.as_dict
+        skipped = rows.height - usable.height
+        if skipped:
+            summary.rejected["not_a_single_exchange"] = skipped
         made = mosaic_rows(usable, cfg, load_tokenizer(cfg.tokenizer)) if usable.height else []
         template = template_hash(OVERHEAD_TEXT, cfg.tokenizer, str(cfg.max_tokens))
         stored = [
@@ -51,15 +52,12 @@ def run(wh: Warehouse, cfg: MosaicGeneratorConfig, progress: bool = False) -> Ge
 
         def finish(lk: lake.Lake, result: Any) -> None:
             summary.inserted = result.inserted
-            wh.finish_job(lk, job, "succeeded", summary.as_dict())
+            job.end(lk)
 
         frame = pl.DataFrame(
             stored, schema_overrides={"parent_ids": pl.List(pl.String), "tags": pl.List(pl.String)}
         )
-        wh.add_rows([frame] if stored else [], f"generate: mosaic job {job}", job, on_commit=finish)
-    except Exception as exc:
-        wh.fail_job(job, f"{type(exc).__name__}: {exc}", summary.as_dict())
-        raise
+        wh.add_rows([frame] if stored else [], f"generate: mosaic job {job.id}", job.id, on_commit=finish)
     return summary
 
 

@@ -8,6 +8,7 @@ import pytest
 import factory
 from factory import evaluation, ifeval, training
 from factory.embeddings import encode
+from factory.teacher import TeacherError
 from tests.conftest import write_jsonl
 from tests.servers import ScriptedServer
 
@@ -102,3 +103,23 @@ def test_evaluation_per_domain_and_the_mean_over_domains(wh, tmp_path, tiny_mode
         evaluation.evaluate(
             wh, str(tiny_model), "evalset", evaluation.EvalSettings(split="eval", eval_split=0.0)
         )
+
+
+def test_a_failing_judge_is_closed_its_calls_recorded_and_the_run_failed(wh, tmp_path, tiny_model):
+    rows = [{"instruction": f"Say {i}", "output": f"number {i}"} for i in range(3)]
+    factory.import_file(wh, str(write_jsonl(tmp_path / "r.jsonl", rows)))
+    wh.create_snapshot("evalset")
+    with ScriptedServer(lambda p: 401) as judge:  # a bad key: every request would fail, the job stops
+        settings = evaluation.EvalSettings(split="all", max_new_tokens=4, judge=f"openai:judge@{judge.url}")
+        with pytest.raises(TeacherError, match="http_401"):
+            training.evaluate_run(wh, str(tiny_model), "evalset", settings)
+    run = wh.sql("SELECT id, status, metrics FROM runs").row(0, named=True)
+    assert run["status"] == "failed" and "http_401" in run["metrics"]
+    # The judge's teacher was closed: its journal moved into llm_calls, no file left behind.
+    assert (
+        wh.sql(
+            "SELECT count(*) FROM llm_calls WHERE job_id = ? AND error LIKE 'http_401%'", [run["id"]]
+        ).item()
+        >= 1
+    )
+    assert not list((wh.folder / ".calls").glob("*.jsonl"))

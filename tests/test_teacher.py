@@ -10,6 +10,7 @@ import sys
 import pytest
 
 from factory.call_cache import CallCache, recover_journals
+from factory.store import jobs
 from factory.teacher import (
     BudgetExhausted,
     Request,
@@ -26,7 +27,7 @@ from tests.servers import FAULTS, ScriptedServer
 
 def _teacher(wh, spec: str, job: str | None = None, **kwargs) -> Teacher:
     options = kwargs.pop("options", TeacherOptions())
-    job = job or wh.start_job("generate", "test", {})
+    job = job or jobs.start(wh, "generate", "test", {})
     return Teacher(make_backend(parse_spec(spec), options), CallCache(wh, job), **kwargs)
 
 
@@ -159,12 +160,12 @@ def test_a_refused_request_fails_alone_but_a_bad_key_stops_the_job(wh):
 
 def test_a_killed_jobs_journal_is_recovered(wh, tiny_model):
     """Answers journaled by a process that died before its commit still count as cached."""
-    job = wh.start_job("generate", "test", {})
+    job = jobs.start(wh, "generate", "test", {})
     teacher = _teacher(wh, f"hf:{tiny_model}", job=job)
     teacher.cache.flush = lambda: 0  # this process "dies" before moving its journal into the lake
     teacher.generate([Request(prompt="Task a", sampling=Sampling(max_tokens=4))])
     assert wh.sql("SELECT count(*) AS n FROM llm_calls")["n"][0] == 0
-    wh.fail_job(job, "killed")
+    jobs.fail(wh, job, "killed")
     assert recover_journals(wh) == 1
     assert wh.sql("SELECT count(*) AS n FROM llm_calls WHERE error IS NULL")["n"][0] == 1
     assert recover_journals(wh) == 0

@@ -50,7 +50,7 @@ def _method(tool: str, method: str) -> str:
 
 
 def _model_path(name: str) -> str:
-    from factory.embedded import model_folder
+    from factory.models.loader import model_folder
 
     return str(model_folder(name))
 

@@ -23,6 +23,7 @@ import torch
 from pydantic import Field, model_validator
 
 from factory.errors import ConfigError
+from factory.models import loader
 from factory.plugins import TrainerPlugin, TrainJob, TrainResult
 from trainers import data, loop, methods
 
@@ -50,24 +51,8 @@ class SftConfig(loop.LoopSettings, methods.MethodSettings):
 
 
 def load_model(name: str, method: str = "full") -> tuple[Any, Any]:
-    """Model (float32, or 4-bit for QLoRA) and tokenizer of a model name."""
-    from transformers import AutoModelForCausalLM, AutoTokenizer
-
-    from factory.embedded import model_folder
-
-    folder = model_folder(name)
-    try:
-        tokenizer = AutoTokenizer.from_pretrained(folder)
-        model = AutoModelForCausalLM.from_pretrained(
-            folder, dtype=torch.float32, quantization_config=methods.quantization(method)
-        )
-    except OSError as exc:
-        raise ConfigError(
-            f"cannot load model '{name}': give a local folder, a GGUF file or 'embedded' ({exc})"
-        ) from exc
-    if tokenizer.pad_token is None:
-        tokenizer.pad_token = tokenizer.eos_token
-    return model, tokenizer
+    """Model (float32, or 4-bit for QLoRA) and tokenizer of a model name, to train."""
+    return loader.load(name, quantization=methods.quantization(method))
 
 
 def _virtual_tokens(model: Any) -> bool:

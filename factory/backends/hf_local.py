@@ -1,7 +1,7 @@
 """The hf backend: in-process transformers generation, batched, on the CPU or a GPU.
 
 The model is a folder (`save_pretrained` layout), a hub id already in the local
-cache, a GGUF file, or `embedded` (the bundled Gemma 3 270M, see `embedded.py`).
+cache, a GGUF file, or `embedded` (the bundled Gemma 3 270M): see `factory.models.loader`.
 GGUF weights are dequantised once and the converted model is cached, so later
 loads take seconds. Prompts are batched with left padding; OpenAI's presence and
 frequency penalties are applied as logits processors (transformers has neither),
@@ -15,7 +15,9 @@ from __future__ import annotations
 import hashlib
 import time
 from collections.abc import Callable
+from typing import Any
 
+from factory.models import loader
 from factory.teacher import Attempt, Request, Sample, Sampling, TeacherError, TeacherOptions
 
 
@@ -47,30 +49,9 @@ class _Penalties:
         return scores - self.frequency * counts - self.presence * (counts > 0).to(scores.dtype)
 
 
-def load(model: str, options: TeacherOptions):
-    """Model and tokenizer for a spec's model part (GGUF converted once, then cached)."""
-    torch, transformers = _torch()
-    from factory import embedded
-
-    folder = embedded.model_folder(model)
-    dtype = {"auto": torch.float32, "float32": torch.float32, "bfloat16": torch.bfloat16}.get(options.dtype)
-    if dtype is None:
-        raise TeacherError(f"dtype '{options.dtype}' is not one of auto, float32, bfloat16")
-    try:
-        tokenizer = transformers.AutoTokenizer.from_pretrained(folder)
-        net = transformers.AutoModelForCausalLM.from_pretrained(folder, dtype=dtype)
-    except OSError as exc:
-        raise TeacherError(
-            f"cannot load model '{model}': give a local model folder, a GGUF file, a hub id already in "
-            f"the local cache, or 'embedded' ({exc})"
-        ) from exc
-    net.eval()
-    if torch.cuda.is_available():
-        net.to("cuda")
-    tokenizer.padding_side = "left"
-    if tokenizer.pad_token is None:
-        tokenizer.pad_token = tokenizer.eos_token
-    return net, tokenizer
+def load(model: str, options: TeacherOptions) -> tuple[Any, Any]:
+    """Model and tokenizer for a spec's model part, ready to generate (left padding, on a GPU if any)."""
+    return loader.load(model, dtype=options.dtype, device="auto", padding_side="left")
 
 
 class HFBackend:
