@@ -28,9 +28,9 @@ import numpy as np
 import polars as pl
 
 from bench.synth import random_text
-from factory.schema import row_text
+from factory.store.schema import row_text
+from filters import _shingles
 from filters import minhash as mh
-from filters import shingles
 
 
 def corpus(n: int, seed: int = 0) -> tuple[pl.DataFrame, np.ndarray]:
@@ -63,7 +63,7 @@ def datasketch_lsh(frame: pl.DataFrame) -> tuple[float, set[int]]:
     from datasketch import MinHash, MinHashLSH
 
     texts = frame.select(row_text("instruction_input")).to_series().str.to_lowercase()
-    rows, hashes = shingles.shingle_hashes(texts, 5)
+    rows, hashes = _shingles.shingle_hashes(texts, 5)
     bounds = np.searchsorted(rows, np.arange(frame.height + 1))
     per_row = [hashes[bounds[k] : bounds[k + 1]].tolist() for k in range(frame.height)]
     started = time.perf_counter()
@@ -110,7 +110,7 @@ def minhash_warehouse_bench(rows: int) -> None:
     import tempfile
 
     import factory
-    from factory.filtering import run_filter
+    from factory.runners.filtering import run_filter
 
     frame, _ = corpus(rows)
     with tempfile.TemporaryDirectory() as folder:
@@ -159,7 +159,7 @@ def exact_bench(rows: int) -> None:
 
 
 def semantic_bench(rows: int) -> None:
-    from factory import embeddings
+    from factory.models import embeddings
     from filters import semantic
 
     rng = np.random.default_rng(1)

@@ -18,7 +18,7 @@ import numpy as np
 import polars as pl
 
 from bench.synth import random_text
-from factory import mosaic
+from factory.formats import mosaic
 
 
 def rows(n: int) -> pl.DataFrame:

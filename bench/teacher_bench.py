@@ -27,10 +27,10 @@ from pathlib import Path
 import openai
 
 import factory
-from factory.call_cache import CallCache, call_key
-from factory.rouge import RougeIndex, tokenize
+from factory.evaluation.rouge import RougeIndex, tokenize
 from factory.store import jobs
-from factory.teacher import Request, Sampling, Teacher, TeacherOptions, make_backend, parse_spec
+from factory.teachers.call_cache import CallCache, call_key
+from factory.teachers.teacher import Request, Sampling, Teacher, TeacherOptions, make_backend, parse_spec
 
 OUT = Path("bench-out")
 

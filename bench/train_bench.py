@@ -24,7 +24,9 @@ import numpy as np
 import torch
 
 from bench.synth import random_text
-from trainers import data, loop, methods, sft
+from factory.models import chat
+from factory.models import loss as losses
+from trainers import _loop, _methods, sft
 
 
 def conversations(n: int) -> list[list[dict[str, str]]]:
@@ -44,13 +46,13 @@ def conversations(n: int) -> list[list[dict[str, str]]]:
 def ours(model_name: str, rows: list, template: str | None, args: argparse.Namespace) -> tuple[float, float]:
     torch.manual_seed(0)
     model, tokenizer = sft.load_model(model_name)
-    data.use_template(tokenizer, template)
-    items = [[e] for e in data.encode(tokenizer, rows, args.max_length)]
-    model = methods.prepare(model, "lora", methods.MethodSettings(lora_r=8, lora_alpha=16))
-    settings = loop.LoopSettings(max_steps=args.steps, batch_size=args.batch, learning_rate=2e-4, seed=0)
+    chat.use_template(tokenizer, template)
+    items = [[e] for e in chat.encode(tokenizer, rows, args.max_length)]
+    model = _methods.prepare(model, "lora", _methods.MethodSettings(lora_r=8, lora_alpha=16))
+    settings = _loop.LoopSettings(max_steps=args.steps, batch_size=args.batch, learning_rate=2e-4, seed=0)
     with tempfile.TemporaryDirectory() as folder:
-        logs = loop.train(model, items, lambda g: data.collate(g, tokenizer.pad_token_id), sft.sft_loss,
-                          loop.target_tokens, settings, Path(folder))  # fmt: skip
+        logs = _loop.train(model, items, lambda g: chat.collate(g, tokenizer.pad_token_id), losses.sft_loss,
+                          losses.target_tokens, settings, Path(folder))  # fmt: skip
     seconds = sum(log.seconds for log in logs)
     return sum(log.tokens for log in logs) / seconds, logs[-1].loss
 
@@ -65,7 +67,7 @@ def trl_peer(
 
     torch.manual_seed(0)
     model, tokenizer = sft.load_model(model_name)
-    data.use_template(tokenizer, template)
+    chat.use_template(tokenizer, template)
     dataset = Dataset.from_list([{"prompt": r[:1], "completion": r[1:]} for r in rows])
     timing = {"seconds": 0.0, "tokens": 0, "started": 0.0}
 
@@ -110,8 +112,8 @@ def padding(model_name: str, args: argparse.Namespace) -> None:
     from transformers import AutoTokenizer
 
     tokenizer = AutoTokenizer.from_pretrained(model_name)
-    examples = data.encode(tokenizer, conversations(2000), args.max_length)
-    bins = data.pack(examples, args.max_length)
+    examples = chat.encode(tokenizer, conversations(2000), args.max_length)
+    bins = chat.pack(examples, args.max_length)
     used = sum(len(e.ids) for b in bins for e in b)
     chunks = [examples[k : k + args.batch] for k in range(0, len(examples), args.batch)]
     padded = sum(len(c) * max(len(e.ids) for e in c) for c in chunks)

@@ -5,7 +5,7 @@
     factory.import_file(wh, "data/seed_tasks.jsonl", source="seeds")
     wh.create_snapshot("base", message="first cut")
     wh.sql("SELECT source, count(*) FROM snapshot('base') GROUP BY ALL")
-    wh.export("base", "out/", "sharegpt", eval_split=0.05)
+    factory.export(wh, "base", "out/", "sharegpt", eval_split=0.05)
     factory.generate(wh, "self-instruct", on="base", rounds=2, **{"teacher.teacher": "hf:embedded"})
 
 The heavy modules (polars, duckdb) load on first use, so `factory --help` is instant.
@@ -17,14 +17,14 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 if TYPE_CHECKING:
-    from factory.warehouse import Warehouse
+    from factory.store.warehouse import Warehouse
 
 __version__ = "0.1.0"
 
 
 def init(path: str | None = None, catalog: str | None = None, data_path: str | None = None) -> Warehouse:
     """Create a warehouse (or open the one there); see `factory.warehouse.init`."""
-    from factory import warehouse
+    from factory.store import warehouse
 
     return warehouse.init(path, catalog=catalog, data_path=data_path)
 
@@ -37,7 +37,7 @@ def open(
     sandbox=True: for SQL someone else wrote (what `factory sql` uses): only one reading
     SELECT per query, no files outside the warehouse unless allow_files=True.
     """
-    from factory import warehouse
+    from factory.store import warehouse
 
     return warehouse.open_warehouse(path, read_only=read_only, sandbox=sandbox, allow_files=allow_files)
 
@@ -72,7 +72,7 @@ def filter(
     **values: Any,
 ) -> Any:
     """Judge rows with a filter plugin (config values as keyword args); see `factory.filtering`."""
-    from factory import filtering
+    from factory.runners import filtering
 
     return filtering.run_filter(wh, name, values, on=on, where=where, engine=engine, progress=progress)  # type: ignore[arg-type]
 
@@ -84,14 +84,16 @@ def create_snapshot(wh: Warehouse, name: str, **options: Any) -> dict[str, Any]:
 
 def export(wh: Warehouse, snapshot: str, out: str | Path, fmt: str, **options: Any) -> dict[str, Any]:
     """Write a snapshot in a trainer's format (eval_split=, seed=, name=, mosaic=, force=)."""
-    return wh.export(snapshot, out, fmt, **options)
+    from factory.formats import export as exporter
+
+    return exporter.export(wh, snapshot, Path(out), fmt, **options)
 
 
 def train(
     wh: Warehouse, snapshot: str, trainer: str = "sft", progress: bool = False, **values: Any
 ) -> dict[str, Any]:
     """Train a trainer plugin on a snapshot, evaluate before and after, record the run."""
-    from factory import training
+    from factory.runners import training
 
     out = values.pop("out", None)
     return training.train(wh, snapshot, trainer, values, out=out, progress=progress)
@@ -99,8 +101,9 @@ def train(
 
 def evaluate(wh: Warehouse, model: str, snapshot: str, **settings: Any) -> dict[str, Any]:
     """Evaluate a run's model (by run id) or any model on a snapshot, recorded as a run."""
-    from factory import config, training
-    from factory.evaluation import EvalSettings
+    from factory import config
+    from factory.evaluation.metrics import EvalSettings
+    from factory.runners import training
 
     return training.evaluate_run(wh, model, snapshot, config.validate(EvalSettings, settings))
 

@@ -101,7 +101,7 @@ FILTERS = [
 
 def _clean(wh, console: Console) -> None:
     """Every dedup, quality and safety filter over all rows; what each dropped and why."""
-    from factory.filtering import run_filter
+    from factory.runners.filtering import run_filter
 
     table = Table(title="3. filters (verdicts; no row is deleted)", title_justify="left")
     for column in ("filter", "judged", "kept", "dropped", "why", "new rows", "s"):
@@ -126,7 +126,7 @@ def _clean(wh, console: Console) -> None:
 
 def _train(wh, console: Console) -> None:
     """LoRA on the embedded Gemma over snapshot `short`, evaluated on its held-out rows before and after."""
-    from factory import training
+    from factory.runners import training
 
     started = time.time()
     run = training.train(
@@ -219,8 +219,8 @@ def main(out: Path = OUT) -> None:
     )
     console.print(_frame_table(by_domain, "   SQL: domains in snapshot('short')"))
 
-    sharegpt = wh.export("short", out / "export-sharegpt", "sharegpt", eval_split=0.05, seed=0)
-    llamafactory = wh.export("prefs", out / "export-llamafactory", "llamafactory")
+    sharegpt = factory.export(wh, "short", out / "export-sharegpt", "sharegpt", eval_split=0.05, seed=0)
+    llamafactory = factory.export(wh, "prefs", out / "export-llamafactory", "llamafactory")
     console.print(
         f"[bold]6. export[/]  short -> sharegpt train {sharegpt['counts']['train']} / eval "
         f"{sharegpt['counts']['eval']} in {out / 'export-sharegpt'}; prefs -> llamafactory "

@@ -32,7 +32,7 @@ from factory import config as settings
 from factory.errors import FactoryError
 
 if TYPE_CHECKING:
-    from factory.warehouse import Warehouse
+    from factory.store.warehouse import Warehouse
 
 GROUPS = {"generator": "factory.generators", "filter": "factory.filters", "trainer": "factory.trainers"}
 COMMANDS = "factory.commands"

@@ -20,11 +20,12 @@ import numpy as np
 import polars as pl
 from pydantic import BaseModel, Field, model_validator
 
-from factory import readers, snapshots
 from factory.errors import ConfigError
+from factory.formats import readers
 from factory.plugins import FilterContext, FilterPlugin
-from factory.schema import row_text
-from filters.shingles import shingle_hashes
+from factory.store import snapshots
+from factory.store.schema import row_text
+from filters._shingles import shingle_hashes
 
 
 class DecontaminateConfig(BaseModel):

@@ -25,11 +25,11 @@ import polars as pl
 from pydantic import Field
 
 from factory.plugins import FilterContext, FilterPlugin
-from factory.schema import row_text
-from filters import dedup, shingles
+from factory.store.schema import row_text
+from filters import _dedup, _shingles
 
 
-class ExactConfig(dedup.KeepPolicy):
+class ExactConfig(_dedup.KeepPolicy):
     key: Literal["instruction", "instruction_input", "record"] = Field(
         "instruction_input",
         description="what must match: the instruction, instruction + input, or the whole record",
@@ -128,10 +128,10 @@ def run(
     candidates: pl.DataFrame, kept: pl.DataFrame, config: ExactConfig, ctx: FilterContext | None = None
 ) -> pl.DataFrame:
     """One verdict per candidate: keep the representative of each key, drop the other copies."""
-    everyone = dedup.contenders(candidates, kept, _key(config), config, ctx)
-    first, second = _key_hashes(*shingles.utf8_buffers(everyone["_key"]), config.collapse_whitespace)
+    everyone = _dedup.contenders(candidates, kept, _key(config), config, ctx)
+    first, second = _key_hashes(*_shingles.utf8_buffers(everyone["_key"]), config.collapse_whitespace)
     judged = everyone.with_columns(everyone["id"].gather(first_of_key(first, second)).alias("_winner"))
-    return dedup.verdicts(judged, "exact_duplicate")
+    return _dedup.verdicts(judged, "exact_duplicate")
 
 
 plugin = FilterPlugin(

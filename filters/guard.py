@@ -19,9 +19,9 @@ import polars as pl
 from pydantic import BaseModel, Field
 
 from factory.plugins import FilterContext, FilterPlugin
-from factory.schema import user_turn
-from factory.teacher import Request, Sampling, TeacherConfig
-from filters.llm import ask
+from factory.store.schema import user_turn
+from factory.teachers.teacher import Request, Sampling, TeacherConfig
+from filters._llm import ask
 
 CATEGORIES = {
     "S1": "Violent Crimes.",

@@ -25,7 +25,7 @@ from pydantic import BaseModel, Field
 
 from factory.errors import SetupError
 from factory.plugins import FilterContext, FilterPlugin
-from factory.schema import row_text, user_turn
+from factory.store.schema import row_text, user_turn
 
 REFUSALS = [
     "as an ai language model",

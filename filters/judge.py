@@ -19,8 +19,8 @@ import polars as pl
 from pydantic import BaseModel, Field
 
 from factory.plugins import FilterContext, FilterPlugin
-from factory.teacher import Request, Sampling, TeacherConfig
-from filters.llm import ask
+from factory.teachers.teacher import Request, Sampling, TeacherConfig
+from filters._llm import ask
 
 SYSTEM = "You are a helpful and precise assistant for checking the quality of the answer."
 TEMPLATE = """###Instruction:

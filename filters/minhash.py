@@ -33,11 +33,11 @@ import pyarrow as pa
 from pydantic import Field
 
 from factory.plugins import FilterContext, FilterPlugin
-from factory.schema import row_text
-from filters import dedup, shingles
+from factory.store.schema import row_text
+from filters import _dedup, _shingles
 
 
-class MinHashConfig(dedup.KeepPolicy):
+class MinHashConfig(_dedup.KeepPolicy):
     key: Literal["instruction", "instruction_input", "record", "turns"] = Field(
         "instruction_input",
         description="what is compared: the instruction, instruction + input, the record, or the user "
@@ -100,9 +100,9 @@ def _signatures(
         span = min(words, ngram)
         best = out[row]
         value = np.empty(width, dtype=np.uint32)
-        for k in range(shingles.ngram_count(words, ngram)):
+        for k in range(_shingles.ngram_count(words, ngram)):
             x = np.uint32(
-                _fmix32(np.int64(shingles.ngram_hash(hashes, starts[row] + k, starts[row] + k + span)))
+                _fmix32(np.int64(_shingles.ngram_hash(hashes, starts[row] + k, starts[row] + k + span)))
             )
             for p in range(
                 width
@@ -293,7 +293,7 @@ def sketch(
     which is the signature of the union of their shingle sets.
     """
     texts, rows = segments(everyone["_key"])
-    starts, hashes = shingles.word_hashes(texts.str.to_lowercase())
+    starts, hashes = _shingles.word_hashes(texts.str.to_lowercase())
 
     def compute(which: np.ndarray) -> np.ndarray:
         first, last = rows[which], rows[which + 1]
@@ -339,7 +339,7 @@ def run(
     candidates: pl.DataFrame, kept: pl.DataFrame, config: MinHashConfig, ctx: FilterContext | None = None
 ) -> pl.DataFrame:
     """One verdict per candidate: keep one row per near-duplicate group, drop the rest with the match."""
-    everyone = dedup.contenders(candidates, kept, key_expression(config.key), config, ctx)
+    everyone = _dedup.contenders(candidates, kept, key_expression(config.key), config, ctx)
     sig, (starts, hashes, rows) = sketch(everyone, config, getattr(ctx, "warehouse", None))
     bands, per_band = (
         (config.bands, config.rows_per_band)
@@ -348,7 +348,7 @@ def run(
     )
     pairs = candidate_pairs(sig, bands, per_band)
     similarity = (
-        shingles.jaccard_pairs(starts, hashes, rows, config.ngram, pairs) if len(pairs) else np.empty(0)
+        _shingles.jaccard_pairs(starts, hashes, rows, config.ngram, pairs) if len(pairs) else np.empty(0)
     )
     close = similarity >= config.threshold
     group = _groups(everyone.height, pairs[close])  # contenders come winners first: the smallest index wins
@@ -359,7 +359,7 @@ def run(
         everyone["id"].gather(group).alias("_winner"),
         pl.Series("_score", np.where(np.isinf(score), np.nan, score)).fill_nan(None),
     )
-    return dedup.verdicts(judged, "near_duplicate", pl.col("_score"))
+    return _dedup.verdicts(judged, "near_duplicate", pl.col("_score"))
 
 
 plugin = FilterPlugin(

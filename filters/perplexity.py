@@ -26,7 +26,7 @@ import polars as pl
 from pydantic import BaseModel, Field
 
 from factory.plugins import FilterContext, FilterPlugin
-from factory.schema import user_turn
+from factory.store.schema import user_turn
 
 
 class ScoringModel(BaseModel):
@@ -52,8 +52,8 @@ class IfdConfig(ScoringModel):
 
 @cache
 def _model(name: str) -> tuple[Any, Any]:
-    from factory.backends import hf_local
-    from factory.teacher import TeacherOptions
+    from factory.teachers import hf_local
+    from factory.teachers.teacher import TeacherOptions
 
     return hf_local.load(name, TeacherOptions())
 

@@ -19,7 +19,7 @@ import polars as pl
 from pydantic import BaseModel, Field
 
 from factory.plugins import FilterContext, FilterPlugin, FilterResult
-from factory.warehouse import ids_of
+from factory.store.warehouse import ids_of
 
 KINDS: dict[str, tuple[str, str]] = {  # kind -> (pattern, placeholder)
     "email": (r"[A-Za-z0-9._%+-]+@[A-Za-z0-9-]+(?:\.[A-Za-z0-9-]+)*\.[A-Za-z]{2,}", "[EMAIL]"),

@@ -16,7 +16,7 @@ import numpy as np
 import polars as pl
 from pydantic import BaseModel, Field
 
-from factory.embeddings import BUNDLED, row_embeddings
+from factory.models.embeddings import BUNDLED, row_embeddings
 from factory.plugins import FilterContext, FilterPlugin
 
 

@@ -17,10 +17,10 @@ import numpy as np
 import polars as pl
 from pydantic import BaseModel, Field, model_validator
 
-from factory.embeddings import BUNDLED, row_embeddings
 from factory.errors import ConfigError
+from factory.models.embeddings import BUNDLED, row_embeddings
 from factory.plugins import FilterContext, FilterPlugin
-from filters.dedup import latest_scores
+from filters._dedup import latest_scores
 
 
 class SelectConfig(BaseModel):

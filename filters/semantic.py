@@ -19,15 +19,15 @@ import numpy as np
 import polars as pl
 from pydantic import Field
 
-from factory.embeddings import BUNDLED, row_embeddings
+from factory.models.embeddings import BUNDLED, row_embeddings
 from factory.plugins import FilterContext, FilterPlugin
-from factory.schema import row_text
-from filters import dedup
+from factory.store.schema import row_text
+from filters import _dedup
 
 BLOCK = 2048  # rows compared at a time inside a cluster: bounds memory at BLOCK x cluster size
 
 
-class SemanticConfig(dedup.KeepPolicy):
+class SemanticConfig(_dedup.KeepPolicy):
     key: Literal["instruction", "instruction_input", "record"] = Field(
         "instruction_input", description="what is embedded and compared"
     )
@@ -65,7 +65,7 @@ def run(
     candidates: pl.DataFrame, kept: pl.DataFrame, config: SemanticConfig, ctx: FilterContext | None = None
 ) -> pl.DataFrame:
     """One verdict per candidate: dropped as `semantic_duplicate of <id>` (score: cosine) or kept."""
-    everyone = dedup.contenders(candidates, kept, row_text(config.key), config, ctx)
+    everyone = _dedup.contenders(candidates, kept, row_text(config.key), config, ctx)
     rows = everyone.select("id").join(
         pl.concat([kept, candidates], how="diagonal_relaxed"), on="id", how="left", maintain_order="left"
     )
@@ -91,7 +91,7 @@ def run(
     judged = everyone.with_columns(
         ids.gather(root).alias("_winner"), pl.Series("_score", similarity).fill_nan(None)
     )
-    return dedup.verdicts(judged, "semantic_duplicate", pl.col("_score").round(4))
+    return _dedup.verdicts(judged, "semantic_duplicate", pl.col("_score").round(4))
 
 
 plugin = FilterPlugin(

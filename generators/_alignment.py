@@ -22,7 +22,7 @@ from factory.errors import NotFound, SetupError
 if TYPE_CHECKING:
     from rich.table import Table
 
-    from factory.warehouse import Warehouse as WarehouseType
+    from factory.store.warehouse import Warehouse as WarehouseType
 
 
 @dataclass
@@ -120,7 +120,7 @@ def show(
     warehouse: Warehouse = None,
 ) -> None:
     """The alignment matrix of a reflect row as a heat map (levels x iterations, survey eq. 31)."""
-    from factory import outputs
+    from factory.store import outputs
 
     wh = open_warehouse(warehouse, read_only=True)
     if png is not None:

@@ -19,18 +19,17 @@ import polars as pl
 from pydantic import BaseModel, Field, model_validator
 
 from factory.errors import ConfigError
-from factory.generation import (
+from factory.formats.readers import ReadError, jsonl_records
+from factory.plugins import GeneratorPlugin
+from factory.runners.generation import (
     GenerationSummary,
     Output,
-    TeacherConfig,
     make_row,
     run_generator,
     template_hash,
 )
-from factory.plugins import GeneratorPlugin
-from factory.readers import ReadError, jsonl_records
-from factory.teacher import Request, Sampling, Teacher
-from factory.warehouse import Warehouse
+from factory.store.warehouse import Warehouse
+from factory.teachers.teacher import Request, Sampling, Teacher, TeacherConfig
 
 SYSTEM_TEMPLATES = {
     "role": "You are {role}. Answer the user's request accurately and helpfully.",
@@ -166,10 +165,15 @@ def distill(frame: pl.DataFrame, cfg: DistillConfig, teacher: Teacher, out: Outp
                 out.rows.append(row)
 
 
-def run(wh: Warehouse, cfg: DistillConfig, progress: bool = False) -> GenerationSummary:
-    frame = prompts(wh, cfg)
+def run(wh: Warehouse, config: DistillConfig, progress: bool = False) -> GenerationSummary:
+    frame = prompts(wh, config)
     return run_generator(
-        wh, "distill", cfg, cfg.teacher, lambda t, out: distill(frame, cfg, t, out, "distill"), progress
+        wh,
+        "distill",
+        config,
+        config.teacher,
+        lambda t, out: distill(frame, config, t, out, "distill"),
+        progress,
     )
 
 

@@ -22,19 +22,17 @@ from typing import Any
 from pydantic import BaseModel, Field, field_validator
 
 from factory.errors import ConfigError
-from factory.generation import (
+from factory.plugins import GeneratorPlugin
+from factory.runners.generation import (
     GenerationSummary,
     Output,
-    TeacherConfig,
     make_row,
-    plain_request,
     row_id,
     run_generator,
     template_hash,
 )
-from factory.plugins import GeneratorPlugin
-from factory.teacher import Sampling, Teacher
-from factory.warehouse import Warehouse
+from factory.store.warehouse import Warehouse
+from factory.teachers.teacher import Sampling, Teacher, TeacherConfig, plain_request
 from generators.distill import request_for
 
 NAME = "evol_instruct"
@@ -229,13 +227,15 @@ def evolve(pool: list[dict[str, Any]], cfg: EvolInstructConfig, teacher: Teacher
             pool[k] = {"id": row_id(row), "instruction": text}
 
 
-def run(wh: Warehouse, cfg: EvolInstructConfig, progress: bool = False) -> GenerationSummary:
+def run(wh: Warehouse, config: EvolInstructConfig, progress: bool = False) -> GenerationSummary:
     pool = wh.sql(
-        f"SELECT id, instruction FROM snapshot('{cfg.on}') WHERE kind = 'instruction' "
+        f"SELECT id, instruction FROM snapshot('{config.on}') WHERE kind = 'instruction' "
         "QUALIFY row_number() OVER (PARTITION BY instruction ORDER BY id) = 1 ORDER BY id"
     ).to_dicts()
-    pool = pool[: cfg.limit] if cfg.limit else pool
-    return run_generator(wh, NAME, cfg, cfg.teacher, lambda t, out: evolve(pool, cfg, t, out), progress)
+    pool = pool[: config.limit] if config.limit else pool
+    return run_generator(
+        wh, NAME, config, config.teacher, lambda t, out: evolve(pool, config, t, out), progress
+    )
 
 
 plugin = GeneratorPlugin(

@@ -21,15 +21,15 @@ from typing import Any, Literal
 import polars as pl
 from pydantic import BaseModel, Field, field_validator
 
-from factory import formats, outputs, readers
 from factory.config import parse_pairs
 from factory.errors import ConfigError, InputError
-from factory.lake import Lake
+from factory.formats import readers, shapes
+from factory.formats.readers import Problem, Raw, ReadError
 from factory.plugins import GeneratorPlugin, JobSummary
-from factory.readers import Problem, Raw, ReadError
-from factory.store import jobs
-from factory.warehouse import Warehouse
-from generators import templated
+from factory.store import jobs, outputs
+from factory.store.lake import Lake
+from factory.store.warehouse import Warehouse
+from generators import _templated
 
 MAX_SHOWN = 20
 
@@ -137,9 +137,9 @@ def _apply_map(raw: Raw, mapping: dict[str, str], label: str) -> Raw:
     return raw
 
 
-def _typed_frame(raw: Raw, spec: formats.FormatSpec) -> tuple[pl.DataFrame, list[Problem]]:
+def _typed_frame(raw: Raw, spec: shapes.FormatSpec) -> tuple[pl.DataFrame, list[Problem]]:
     """One polars frame per batch with a `_origin` column, type problems split off per record."""
-    if raw.table is not None and formats.typed_columns_ok(raw.table.schema, spec):
+    if raw.table is not None and shapes.typed_columns_ok(raw.table.schema, spec):
         keep = [c for c in raw.table.column_names if c in spec.fields]
         frame = pl.from_arrow(raw.table.select(keep)) if keep else pl.DataFrame(height=raw.table.num_rows)
         return frame.with_columns(raw.origins), []
@@ -147,9 +147,9 @@ def _typed_frame(raw: Raw, spec: formats.FormatSpec) -> tuple[pl.DataFrame, list
     origins = raw.origins.to_list()
     good, kept, problems = [], [], []
     for origin, record in zip(origins, records, strict=True):
-        problem = formats.record_problem(record, spec)
+        problem = shapes.record_problem(record, spec)
         if problem is None:
-            good.append(formats.uniform_record(record, spec))
+            good.append(shapes.uniform_record(record, spec))
             kept.append(origin)
         else:
             problems.append(Problem(origin, *problem))
@@ -163,11 +163,11 @@ def _typed_frame(raw: Raw, spec: formats.FormatSpec) -> tuple[pl.DataFrame, list
 def _detect(raw: Raw, config: ImportConfig, label: str) -> str:
     if config.format != "auto":
         return config.format
-    fmt = formats.detect(raw.fields)
+    fmt = shapes.detect(raw.fields)
     if fmt is None:
         raise ReadError(
             f"{label}: cannot tell the format from the fields {sorted(raw.fields)}; pass --format "
-            f"({', '.join(formats.SPECS)}) and --map target=field to rename fields"
+            f"({', '.join(shapes.SPECS)}) and --map target=field to rename fields"
         )
     return fmt
 
@@ -177,7 +177,7 @@ def _rows_from(
 ) -> tuple[pl.DataFrame, list[Problem]]:
     """Normalise a typed batch; returns rows with lineage, and the problems by origin."""
     frame = frame.with_row_index("_idx")
-    rows, found = formats.normalise(frame, fmt)
+    rows, found = shapes.normalise(frame, fmt)
     problems: list[Problem] = []
     if found.height:
         found = found.join(frame.select("_idx", "_origin"), on="_idx").sort("_idx")
@@ -188,7 +188,7 @@ def _rows_from(
     if rows.height == 0:
         return rows, problems
     extra = [c for c in ("generator_params", "template_hash") if c in frame.columns]
-    rows = formats.row_frame(rows).join(frame.select("_idx", "_origin", *extra), on="_idx").sort("_idx")
+    rows = shapes.row_frame(rows).join(frame.select("_idx", "_origin", *extra), on="_idx").sort("_idx")
     lineage = [
         pl.lit(source).alias("source"),
         pl.lit("templated" if config.templates else "human").alias("generator"),
@@ -205,7 +205,7 @@ def _batches(
     path: Path, config: ImportConfig, state: _State, source: str, progress: Any
 ) -> Iterator[pl.DataFrame]:
     options = readers.ReadOptions(config.encoding, config.max_row_bytes, config.batch_rows)
-    task = templated.load_task(config.templates) if config.templates else None
+    task = _templated.load_task(config.templates) if config.templates else None
     seen_any = False
     for raw in readers.prefetched(readers.read(path, options)):
         state.warnings += raw.warnings
@@ -220,12 +220,12 @@ def _batches(
         if task is not None:
             base = raw.table.to_pylist() if raw.table is not None else raw.records
             records = pl.from_dicts(base, infer_schema_length=None).with_columns(raw.origins)
-            frame, more = templated.render(records, task, config.template_mode, config.seed)
+            frame, more = _templated.render(records, task, config.template_mode, config.seed)
             problems += more
             state.fmt = "alpaca"
         else:
             state.fmt = state.fmt or _detect(raw, config, str(path))
-            frame, more = _typed_frame(raw, formats.SPECS[state.fmt])
+            frame, more = _typed_frame(raw, shapes.SPECS[state.fmt])
             problems += more
         rows, more = _rows_from(frame, state.fmt, config, source) if frame.height else (frame, [])
         problems += more

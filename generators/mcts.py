@@ -35,20 +35,18 @@ import numpy as np
 import polars as pl
 from pydantic import BaseModel, Field
 
-from factory import lake
-from factory.generation import (
+from factory.plugins import GeneratorPlugin
+from factory.runners.generation import (
     GenerationSummary,
     Output,
-    TeacherConfig,
-    ask,
     make_row,
     run_generator,
     template_hash,
 )
-from factory.plugins import GeneratorPlugin
-from factory.schema import TABLES
-from factory.teacher import Sampling, Teacher
-from factory.warehouse import Warehouse
+from factory.store import lake
+from factory.store.schema import TABLES
+from factory.store.warehouse import Warehouse
+from factory.teachers.teacher import Sampling, Teacher, TeacherConfig, ask
 from generators.evol_instruct import DEPTH_INTRO, DEPTH_METHODS
 
 PROPOSE = (
@@ -184,7 +182,7 @@ class Search:
         return [self._judgements[t] for t in texts]
 
     def _diversity(self, texts: list[str]) -> list[float]:
-        from factory.embeddings import encode
+        from factory.models.embeddings import encode
 
         if self.pool_vectors is None:
             self.pool_vectors = encode(self.pool)
@@ -300,27 +298,27 @@ def _tree_frame(trees: list[Tree], job: str) -> pl.DataFrame:
     return pl.DataFrame(records, schema_overrides={"reward": pl.Float64, "value": pl.Float64}).select(columns)
 
 
-def run(wh: Warehouse, cfg: MctsConfig, progress: bool = False) -> GenerationSummary:
-    roots = wh.sql(f"SELECT id, instruction FROM snapshot('{cfg.on}') ORDER BY id")
+def run(wh: Warehouse, config: MctsConfig, progress: bool = False) -> GenerationSummary:
+    roots = wh.sql(f"SELECT id, instruction FROM snapshot('{config.on}') ORDER BY id")
     pool = roots["instruction"].to_list()
-    roots = roots.head(cfg.limit) if cfg.limit else roots
-    trees = _load(wh, roots, cfg)
+    roots = roots.head(config.limit) if config.limit else roots
+    trees = _load(wh, roots, config)
     holder: dict[str, Any] = {}
 
     def produce(teacher: Teacher, out: Output) -> None:
-        search = Search(trees, pool, cfg, teacher)
+        search = Search(trees, pool, config, teacher)
         if any(t.root.reward is None for t in trees):
             for tree, reward in zip(trees, search.rewards([t.root.instruction for t in trees]), strict=True):
                 tree.root.reward = reward
         search.propose_actions()
-        for _ in range(cfg.rollouts):
+        for _ in range(config.rollouts):
             search.rollout()
         best = []
         for tree in trees:
             ranked = sorted((n for n in tree.nodes.values() if n.parent and n.visits),
                             key=lambda n: (-n.value / n.visits, n.node))  # fmt: skip
-            best += [(tree, n) for n in ranked[: cfg.best]]
-        answers = search._ask([n.instruction for _, n in best], cfg.answer_sampling)
+            best += [(tree, n) for n in ranked[: config.best]]
+        answers = search._ask([n.instruction for _, n in best], config.answer_sampling)
         template = template_hash("mcts", DEPTH_INTRO, JUDGE, PROPOSE)
         for (tree, node), answer in zip(best, answers, strict=True):
             path, walk = [], node
@@ -348,7 +346,7 @@ def run(wh: Warehouse, cfg: MctsConfig, progress: bool = False) -> GenerationSum
                 f"INSERT INTO mcts_nodes ({columns}, updated_at) SELECT {columns}, now() FROM staged_nodes"
             )
 
-    return run_generator(wh, "mcts", cfg, cfg.teacher, produce, progress, also=store_trees)
+    return run_generator(wh, "mcts", config, config.teacher, produce, progress, also=store_trees)
 
 
 plugin = GeneratorPlugin(

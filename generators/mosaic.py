@@ -2,7 +2,7 @@
 
 It reads the single-exchange instruction rows of a snapshot (conversations and
 preference pairs are left out and counted), composes them with
-`factory.mosaic.mosaic_rows` and stores every composed example in one commit
+`factory.formats.mosaic.mosaic_rows` and stores every composed example in one commit
 with its parts in `parent_ids` and the strategy, variant, k and pass in its
 lineage. Everything is seeded, so a rerun (also after a kill) composes the same
 rows, which the warehouse already has: nothing is doubled.
@@ -15,12 +15,11 @@ from typing import Any
 import polars as pl
 from pydantic import Field
 
-from factory import lake
-from factory.generation import GenerationSummary, make_row, template_hash
-from factory.mosaic import OVERHEAD_TEXT, MosaicConfig, load_tokenizer, mosaic_rows
+from factory.formats.mosaic import OVERHEAD_TEXT, MosaicConfig, load_tokenizer, mosaic_rows
 from factory.plugins import GeneratorPlugin
-from factory.store import jobs
-from factory.warehouse import Warehouse
+from factory.runners.generation import GenerationSummary, make_row, template_hash
+from factory.store import jobs, lake
+from factory.store.warehouse import Warehouse
 
 
 class MosaicGeneratorConfig(MosaicConfig):
@@ -28,21 +27,21 @@ class MosaicGeneratorConfig(MosaicConfig):
     limit: int | None = Field(None, gt=0, description="use at most this many source rows")
 
 
-def run(wh: Warehouse, cfg: MosaicGeneratorConfig, progress: bool = False) -> GenerationSummary:
+def run(wh: Warehouse, config: MosaicGeneratorConfig, progress: bool = False) -> GenerationSummary:
     """Compose the snapshot's rows and store the examples, with the job, in one commit."""
     rows = wh.sql(
-        f"SELECT id, kind, instruction, input, output, messages FROM snapshot('{cfg.on}') ORDER BY id"
+        f"SELECT id, kind, instruction, input, output, messages FROM snapshot('{config.on}') ORDER BY id"
     )
     usable = rows.filter((pl.col("kind") == "instruction") & pl.col("messages").is_null())
-    usable = usable.head(cfg.limit) if cfg.limit else usable
-    with jobs.running(wh, "generate", "mosaic", cfg.model_dump(mode="json")) as job:
+    usable = usable.head(config.limit) if config.limit else usable
+    with jobs.running(wh, "generate", "mosaic", config.model_dump(mode="json")) as job:
         summary = GenerationSummary(job_id=job.id, generator="mosaic", teacher="none (composition)")
         job.summary = summary.as_dict
         skipped = rows.height - usable.height
         if skipped:
             summary.rejected["not_a_single_exchange"] = skipped
-        made = mosaic_rows(usable, cfg, load_tokenizer(cfg.tokenizer)) if usable.height else []
-        template = template_hash(OVERHEAD_TEXT, cfg.tokenizer, str(cfg.max_tokens))
+        made = mosaic_rows(usable, config, load_tokenizer(config.tokenizer)) if usable.height else []
+        template = template_hash(OVERHEAD_TEXT, config.tokenizer, str(config.max_tokens))
         stored = [
             make_row("mosaic", None, m["instruction"], m["output"], parents=m["parent_ids"],
                      params=m["params"], template=template, tags=["mosaic", m["params"]["strategy"]])

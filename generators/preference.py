@@ -25,18 +25,16 @@ import polars as pl
 from pydantic import Field, model_validator
 
 from factory.errors import ConfigError
-from factory.generation import (
+from factory.plugins import GeneratorPlugin
+from factory.runners.generation import (
     GenerationSummary,
     Output,
-    TeacherConfig,
-    ask,
     make_row,
     run_generator,
     template_hash,
 )
-from factory.plugins import GeneratorPlugin
-from factory.teacher import Sampling, Teacher
-from factory.warehouse import Warehouse
+from factory.store.warehouse import Warehouse
+from factory.teachers.teacher import Sampling, Teacher, TeacherConfig, ask
 from generators.distill import PromptSource, prompts
 
 JUDGE_TEMPLATE = """Rate each response to the instruction below on a scale of 1 to 10 for helpfulness, correctness and harmlessness.
@@ -188,11 +186,11 @@ def _params(values: dict) -> str:
     return json.dumps(values, sort_keys=True, ensure_ascii=False)
 
 
-def run(wh: Warehouse, cfg: PreferenceConfig, progress: bool = False) -> GenerationSummary:
-    frame = prompts(wh, cfg)
-    produce = rank if cfg.mode == "rank" else critique_revise
+def run(wh: Warehouse, config: PreferenceConfig, progress: bool = False) -> GenerationSummary:
+    frame = prompts(wh, config)
+    produce = rank if config.mode == "rank" else critique_revise
     return run_generator(
-        wh, "preference", cfg, cfg.teacher, lambda t, out: produce(frame, cfg, t, out), progress
+        wh, "preference", config, config.teacher, lambda t, out: produce(frame, config, t, out), progress
     )
 
 

@@ -33,21 +33,19 @@ import numpy as np
 import polars as pl
 from pydantic import Field, field_validator
 
-from factory.embeddings import BUNDLED
 from factory.errors import ConfigError
-from factory.generation import (
+from factory.formats.readers import ReadError, jsonl_records
+from factory.models.embeddings import BUNDLED
+from factory.plugins import GeneratorPlugin
+from factory.runners.generation import (
     GenerationSummary,
     Output,
-    TeacherConfig,
-    ask,
     make_row,
     run_generator,
     template_hash,
 )
-from factory.plugins import GeneratorPlugin
-from factory.readers import ReadError, jsonl_records
-from factory.teacher import Sampling, Teacher, parse_spec
-from factory.warehouse import Warehouse
+from factory.store.warehouse import Warehouse
+from factory.teachers.teacher import Sampling, Teacher, TeacherConfig, ask, parse_spec
 from generators.distill import PromptSource, prompts
 
 ANSWER = "Use the context to follow the instruction.\n\nContext:\n{context}\n\nInstruction: {instruction}"
@@ -181,7 +179,7 @@ def preprocess(name: str, text: str, chunk_words: int) -> list[Chunk]:
 
 def retrieve(instructions: list[str], chunks: list[Chunk], cfg: ReflectConfig) -> list[tuple[str, list[str]]]:
     """Per instruction: the context (each document's top chunks, most similar first) and its documents."""
-    from factory.embeddings import encode
+    from factory.models.embeddings import encode
 
     similarity = (
         encode(instructions, cfg.embedding_model) @ encode([c.text for c in chunks], cfg.embedding_model).T
@@ -220,7 +218,7 @@ def converged(columns: list[list[float]], epsilon: float) -> bool:
 def reflect(
     frame: pl.DataFrame, chunks: list[Chunk], cfg: ReflectConfig, teacher: Teacher, out: Output
 ) -> None:
-    from factory.embeddings import encode
+    from factory.models.embeddings import encode
 
     student_model = teacher.alongside(cfg.student, cfg.teacher.options)
     records = list(frame.iter_rows(named=True))
@@ -292,13 +290,15 @@ def _joined(input: str, context: str) -> str:
     return "\n\n".join(part for part in (input, context) if part)
 
 
-def run(wh: Warehouse, cfg: ReflectConfig, progress: bool = False) -> GenerationSummary:
-    frame = prompts(wh, cfg)
+def run(wh: Warehouse, config: ReflectConfig, progress: bool = False) -> GenerationSummary:
+    frame = prompts(wh, config)
     chunks = [
-        c for name, text in read_documents(cfg.documents) for c in preprocess(name, text, cfg.chunk_words)
+        c
+        for name, text in read_documents(config.documents)
+        for c in preprocess(name, text, config.chunk_words)
     ]
     return run_generator(
-        wh, "reflect", cfg, cfg.teacher, lambda t, out: reflect(frame, chunks, cfg, t, out), progress
+        wh, "reflect", config, config.teacher, lambda t, out: reflect(frame, chunks, config, t, out), progress
     )
 
 

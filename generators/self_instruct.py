@@ -26,18 +26,17 @@ from typing import Any
 from pydantic import BaseModel, Field
 
 from factory.errors import ConfigError
-from factory.generation import (
+from factory.evaluation.rouge import RougeIndex
+from factory.plugins import GeneratorPlugin
+from factory.runners.generation import (
     GenerationSummary,
     Output,
-    TeacherConfig,
     make_row,
     run_generator,
     template_hash,
 )
-from factory.plugins import GeneratorPlugin
-from factory.rouge import RougeIndex
-from factory.teacher import Request, Sampling, Teacher
-from factory.warehouse import Warehouse
+from factory.store.warehouse import Warehouse
+from factory.teachers.teacher import Request, Sampling, Teacher, TeacherConfig
 
 NAME = "self_instruct"
 BLACKLIST = ("image", "images", "graph", "graphs", "picture", "pictures", "file", "files", "map", "maps",
@@ -297,10 +296,10 @@ def self_instruct(
                 out.rows.append(row(text, rnd, output, inp, tags, classification=cls))
 
 
-def run(wh: Warehouse, cfg: SelfInstructConfig, progress: bool = False) -> GenerationSummary:
-    seeds = _seeds(wh, cfg)
+def run(wh: Warehouse, config: SelfInstructConfig, progress: bool = False) -> GenerationSummary:
+    seeds = _seeds(wh, config)
     return run_generator(
-        wh, NAME, cfg, cfg.teacher, lambda t, out: self_instruct(seeds, cfg, t, out), progress
+        wh, NAME, config, config.teacher, lambda t, out: self_instruct(seeds, config, t, out), progress
     )
 
 

@@ -1,6 +1,6 @@
 """`factory train-config`: the external trainers' command (registered under `factory.commands`).
 
-Kept apart from `trainers.external` so that listing the commands (`factory --help`) loads
+Kept apart from `trainers._external` so that listing the commands (`factory --help`) loads
 no training library."""
 
 from __future__ import annotations
@@ -28,7 +28,7 @@ def train_config(
       factory train-config llamafactory base --out lf/ --set method=lora --set template=llama3 --set model=/models/llama
       factory train-config axolotl prefs --out ax/ --set stage=dpo --set method=qlora --set model=/models/qwen
     """
-    from trainers import external
+    from trainers import _external as external
 
     wh = open_warehouse(warehouse, read_only=True)
     written = external.write_config(wh, tool, snapshot, out, values(config, set_), force=force)

@@ -16,9 +16,11 @@ import torch
 from pydantic import Field
 
 from factory.errors import ConfigError
+from factory.models import chat
+from factory.models.loss import target_logits, target_tokens
 from factory.plugins import TrainerPlugin, TrainJob, TrainResult
-from trainers import data, loop, methods
-from trainers.sft import SftConfig, examples_for, fit, load_model, target_logits
+from trainers import _loop, _methods
+from trainers.sft import SftConfig, examples_for, fit, load_model
 
 
 class DistillConfig(SftConfig):
@@ -34,8 +36,8 @@ def kl_sum(student: torch.Tensor, teacher: torch.Tensor, t: float) -> torch.Tens
     return (p.exp() * (p - s)).sum() * t * t
 
 
-def distill_loss(teacher: Any, cfg: DistillConfig) -> loop.LossFn:
-    def loss(model: Any, batch: loop.Batch) -> torch.Tensor:
+def distill_loss(teacher: Any, cfg: DistillConfig) -> _loop.LossFn:
+    def loss(model: Any, batch: _loop.Batch) -> torch.Tensor:
         logits, targets, _ = target_logits(model, batch)
         with torch.no_grad():
             target, _, _ = target_logits(teacher, batch)
@@ -60,10 +62,10 @@ def run(job: TrainJob) -> TrainResult:
         )
     teacher.eval().requires_grad_(False)
     items, skipped = examples_for(cfg, tokenizer, job.data)
-    model = methods.prepare(model, cfg.method, cfg)
+    model = _methods.prepare(model, cfg.method, cfg)
     pad = tokenizer.pad_token_id
-    result = fit(job, model, tokenizer, items, lambda groups: data.collate(groups, pad), distill_loss(teacher, cfg),
-                 loop.target_tokens)  # fmt: skip
+    result = fit(job, model, tokenizer, items, lambda groups: chat.collate(groups, pad), distill_loss(teacher, cfg),
+                 target_tokens)  # fmt: skip
     result.metrics |= {"skipped": skipped, "alpha": cfg.alpha, "temperature": cfg.temperature}
     return result
 
@@ -73,6 +75,6 @@ plugin = TrainerPlugin(
     config=DistillConfig,
     run=run,
     summary="distillation: KL(teacher || student) over next-token distributions, mixed with SFT",
-    methods=methods.METHODS,
+    methods=_methods.METHODS,
     consumes="openai",
 )

@@ -15,9 +15,11 @@ import torch
 from pydantic import Field, model_validator
 
 from factory.errors import ConfigError
+from factory.models import chat
+from factory.models.loss import target_logits
 from factory.plugins import TrainerPlugin, TrainJob, TrainResult
-from trainers import data, loop, methods
-from trainers.sft import SftConfig, fit, load_model, target_logits
+from trainers import _loop, _methods
+from trainers.sft import SftConfig, fit, load_model
 
 
 class DpoConfig(SftConfig):
@@ -31,30 +33,30 @@ class DpoConfig(SftConfig):
         return self
 
 
-def response_logps(model: Any, batch: loop.Batch) -> torch.Tensor:
+def response_logps(model: Any, batch: _loop.Batch) -> torch.Tensor:
     """Per sequence: the sum of log-probabilities of its target (response) tokens."""
     logits, targets, rows = target_logits(model, batch)
     picked = -torch.nn.functional.cross_entropy(logits, targets, reduction="none")
     return torch.zeros(batch["labels"].shape[0], dtype=picked.dtype).index_add(0, rows, picked)
 
 
-def pairs(tokenizer: Any, records: list[dict], max_length: int) -> list[tuple[data.Example, data.Example]]:
-    chosen = data.encode(tokenizer, [r["prompt"] + r["chosen"] for r in records], max_length, last_only=True)
-    rejected = data.encode(
+def pairs(tokenizer: Any, records: list[dict], max_length: int) -> list[tuple[chat.Example, chat.Example]]:
+    chosen = chat.encode(tokenizer, [r["prompt"] + r["chosen"] for r in records], max_length, last_only=True)
+    rejected = chat.encode(
         tokenizer, [r["prompt"] + r["rejected"] for r in records], max_length, last_only=True
     )
     return [(c, r) for c, r in zip(chosen, rejected, strict=True) if c.targets and r.targets]
 
 
-def batch_of(items: list[tuple[Any, ...]], pad: int) -> loop.Batch:
+def batch_of(items: list[tuple[Any, ...]], pad: int) -> _loop.Batch:
     """Chosen sequences first, then rejected, with each pair's reference log-probabilities."""
-    batch = data.collate([[c] for c, *_ in items] + [[r] for _, r, *_ in items], pad)
+    batch = chat.collate([[c] for c, *_ in items] + [[r] for _, r, *_ in items], pad)
     if len(items[0]) == 4:
         batch["reference"] = torch.tensor([[rc, rr] for *_, rc, rr in items])
     return batch
 
 
-def dpo_loss_sum(model: Any, batch: loop.Batch, beta: float) -> tuple[torch.Tensor, torch.Tensor]:
+def dpo_loss_sum(model: Any, batch: _loop.Batch, beta: float) -> tuple[torch.Tensor, torch.Tensor]:
     """The summed eq. 12 loss of the batch's pairs, and each pair's implicit reward margin."""
     logps = response_logps(model, batch)
     n = logps.shape[0] // 2
@@ -64,7 +66,7 @@ def dpo_loss_sum(model: Any, batch: loop.Batch, beta: float) -> tuple[torch.Tens
 
 
 def reference_logps(
-    model: Any, items: list[tuple[data.Example, data.Example]], pad: int, size: int
+    model: Any, items: list[tuple[chat.Example, chat.Example]], pad: int, size: int
 ) -> list[tuple]:
     out = []
     with torch.no_grad():
@@ -80,11 +82,11 @@ def run(job: TrainJob) -> TrainResult:
     cfg: DpoConfig = job.config
     torch.manual_seed(cfg.seed)  # adapters are initialised at random: seed them too
     model, tokenizer = load_model(cfg.model, cfg.method)
-    data.use_template(tokenizer, cfg.chat_template)
+    chat.use_template(tokenizer, cfg.chat_template)
     pad = tokenizer.pad_token_id
-    train = pairs(tokenizer, data.read_jsonl(job.data / "train.jsonl"), cfg.max_length)
-    held = pairs(tokenizer, data.read_jsonl(job.data / "eval.jsonl"), cfg.max_length)
-    model = methods.prepare(model, cfg.method, cfg)
+    train = pairs(tokenizer, chat.read_jsonl(job.data / "train.jsonl"), cfg.max_length)
+    held = pairs(tokenizer, chat.read_jsonl(job.data / "eval.jsonl"), cfg.max_length)
+    model = _methods.prepare(model, cfg.method, cfg)
     model.eval()  # the reference pass: no dropout, before any update (peft adapters start as identity)
     items = reference_logps(model, train, pad, cfg.batch_size)
     held_items = reference_logps(model, held, pad, cfg.batch_size)
@@ -105,6 +107,6 @@ plugin = TrainerPlugin(
     config=DpoConfig,
     run=run,
     summary="Direct Preference Optimisation on prompt/chosen/rejected pairs against a frozen reference",
-    methods=methods.METHODS,
+    methods=_methods.METHODS,
     consumes="preference",
 )

@@ -3,7 +3,7 @@
 Methods: full fine-tuning, LoRA, QLoRA, prefix tuning, prompt tuning, P-tuning,
 IA3 (through peft) and BitFit (bias terms only). Loss: NLL of assistant tokens
 only, over the total number of target tokens of the accumulated batch (survey
-eq. 6, in `trainers.loop`). Optional packing without attention across rows;
+eq. 6, in `trainers._loop`). Optional packing without attention across rows;
 checkpoints every `save_steps` and resume from the last one.
 
 The loop is our own on transformers and peft rather than TRL's SFTTrainer: it
@@ -23,13 +23,14 @@ import torch
 from pydantic import Field, model_validator
 
 from factory.errors import ConfigError
-from factory.models import loader
+from factory.models import chat, loader
+from factory.models.loss import sft_loss, target_tokens
 from factory.plugins import TrainerPlugin, TrainJob, TrainResult
-from trainers import data, loop, methods
+from trainers import _loop, _methods
 
 
-class SftConfig(loop.LoopSettings, methods.MethodSettings):
-    method: methods.Method = Field(
+class SftConfig(_loop.LoopSettings, _methods.MethodSettings):
+    method: _methods.Method = Field(
         "lora", description="full, lora, qlora, prefix, prompt, ptuning, ia3, bitfit"
     )
     model: str = Field("embedded", description="model folder, GGUF file, cached hub id, or 'embedded'")
@@ -42,9 +43,9 @@ class SftConfig(loop.LoopSettings, methods.MethodSettings):
 
     @model_validator(mode="after")
     def _packing_fits(self) -> SftConfig:
-        if self.packing and self.method not in methods.PACKABLE:
+        if self.packing and self.method not in _methods.PACKABLE:
             raise ConfigError(
-                f"packing works with {', '.join(methods.PACKABLE)}: {self.method} adds virtual tokens "
+                f"packing works with {', '.join(_methods.PACKABLE)}: {self.method} adds virtual tokens "
                 "that would shift the packed rows' positions; set packing=false"
             )
         return self
@@ -52,53 +53,22 @@ class SftConfig(loop.LoopSettings, methods.MethodSettings):
 
 def load_model(name: str, method: str = "full") -> tuple[Any, Any]:
     """Model (float32, or 4-bit for QLoRA) and tokenizer of a model name, to train."""
-    return loader.load(name, quantization=methods.quantization(method))
-
-
-def _virtual_tokens(model: Any) -> bool:
-    """Whether a peft method feeds the model virtual tokens or prefixes (its logits do not line up)."""
-    config = getattr(model, "active_peft_config", None)
-    return bool(config is not None and config.is_prompt_learning)
-
-
-def target_logits(model: Any, batch: loop.Batch) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-    """Logits at the positions that predict a target token, those targets, and the row of each.
-
-    Only those positions go through the output layer (`logits_to_keep`): with Gemma's
-    262k-token vocabulary the projection and softmax over every position would cost
-    as much as the rest of the model.
-    """
-    labels = batch["labels"]
-    keep = torch.zeros_like(labels, dtype=torch.bool)
-    keep[:, :-1] = labels[:, 1:] != data.IGNORE
-    targets = labels[:, 1:][keep[:, :-1]]
-    inputs = {k: batch[k] for k in data.MODEL_INPUTS if k in batch}
-    if _virtual_tokens(model):
-        logits = model(**inputs, use_cache=False).logits[:, -labels.shape[1] :][keep]
-    else:  # without a cache: with one, transformers would not see the packing
-        logits = model(**inputs, use_cache=False, logits_to_keep=keep).logits.reshape(len(targets), -1)
-    return logits.float(), targets, keep.nonzero()[:, 0]
-
-
-def sft_loss(model: Any, batch: loop.Batch) -> torch.Tensor:
-    """The summed NLL of the batch's target tokens."""
-    logits, targets, _ = target_logits(model, batch)
-    return torch.nn.functional.cross_entropy(logits, targets, reduction="sum")
+    return loader.load(name, quantization=_methods.quantization(method))
 
 
 def conversations(folder: Path, split: str) -> list[list[dict[str, str]]]:
-    return [r["messages"] for r in data.read_jsonl(folder / f"{split}.jsonl")]
+    return [r["messages"] for r in chat.read_jsonl(folder / f"{split}.jsonl")]
 
 
 def examples_for(
     cfg: SftConfig, tokenizer: Any, folder: Path
-) -> tuple[list[list[data.Example]], dict[str, int]]:
+) -> tuple[list[list[chat.Example]], dict[str, int]]:
     """The training items (one row each, or packed bins) and what was left out."""
-    data.use_template(tokenizer, cfg.chat_template)
-    encoded = data.encode(tokenizer, conversations(folder, "train"), cfg.max_length)
+    chat.use_template(tokenizer, cfg.chat_template)
+    encoded = chat.encode(tokenizer, conversations(folder, "train"), cfg.max_length)
     usable = [e for e in encoded if e.targets]
     skipped = {"no_assistant_tokens_within_max_length": len(encoded) - len(usable)}
-    items = data.pack(usable, cfg.max_length) if cfg.packing else [[e] for e in usable]
+    items = chat.pack(usable, cfg.max_length) if cfg.packing else [[e] for e in usable]
     return items, skipped
 
 
@@ -108,14 +78,14 @@ def fit(
     tokenizer: Any,
     items: list[Any],
     make_batch: Any,
-    loss_fn: loop.LossFn,
-    units: loop.UnitsFn,
+    loss_fn: _loop.LossFn,
+    units: _loop.UnitsFn,
 ) -> TrainResult:
     """Train `model` (already prepared for the method) on `items`, save it, and report the run's numbers."""
     cfg = job.config
-    trainable, total = methods.parameter_counts(model)
+    trainable, total = _methods.parameter_counts(model)
     started = time.perf_counter()
-    logs = loop.train(
+    logs = _loop.train(
         model, items, make_batch, loss_fn, units, cfg, job.out / "checkpoints", _printer(job.progress)
     )
     seconds = time.perf_counter() - started
@@ -133,7 +103,7 @@ def fit(
             "trainable_params": trainable,
             "total_params": total,
             "trainable_share": trainable / total,
-            "lora_share_eq8": methods.lora_share(model),
+            "lora_share_eq8": _methods.lora_share(model),
             "items": len(items),
         },
     )
@@ -144,10 +114,10 @@ def run(job: TrainJob) -> TrainResult:
     torch.manual_seed(cfg.seed)  # adapters are initialised at random: seed them too
     model, tokenizer = load_model(cfg.model, cfg.method)
     items, skipped = examples_for(cfg, tokenizer, job.data)
-    model = methods.prepare(model, cfg.method, cfg)
+    model = _methods.prepare(model, cfg.method, cfg)
     pad = tokenizer.pad_token_id
     result = fit(
-        job, model, tokenizer, items, lambda groups: data.collate(groups, pad), sft_loss, loop.target_tokens
+        job, model, tokenizer, items, lambda groups: chat.collate(groups, pad), sft_loss, target_tokens
     )
     result.metrics |= {"rows": sum(len(group) for group in items), "skipped": skipped}
     return result
@@ -157,7 +127,7 @@ def _printer(progress: bool) -> Any:
     if not progress:
         return None
 
-    def show(log: loop.StepLog) -> None:
+    def show(log: _loop.StepLog) -> None:
         print(
             f"step {log.step}: loss {log.loss:.4f} over {log.units} targets ({log.seconds:.2f} s)", flush=True
         )
@@ -170,6 +140,6 @@ plugin = TrainerPlugin(
     config=SftConfig,
     run=run,
     summary="supervised fine-tuning: full, LoRA, QLoRA, prefix, prompt, P-tuning, IA3, BitFit",
-    methods=methods.METHODS,
+    methods=_methods.METHODS,
     consumes="openai",
 )

@@ -17,7 +17,7 @@ import typer
 if TYPE_CHECKING:
     import polars as pl
 
-    from factory.warehouse import Warehouse as WarehouseType
+    from factory.store.warehouse import Warehouse as WarehouseType
 
 Warehouse = Annotated[
     str | None,

@@ -131,7 +131,7 @@ def sql(
     """
     import polars as pl
 
-    from factory import lake, outputs
+    from factory.store import lake, outputs, sql_guard
 
     if format not in ("table", "csv", "json", "parquet"):
         fail(f"--format must be table, csv, json or parquet, got '{format}'")
@@ -144,7 +144,7 @@ def sql(
         outputs.check_file(out, wh.protected_paths(), force)
     try:
         frame = wh.sql(query)
-    except lake.QueryRefused as exc:
+    except sql_guard.QueryRefused as exc:
         fail(f"factory sql is read-only: {exc}")
     except lake.LakeError as exc:
         text = str(exc)
@@ -211,15 +211,24 @@ def export(
       factory export short --format llamafactory --out lf/
       factory export short --format openai --out mosaic/ --mosaic tokenizer=models/my-llm,max_tokens=4096
     """
+    import factory
     from factory import config
-    from factory.mosaic import MosaicConfig
+    from factory.formats.mosaic import MosaicConfig
 
     composition = None
     if mosaic is not None:
         composition = config.validate(MosaicConfig, config.parse_pairs(mosaic, "--mosaic"), flag="--mosaic")
     wh = open_warehouse(warehouse, read_only=True)
-    result = wh.export(
-        snapshot, out, format, eval_split=eval_split, seed=seed, name=name, mosaic=composition, force=force
+    result = factory.export(
+        wh,
+        snapshot,
+        out,
+        format,
+        eval_split=eval_split,
+        seed=seed,
+        name=name,
+        mosaic=composition,
+        force=force,
     )
     counts = ", ".join(f"{split} {n:,}" for split, n in result["counts"].items())
     files = ", ".join(shown(out / f) for f in result["files"].values())

@@ -31,7 +31,8 @@ def filter_(
       factory filter decontaminate --set 'eval_files=[gsm8k.jsonl]'
       factory filter judge --set teacher.teacher=openai:gpt-4o-mini --set threshold=4.5
     """
-    from factory import filtering, plugins
+    from factory import plugins
+    from factory.runners import filtering
 
     if engine not in ("local", "ray"):
         fail(f"--engine must be local or ray, not {engine!r}")

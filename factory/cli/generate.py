@@ -95,7 +95,7 @@ def teacher_check(
     timeout: Annotated[float, typer.Option(help="request timeout in seconds")] = 60.0,
 ) -> None:
     """Send one request to a teacher and show the latency and the answer."""
-    from factory.teacher import TeacherOptions, check
+    from factory.teachers.teacher import TeacherOptions, check
 
     result = check(spec, TeacherOptions(timeout_s=timeout, max_retries=1))
     if result["text"] is None:

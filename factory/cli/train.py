@@ -45,7 +45,7 @@ def train(
       factory train prefs --trainer dpo --method lora --set beta=0.1
       factory train base --trainer distill --model models/small --set teacher=models/big --set alpha=0.5
     """
-    from factory import training
+    from factory.runners import training
 
     settings = values(config, set_) | {
         k: v for k, v in {"method": method, "model": model}.items() if v is not None
@@ -63,8 +63,9 @@ def eval_(
 ) -> None:
     """Evaluate a model on a snapshot (loss, perplexity, ROUGE-L, BLEU, similarity, instruction checks,
     judge), per domain and overall, and record it as a run."""
-    from factory import config, training
-    from factory.evaluation import EvalSettings
+    from factory import config
+    from factory.evaluation.metrics import EvalSettings
+    from factory.runners import training
 
     settings = config.validate(EvalSettings, {**values(None, set_), "split": split})
     _print_run(training.evaluate_run(open_warehouse(warehouse), model, on, settings))
@@ -106,7 +107,7 @@ def runs(
     warehouse: Warehouse = None,
 ) -> None:
     """Training and evaluation runs, newest first; --compare A B shows two side by side."""
-    from factory import training
+    from factory.runners import training
 
     wh = open_warehouse(warehouse, read_only=True)
     print_frame(training.compare(wh, *compare) if compare else training.runs(wh))

@@ -29,11 +29,12 @@ from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
-from factory import errors, lake
-from factory.warehouse import STAGING, new_id
+from factory import errors
+from factory.store import lake
+from factory.store.warehouse import STAGING, new_id
 
 if TYPE_CHECKING:
-    from factory.warehouse import Warehouse
+    from factory.store.warehouse import Warehouse
 
 LOCK_POLL_S = 0.5  # how often a job waiting for an identical one looks again
 

@@ -1,1 +1,0 @@
-"""Teacher backends: openai (any OpenAI-compatible endpoint), hf (transformers), vllm."""

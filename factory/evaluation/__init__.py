@@ -1,0 +1,1 @@
+"""Evaluation: metrics of a model on a snapshot, verifiable-instruction checks, ROUGE, the judge."""

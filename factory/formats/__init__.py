@@ -1,0 +1,1 @@
+"""Formats: reading files, normalising records, export in trainers' formats, the Mosaic-IT transform, sandboxed templates."""

@@ -1,0 +1,1 @@
+"""Runners: generation, filtering and training as recorded jobs that reach plugins through the registry only."""

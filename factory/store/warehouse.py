@@ -1,0 +1,440 @@
+"""The warehouse: the Python API every command, plugin and notebook uses.
+
+`factory.init(path)` creates one, `factory.open(path)` opens it; the returned
+`Warehouse` has a handful of verbs (`sql`, `add_rows`, `add_verdicts`, the
+snapshot verbs) that take and return polars frames. Only the store's modules touch
+DuckDB (`lake.py` its connection, `sql_guard.py` its parser); this module decides
+what SQL to run.
+
+A warehouse folder holds `factory.json` (where the catalog and the data files
+are) and, by default, `catalog.sqlite` and `data/` beside it. The catalog URL and
+data path can point elsewhere (a PostgreSQL catalog, an object-store bucket):
+see the README's "Warehouse layout".
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import re
+import shutil
+import uuid
+from collections.abc import Callable, Iterable
+from dataclasses import dataclass
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any
+
+import polars as pl
+
+from factory import errors
+from factory.store import lake, outputs, schema, snapshots, sql_guard
+
+SNAPSHOT_CALL = re.compile(r"\bsnapshot\(\s*'([A-Za-z0-9][A-Za-z0-9_.\-]*)'\s*\)", re.IGNORECASE)
+CONFIG_FILE = "factory.json"
+STAGING = ".staging"
+ENV_WAREHOUSE = "FACTORY_WAREHOUSE"
+DEFAULT_PATH = "warehouse"
+
+
+class WarehouseError(lake.LakeError):
+    """A problem with the warehouse itself (missing, wrong version, bad config)."""
+
+
+def resolve_path(path: str | os.PathLike | None) -> Path:
+    """The warehouse folder: the argument, else $FACTORY_WAREHOUSE, else ./warehouse."""
+    return Path(path or os.environ.get(ENV_WAREHOUSE) or DEFAULT_PATH)
+
+
+def _location(folder: Path, config: dict[str, str]) -> lake.Location:
+    catalog = os.environ.get("FACTORY_CATALOG") or config["catalog"]
+    data_path = os.environ.get("FACTORY_DATA_PATH") or config["data_path"]
+    scheme, _, target = catalog.partition(":")
+    if scheme in ("sqlite", "duckdb") and not os.path.isabs(target):
+        catalog = f"{scheme}:{(folder / target).resolve()}"
+    if "://" not in data_path and not os.path.isabs(data_path):
+        data_path = str((folder / data_path).resolve()) + os.sep
+    return lake.Location(catalog=catalog, data_path=data_path)
+
+
+def init(
+    path: str | os.PathLike | None = None,
+    catalog: str | None = None,
+    data_path: str | None = None,
+) -> Warehouse:
+    """Create a warehouse (or open it if it already exists) and return it.
+
+    catalog: DuckLake catalog URL; default `sqlite:catalog.sqlite` inside the folder.
+    data_path: where Parquet data files go; default `data/` inside the folder.
+    """
+    folder = resolve_path(path)
+    config_path = folder / CONFIG_FILE
+    if config_path.exists():
+        return open_warehouse(folder)
+    folder.mkdir(parents=True, exist_ok=True)
+    config = {"catalog": catalog or "sqlite:catalog.sqlite", "data_path": data_path or "data/"}
+    location = _location(folder, config)
+    if "://" not in location.data_path:
+        Path(location.data_path).mkdir(parents=True, exist_ok=True)
+    conn = lake.connect(location)
+
+    def create(lk: lake.Lake) -> None:
+        for table in schema.TABLES:
+            lk.execute(schema.create_sql(table))
+        if lk.scalar("SELECT count(*) FROM meta WHERE key = 'schema_version'") == 0:
+            lk.execute("INSERT INTO meta VALUES ('schema_version', ?)", [str(schema.SCHEMA_VERSION)])
+
+    conn.write("init: create warehouse tables", create)
+    config_path.write_text(json.dumps(config, indent=2) + "\n")
+    return Warehouse(folder, conn)
+
+
+def open_warehouse(
+    path: str | os.PathLike | None = None,
+    read_only: bool = False,
+    sandbox: bool = False,
+    allow_files: bool = False,
+) -> Warehouse:
+    """Open an existing warehouse; fails with a hint when it is missing or of another schema version.
+
+    sandbox: open it to run a user's SQL (`factory sql`): read-only, every query checked to be
+    one SELECT that only reads, DuckDB's file access confined to the data path (unless
+    `allow_files`) and its configuration locked (see `lake.Lake.lock_down`).
+    """
+    read_only = read_only or sandbox
+    folder = resolve_path(path)
+    config_path = folder / CONFIG_FILE
+    if not config_path.exists():
+        raise WarehouseError(
+            f"no warehouse at {folder} (missing {CONFIG_FILE}); create one with `factory init --warehouse {folder}`"
+        )
+    try:
+        config = json.loads(config_path.read_text())
+        location = _location(folder, config)
+    except (json.JSONDecodeError, KeyError) as exc:
+        raise WarehouseError(f"{config_path}: not a valid warehouse config ({exc})") from exc
+    conn = lake.connect(location, read_only=read_only)
+    version = conn.scalar("SELECT value FROM meta WHERE key = 'schema_version'")
+    if version in schema.ADDITIVE_FROM:  # only tables and columns were added since (readers skip it)
+        if not read_only:
+            conn.write(f"migrate: schema {version} -> {schema.SCHEMA_VERSION}", _migrate(version))
+        version = str(schema.SCHEMA_VERSION)
+    if version != str(schema.SCHEMA_VERSION):
+        conn.close()
+        raise WarehouseError(
+            f"{folder}: warehouse schema version {version}, this instruction-factory expects "
+            f"{schema.SCHEMA_VERSION}; use a matching release of instruction-factory"
+        )
+    wh = Warehouse(folder, conn)
+    if sandbox:
+        conn.lock_down(allow_files)
+    return wh
+
+
+def _migrate(version: str) -> Callable[[lake.Lake], None]:
+    def work(lk: lake.Lake) -> None:
+        for statement in schema.migration_sql(version):
+            lk.execute(statement)
+        lk.execute("UPDATE meta SET value = ? WHERE key = 'schema_version'", [str(schema.SCHEMA_VERSION)])
+
+    return work
+
+
+@dataclass
+class InsertResult:
+    """What `add_rows` did: rows offered, and rows new to the warehouse."""
+
+    offered: int = 0
+    inserted: int = 0
+
+
+_POLARS_TYPES = {
+    "VARCHAR": pl.String,
+    "VARCHAR[]": pl.List(pl.String),
+    schema.MESSAGE_TYPE: schema.MESSAGE_DTYPE,
+    "TIMESTAMPTZ": pl.Datetime("us", "UTC"),
+}
+_SET_BY_GENERATORS = [name for name in schema.ROWS if name not in ("id", "job_id", "created_at")]
+
+
+def _staging_frame(frame: pl.DataFrame) -> pl.DataFrame:
+    """A batch with exactly the rows columns a generator may set, in their types (missing ones NULL)."""
+    return frame.select(
+        (pl.col(name) if name in frame.columns else pl.lit(None))
+        .cast(_POLARS_TYPES[schema.ROWS[name]])
+        .alias(name)
+        for name in _SET_BY_GENERATORS
+    )
+
+
+def _stored_rows(frame: pl.DataFrame, job_id: str | None, created_at: datetime) -> pl.DataFrame:
+    """A batch as the rows table stores it: every column, in table order, with its id."""
+    staged = _staging_frame(frame)
+    return staged.with_columns(
+        schema.row_ids(staged),
+        pl.lit(job_id, pl.String).alias("job_id"),
+        pl.lit(created_at, _POLARS_TYPES["TIMESTAMPTZ"]).alias("created_at"),
+    ).select(list(schema.ROWS))
+
+
+def ids_of(rows: pl.DataFrame) -> pl.Series:
+    """The ids a frame of rows gets when stored (for verdicts written in the same commit)."""
+    return schema.row_ids(_staging_frame(rows))
+
+
+class Warehouse:
+    """An open warehouse. Verbs return polars frames; writes are single DuckLake commits."""
+
+    def __init__(self, folder: Path, conn: lake.Lake) -> None:
+        self.folder = folder
+        self.lake = conn
+        self._relations: dict[str, str] = {}  # snapshot name -> SQL; snapshots never change
+        conn.execute(
+            "CREATE OR REPLACE TEMP MACRO snapshot(snapshot_name) AS TABLE "
+            "SELECT r.* FROM lake.rows r WHERE r.rowid IN "
+            "(SELECT s.row FROM lake.snapshot_rows s WHERE s.snapshot = snapshot_name)"
+        )
+
+    def __enter__(self) -> Warehouse:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+    def __repr__(self) -> str:
+        return f"Warehouse({str(self.folder)!r}, catalog={self.lake.location.catalog!r})"
+
+    def close(self) -> None:
+        self.lake.close()
+
+    def protected_paths(self) -> list[Path]:
+        """Where no command may write a user-named output (see `factory.store.outputs`)."""
+        return outputs.protected(self.folder, self.lake.location)
+
+    # -- reading -------------------------------------------------------------------------------
+    def sql(self, query: str, params: lake.Params = None) -> pl.DataFrame:
+        """Run SQL over the warehouse; `snapshot('name')` reads a snapshot's rows.
+
+        A literal `snapshot('name')` is replaced by a temporary view of the snapshot's
+        fastest form (its recorded query over time-travelled tables, else a rowid
+        semi-join); the table macro `snapshot(name)` serves the parametrised form. Only a
+        view's name goes into the text, never the recorded SQL itself: the replacement may
+        land in a comment or a string, where spliced SQL would change what the query does.
+        """
+        return self.lake.frame(self._expand(query), params)
+
+    def user_sql(self, query: str) -> pl.DataFrame:
+        """Run a query a user wrote (a prompt query) on this writable warehouse.
+
+        Refused unless it is one SELECT that only reads the warehouse: no files, no table
+        functions that write or reach outside (`sql_guard.check_query`)."""
+        expanded = self._expand(query)
+        sql_guard.check_query(expanded)
+        return self.lake.frame(expanded)
+
+    @staticmethod
+    def user_expression(text: str) -> str:
+        """A user's SQL condition or expression, checked to be one expression that reads only
+        the warehouse and rewritten by DuckDB's parser, so it is safe to splice into SQL
+        (`sql_guard.check_expression`)."""
+        return sql_guard.check_expression(text)
+
+    def _expand(self, query: str) -> str:
+        return SNAPSHOT_CALL.sub(lambda m: self._relation(m.group(1)), query)
+
+    def _relation(self, name: str) -> str:
+        if name not in self._relations:
+            self._relations[name] = snapshots.relation(self, name)
+        view = "snapshot_" + hashlib.md5(name.encode()).hexdigest()[:16]
+        self.lake.temp_view(view, self._relations[name])  # again each time: a rollback drops it
+        return view
+
+    def count(self, table: str = "rows") -> int:
+        return int(self.lake.scalar(f"SELECT count(*) FROM {table}"))
+
+    def history(self) -> pl.DataFrame:
+        """Every commit to the warehouse: version, time, author, message (for time travel)."""
+        return self.lake.history()
+
+    # -- rows ----------------------------------------------------------------------------------
+    def add_rows(
+        self,
+        batches: Iterable[pl.DataFrame],
+        message: str,
+        job_id: str | None = None,
+        on_commit: Callable[[lake.Lake, InsertResult], None] | None = None,
+    ) -> InsertResult:
+        """Insert batches of normalised rows in one commit, skipping ids the warehouse already has.
+
+        Each frame holds rows columns except `id`, `job_id` and `created_at`. Batches are
+        checked, hashed and staged as local Parquet files first, so an error in any batch
+        (raised by the `batches` iterator) commits nothing, memory stays bounded whatever
+        the input size, and a commit that meets a conflict is retried from the staged
+        files without reading the input again. Within the input the first copy of a row
+        wins. `on_commit` runs inside the same transaction (e.g. to mark the job done),
+        so rows and bookkeeping land together.
+        """
+        staging = self.folder / STAGING / (job_id or new_id("stage"))
+        staging.mkdir(parents=True, exist_ok=True)
+        created_at = datetime.now(UTC)
+        moved: list[Path] = []
+        try:
+            result = InsertResult()
+            for k, frame in enumerate(batches):
+                if frame.height == 0:
+                    continue
+                result.offered += frame.height
+                stored = _stored_rows(frame, job_id, created_at)
+                with lake.disk_full_says_so(str(staging.parent)):
+                    stored.write_parquet(staging / f"{k:06d}.parquet", compression="snappy")
+            files = sorted(staging.glob("*.parquet"))
+            target = self.lake.table_folder("rows")
+
+            registered = [False]
+
+            def commit(lk: lake.Lake) -> InsertResult:
+                result.inserted, registered[0] = 0, False
+                if files:
+                    current = moved + files[len(moved) :]  # an earlier attempt may have moved some
+                    source = _parquet(current)
+                    total, distinct, known = lk.row(
+                        f"SELECT count(*), count(DISTINCT id), "
+                        f"EXISTS (SELECT 1 FROM {source} s SEMI JOIN rows r ON r.id = s.id) FROM {source}"
+                    )
+                    if target is not None and total == distinct and not known:
+                        # Only new rows, each once: the staged files become the table's data files.
+                        for k, file in enumerate(files[len(moved) :], start=len(moved)):
+                            moved.append(_move(file, target / f"import-{staging.name}-{k:06d}.parquet"))
+                        for file in moved:
+                            lk.execute("CALL ducklake_add_data_files('lake', 'rows', ?)", [str(file)])
+                        result.inserted, registered[0] = int(total), True
+                    else:
+                        result.inserted = self._insert_new(lk, current)
+                if on_commit is not None:
+                    on_commit(lk, result)
+                return result
+
+            outcome = self.lake.write(message, commit)
+            if registered[0]:
+                moved.clear()  # they are the table's data files now
+            return outcome
+        finally:
+            for file in moved:  # moved for a commit that never happened
+                file.unlink(missing_ok=True)
+            shutil.rmtree(staging, ignore_errors=True)
+
+    @staticmethod
+    def _insert_new(lk: lake.Lake, files: list[Path]) -> int:
+        """Insert the staged rows the warehouse does not have yet, each id's first copy once."""
+        source = _parquet(files)
+        if lk.scalar(f"SELECT count(*) > count(DISTINCT id) FROM {source}"):
+            source = (
+                f"(SELECT * EXCLUDE (filename, file_row_number) FROM {_parquet(files, ordered=True)} "
+                "QUALIFY row_number() OVER (PARTITION BY id ORDER BY filename, file_row_number) = 1)"
+            )
+        columns = schema.column_list("rows")
+        selected = ", ".join(f"b.{c}" for c in columns.split(", "))
+        return int(
+            lk.scalar(
+                f"INSERT INTO rows ({columns}) SELECT {selected} FROM {source} b ANTI JOIN rows r ON r.id = b.id"
+            )
+            or 0
+        )
+
+    # -- verdicts ------------------------------------------------------------------------------
+    def add_verdicts(
+        self,
+        verdicts: pl.DataFrame,
+        filter_name: str,
+        run_id: str | None = None,
+        on_commit: Callable[[lake.Lake], None] | None = None,
+    ) -> str:
+        """Append one filter run's verdicts (columns id, keep, and optional score, reason).
+
+        Returns the run id. Rows are never deleted: a snapshot made afterwards leaves out
+        rows whose latest verdict from any filter is keep = false. `on_commit` runs in the
+        same transaction (e.g. to mark the filter's job done).
+        """
+        run = run_id or new_id("run")
+        frame = verdict_frame(verdicts)
+
+        def work(lk: lake.Lake) -> None:
+            self.insert_verdicts(lk, frame, filter_name, run)
+            if on_commit is not None:
+                on_commit(lk)
+
+        self.lake.write(f"filter: {filter_name} run {run} ({frame.height} verdicts)", work)
+        return run
+
+    @staticmethod
+    def insert_verdicts(
+        lk: lake.Lake, frame: pl.DataFrame, filter_name: str, run: str, once: bool = False
+    ) -> None:
+        """Append verdicts inside a write; with `once`, skip rows this filter has judged already."""
+        skip = " WHERE id NOT IN (SELECT id FROM verdicts WHERE filter = $filter)" if once else ""
+        with lk.registered("staged_verdicts", frame):
+            lk.execute(
+                "INSERT INTO verdicts (id, filter, run_id, score, keep, reason, created_at) "
+                f"SELECT id, $filter, $run, score, keep, reason, now() FROM staged_verdicts{skip}",
+                {"filter": filter_name, "run": run},
+            )
+
+    def why(self, row_id: str) -> pl.DataFrame:
+        """Every verdict on one row (by full id or unique prefix), newest first."""
+        return self.sql(
+            "SELECT id, filter, run_id, keep, score, reason, created_at FROM verdicts "
+            "WHERE starts_with(id, ?) ORDER BY created_at DESC",
+            [row_id],
+        )
+
+    # -- jobs (their lifecycle is factory.store.jobs) -------------------------------------------
+    def jobs(self) -> pl.DataFrame:
+        return self.sql("SELECT * FROM jobs ORDER BY started_at DESC")
+
+    # -- snapshots (logic in store/snapshots.py) ------------------------------------------------
+    def create_snapshot(self, name: str, **kwargs: Any) -> dict[str, Any]:
+        return snapshots.create(self, name, **kwargs)
+
+    def snapshots(self) -> pl.DataFrame:
+        return snapshots.list_snapshots(self)
+
+    def snapshot(self, name: str) -> pl.DataFrame:
+        """The rows of a snapshot."""
+        snapshots.get(self, name)
+        return self.sql(f"SELECT * FROM snapshot('{name}') ORDER BY id")
+
+    def show_snapshot(self, name: str) -> dict[str, Any]:
+        return snapshots.show(self, name)
+
+    def diff(self, a: str, b: str, sample: int = 5) -> dict[str, Any]:
+        return snapshots.diff(self, a, b, sample=sample)
+
+
+def verdict_frame(verdicts: pl.DataFrame) -> pl.DataFrame:
+    """Verdicts (id, keep, and optional score, reason) in the table's types."""
+    missing = {"id", "keep"} - set(verdicts.columns)
+    if missing:
+        raise errors.InputError(f"verdicts frame needs columns {sorted(missing)}")
+    return verdicts.select(
+        pl.col("id").cast(pl.String),
+        pl.col("keep").cast(pl.Boolean),
+        (pl.col("score") if "score" in verdicts.columns else pl.lit(None)).cast(pl.Float64).alias("score"),
+        (pl.col("reason") if "reason" in verdicts.columns else pl.lit(None)).cast(pl.String).alias("reason"),
+    )
+
+
+def _parquet(files: list[Path], ordered: bool = False) -> str:
+    """SQL reading staged Parquet files (with file name and row number to keep input order)."""
+    listing = ", ".join(lake.quote(str(f)) for f in files)
+    return f"read_parquet([{listing}]{', filename = true, file_row_number = true' if ordered else ''})"
+
+
+def _move(source: Path, target: Path) -> Path:
+    target.parent.mkdir(parents=True, exist_ok=True)
+    shutil.move(source, target)
+    return target
+
+
+def new_id(prefix: str) -> str:
+    return f"{prefix}-{uuid.uuid4().hex[:12]}"

@@ -1,0 +1,203 @@
+"""Export-and-configure adapters for LLaMA-Factory and axolotl.
+
+A team that trains with one of those tools keeps it: `factory train-config`
+exports the snapshot in the tool's dataset format, registers it the way the tool
+wants, and writes a YAML config its CLI accepts (`llamafactory-cli train
+llamafactory.yaml`, `axolotl train axolotl.yaml`), mapped from the same
+settings our `sft` / `dpo` trainers take. Launching the tool stays the user's
+choice. Field names follow the tools' documented configs: LLaMA-Factory's
+`stage`, `finetuning_type`, `lora_rank`, `lora_target`, `pref_beta`,
+`quantization_bit`, `dataset_dir`, `template`, `cutoff_len`; axolotl's
+`base_model`, `datasets` (`type: chat_template`, `field_messages`,
+`roles_to_train`; `chat_template.default` with `field_chosen` /
+`field_rejected` for DPO), `adapter`, `lora_r`, `lora_target_linear`, `rl`,
+`sequence_len`, `micro_batch_size`.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Any, Literal
+
+import yaml
+from pydantic import Field
+
+from factory import config
+from factory.errors import ConfigError
+from factory.formats import export
+from factory.models.chat import read_jsonl
+from factory.store import outputs
+from factory.store.warehouse import Warehouse
+from trainers.sft import SftConfig
+
+TOOLS = ("llamafactory", "axolotl")
+
+
+class ExternalConfig(SftConfig):
+    stage: Literal["sft", "dpo"] = Field("sft", description="supervised fine-tuning or DPO")
+    beta: float = Field(0.1, gt=0, description="DPO beta")
+    template: str | None = Field(
+        None, description="the tool's chat template name (LLaMA-Factory: e.g. llama3, qwen, gemma3, alpaca)"
+    )
+
+
+def _method(tool: str, method: str) -> str:
+    supported = {"llamafactory": ("full", "lora", "qlora"), "axolotl": ("full", "lora", "qlora")}[tool]
+    if method not in supported:
+        raise ConfigError(
+            f"{tool} trains {', '.join(supported)}; for {method} use `factory train` (our sft trainer has it)"
+        )
+    return method
+
+
+def _model_path(name: str) -> str:
+    from factory.models.loader import model_folder
+
+    return str(model_folder(name))
+
+
+def llamafactory(wh: Warehouse, snapshot: str, out: Path, cfg: ExternalConfig, force: bool) -> dict[str, Any]:
+    method = _method("llamafactory", cfg.method)
+    places = wh.protected_paths()
+    path = outputs.check_file(out / "llamafactory.yaml", places, force)
+    exported = export.export(
+        wh,
+        snapshot,
+        out / "data",
+        "llamafactory",
+        eval_split=cfg.eval_split,
+        seed=cfg.seed,
+        name=snapshot,
+        force=force,
+    )
+    if cfg.stage == "dpo" and not exported["preference"]:
+        raise ConfigError(
+            f"snapshot '{snapshot}' has rows without a rejected answer: DPO needs preference pairs"
+        )
+    config: dict[str, Any] = {
+        "model_name_or_path": _model_path(cfg.model),
+        "stage": cfg.stage,
+        "do_train": True,
+        "finetuning_type": "full" if method == "full" else "lora",
+        "dataset": snapshot,
+        "dataset_dir": str((out / "data").resolve()),
+        "template": cfg.template or "default",
+        "cutoff_len": cfg.max_length,
+        "packing": cfg.packing,
+        "output_dir": str((out / "llamafactory-out").resolve()),
+        "per_device_train_batch_size": cfg.batch_size,
+        "gradient_accumulation_steps": cfg.grad_accum,
+        "learning_rate": cfg.learning_rate,
+        "num_train_epochs": float(cfg.epochs),
+        "lr_scheduler_type": "linear",
+        "warmup_ratio": cfg.warmup_ratio,
+        "weight_decay": cfg.weight_decay,
+        "seed": cfg.seed,
+        "logging_steps": 10,
+        "report_to": "none",
+    }
+    if cfg.max_steps:
+        config["max_steps"] = cfg.max_steps
+    if method != "full":
+        config |= {"lora_rank": cfg.lora_r, "lora_alpha": cfg.lora_alpha, "lora_dropout": cfg.lora_dropout,
+                   "lora_target": "all" if cfg.target_modules == "all-linear" else ",".join(cfg.target_modules)}  # fmt: skip
+    if method == "qlora":
+        config |= {"quantization_bit": 4, "quantization_method": "bnb"}
+    if cfg.stage == "dpo":
+        config |= {"pref_beta": cfg.beta, "pref_loss": "sigmoid"}
+    if "eval" in exported["files"]:
+        config |= {"eval_dataset": f"{snapshot}_eval", "per_device_eval_batch_size": cfg.batch_size,
+                   "eval_strategy": "epoch"}  # fmt: skip
+    outputs.write_file(
+        path, lambda target: target.write_text(yaml.safe_dump(config, sort_keys=False)), places, force
+    )
+    return {"tool": "llamafactory", "config": str(path), "data": str(out / "data"), "counts": exported["counts"],
+            "command": f"llamafactory-cli train {path}"}  # fmt: skip
+
+
+def axolotl(wh: Warehouse, snapshot: str, out: Path, cfg: ExternalConfig, force: bool) -> dict[str, Any]:
+    method = _method("axolotl", cfg.method)
+    places = wh.protected_paths()
+    path = outputs.check_file(out / "axolotl.yaml", places, force)
+    data = out / "data"
+    fmt = "preference" if cfg.stage == "dpo" else "openai"
+    pairs = [f"axolotl-{split}.jsonl" for split in ("train", "eval")] if cfg.stage == "dpo" else []
+    outputs.check_folder(data, pairs, places, force)
+    exported = export.export(wh, snapshot, data, fmt, eval_split=cfg.eval_split, seed=cfg.seed, force=force)
+    if cfg.stage == "dpo":  # axolotl's chat_template.default: messages (prompt), chosen and rejected messages
+        for split, file in exported["files"].items():
+            records = read_jsonl(data / file)
+            lines = [
+                {"messages": r["prompt"], "chosen": r["chosen"][0], "rejected": r["rejected"][0]}
+                for r in records
+            ]
+            text = "".join(json.dumps(x, ensure_ascii=False) + "\n" for x in lines)
+            outputs.write_file(
+                data / f"axolotl-{split}.jsonl",
+                lambda target, text=text: target.write_text(text),
+                places,
+                force,
+            )
+        dataset = {"type": "chat_template.default", "field_messages": "messages", "field_chosen": "chosen",
+                   "field_rejected": "rejected"}  # fmt: skip
+        files = {split: f"axolotl-{split}.jsonl" for split in exported["files"]}
+    else:
+        dataset = {"type": "chat_template", "field_messages": "messages", "roles_to_train": ["assistant"],
+                   "train_on_eos": "turn"}  # fmt: skip
+        files = dict(exported["files"])
+    config: dict[str, Any] = {
+        "base_model": _model_path(cfg.model),
+        "chat_template": cfg.template
+        or ("tokenizer_default" if cfg.chat_template is None else cfg.chat_template),
+        "datasets": [{"path": str((data / files["train"]).resolve()), "ds_type": "json", **dataset}],
+        "dataset_prepared_path": str((out / "axolotl-prepared").resolve()),
+        "output_dir": str((out / "axolotl-out").resolve()),
+        "sequence_len": cfg.max_length,
+        "sample_packing": cfg.packing,
+        "micro_batch_size": cfg.batch_size,
+        "gradient_accumulation_steps": cfg.grad_accum,
+        "num_epochs": cfg.epochs,
+        "learning_rate": cfg.learning_rate,
+        "optimizer": "adamw_torch",
+        "lr_scheduler": "linear",
+        "warmup_ratio": cfg.warmup_ratio,
+        "weight_decay": cfg.weight_decay,
+        "seed": cfg.seed,
+        "train_on_inputs": False,
+    }
+    if "eval" in files:
+        config["test_datasets"] = [{"path": str((data / files["eval"]).resolve()), "ds_type": "json", "split": "train",
+                                    **dataset}]  # fmt: skip
+    if cfg.max_steps:
+        config["max_steps"] = cfg.max_steps
+    if method != "full":
+        config |= {"adapter": method, "lora_r": cfg.lora_r, "lora_alpha": cfg.lora_alpha,
+                   "lora_dropout": cfg.lora_dropout}  # fmt: skip
+        if cfg.target_modules == "all-linear":
+            config["lora_target_linear"] = True
+        else:
+            config["lora_target_modules"] = list(cfg.target_modules)
+    if method == "qlora":
+        config["load_in_4bit"] = True
+    if cfg.stage == "dpo":
+        config |= {"rl": "dpo", "rl_beta": cfg.beta}
+    outputs.write_file(
+        path, lambda target: target.write_text(yaml.safe_dump(config, sort_keys=False)), places, force
+    )
+    return {"tool": "axolotl", "config": str(path), "data": str(data), "counts": exported["counts"],
+            "command": f"axolotl train {path}"}  # fmt: skip
+
+
+def write_config(
+    wh: Warehouse, tool: str, snapshot: str, out: Path, values: dict[str, Any], force: bool = False
+) -> dict[str, Any]:
+    """Export `snapshot` for `tool` and write its training config; returns the paths and the command to run.
+
+    Files already in `out` are replaced only with `force`; `out` may not lie inside the warehouse."""
+    if tool not in TOOLS:
+        raise ConfigError(f"unknown tool '{tool}': choose {' or '.join(TOOLS)}")
+    cfg = config.validate(ExternalConfig, values)
+    outputs.check_folder(out, [], wh.protected_paths(), force)
+    out.mkdir(parents=True, exist_ok=True)
+    return (llamafactory if tool == "llamafactory" else axolotl)(wh, snapshot, out, cfg, force)
