@@ -17,6 +17,8 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 if TYPE_CHECKING:
+    from pydantic import BaseModel
+
     from factory.store.warehouse import Warehouse
 
 __version__ = "0.1.0"
@@ -44,22 +46,27 @@ def open(
 
 def import_file(wh: Warehouse, path: str | Path, progress: bool = False, **config: Any) -> Any:
     """Import a file or folder with the registered `human` generator (keyword args: ImportConfig)."""
-    from factory import plugins
-
-    plugin, cfg = plugins.configured("generator", "human", {**config, "path": path})
-    return plugin.run(wh, cfg, progress=progress)
+    return generate(wh, "human", progress=progress, **{**config, "path": path})
 
 
-def generate(wh: Warehouse, name: str, progress: bool = False, **values: Any) -> Any:
-    """Run a generator plugin (distill, self-instruct, evol-instruct, ...) with config values.
+def generate(
+    wh: Warehouse, name: str, config: BaseModel | None = None, progress: bool = False, **values: Any
+) -> Any:
+    """Run a generator plugin (distill, self-instruct, evol-instruct, ...) with config values
+    (or a config object already validated), and return its summary.
 
     Dotted keys set one nested value and keep its siblings' defaults:
     `**{"sampling.max_tokens": 256, "teacher.teacher": "openai:gpt-4o-mini"}`.
     """
     from factory import plugins
 
-    plugin, cfg = plugins.configured("generator", name, values)
-    return plugin.run(wh, cfg, progress=progress)
+    plugin, cfg = plugins.configured("generator", name, config if config is not None else values)
+    summary = plugins.call(plugin, wh, cfg, progress=progress)
+    if not isinstance(summary, plugins.JobSummary):
+        raise plugins.PluginError(
+            f"generator plugin '{plugin.name}' returned {type(summary).__name__}, not a factory.plugins.JobSummary"
+        )
+    return summary
 
 
 def filter(

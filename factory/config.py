@@ -80,9 +80,13 @@ def load_file(path: str | Path | None) -> dict[str, Any]:
     if path is None:
         return {}
     try:
-        loaded = yaml.safe_load(Path(path).read_text())
+        loaded = yaml.safe_load(Path(path).read_text(encoding="utf-8"))
     except OSError as exc:
         raise ConfigError(f"--config {path}: cannot read it ({exc.strerror or exc})") from exc
+    except UnicodeDecodeError as exc:
+        raise ConfigError(
+            f"--config {path}: not a UTF-8 text file (byte {exc.start}); give a YAML file"
+        ) from exc
     except yaml.YAMLError as exc:
         raise ConfigError(f"--config {path}: not valid YAML ({exc})") from exc
     if loaded is None:
@@ -144,7 +148,7 @@ def _with_defaults(model: type[BaseModel], values: dict[str, Any]) -> dict[str, 
     return merged
 
 
-def validate(model: type[M], values: dict[str, Any] | None = None, flag: str = "--set") -> M:
+def validate(model: type[M], values: dict[str, Any] | None = None, flag: str = "setting") -> M:
     """A config from values (dotted or nested keys); a bad key or value raises ConfigError naming it."""
     nested = nest(values or {})
     _unknown(model, nested)
@@ -154,10 +158,15 @@ def validate(model: type[M], values: dict[str, Any] | None = None, flag: str = "
         raise ConfigError(validation_message(exc, flag)) from exc
 
 
-def validation_message(exc: ValidationError, flag: str = "--set") -> str:
+def validation_message(exc: ValidationError, flag: str = "setting") -> str:
     """The first problem of a pydantic error as one line naming the setting."""
     first = exc.errors()[0]
-    where = ".".join(str(p) for p in first["loc"]) or "settings"
+    where = ".".join(str(p) for p in first["loc"])
+    message = str(first["msg"]).removeprefix(
+        "Value error, "
+    )  # pydantic's wording for a validator's ValueError
+    if not where:  # a check across settings: its message names them
+        return message
     if flag == "--":  # the settings are a command's own options: name the option
-        return f"--{where.replace('_', '-')}: {first['msg']}"
-    return f"{flag} {where}: {first['msg']}"
+        return f"--{where.replace('_', '-')}: {message}"
+    return f"{flag} {where}: {message}"

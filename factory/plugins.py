@@ -162,10 +162,20 @@ def get(kind: Kind, name: str) -> Plugin:
     wanted = name.replace("-", "_")
     for ep in _entry_points(GROUPS[kind]):
         if ep.name == wanted:
-            plugin = ep.load()
+            try:
+                plugin = ep.load()
+            except Exception as exc:  # a broken third-party package: say which
+                raise PluginError(
+                    f"entry point {ep.name} = {ep.value} ({GROUPS[kind]}) fails to load: {exc}"
+                ) from exc
             if not isinstance(plugin, CLASSES[kind]):
                 raise PluginError(
                     f"entry point {ep.value} ({GROUPS[kind]}) is not a factory.plugins.{CLASSES[kind].__name__}"
+                )
+            if plugin.name != ep.name:  # verdicts and jobs record plugin.name: one name, not two
+                raise PluginError(
+                    f"entry point {ep.name} = {ep.value} ({GROUPS[kind]}) holds a plugin named "
+                    f"'{plugin.name}': register it under its own name"
                 )
             return plugin
     known = ", ".join(ep.name for ep in _entry_points(GROUPS[kind])) or "none"
@@ -180,20 +190,42 @@ def installed(kind: Kind) -> list[Plugin]:
     return [get(kind, ep.name) for ep in _entry_points(GROUPS[kind])]
 
 
-def commands() -> list[Callable[[Any], None]]:
-    """The command registrars that packages add under `factory.commands`."""
-    return [ep.load() for ep in _entry_points(COMMANDS)]
+def commands() -> list[tuple[metadata.EntryPoint, Callable[[Any], None] | Exception]]:
+    """The command registrars that packages add under `factory.commands` (each `register(app)`
+    gets the typer app), or the error that loading one raised: one broken package must not
+    take the whole command line down."""
+    found: list[tuple[metadata.EntryPoint, Callable[[Any], None] | Exception]] = []
+    for ep in _entry_points(COMMANDS):
+        try:
+            found.append((ep, ep.load()))
+        except Exception as exc:
+            found.append((ep, exc))
+    return found
+
+
+def call(plugin: Plugin, *args: Any, **kwargs: Any) -> Any:
+    """Run a plugin, naming it in anything unexpected it raises (a FactoryError passes as it is)."""
+    try:
+        return plugin.run(*args, **kwargs)
+    except (FactoryError, OSError):  # ours to report, or the environment's (a file, a permission)
+        raise
+    except Exception as exc:
+        module = getattr(plugin.run, "__module__", "?")
+        raise PluginError(
+            f"{plugin.kind} plugin '{plugin.name}' ({module}) failed: {type(exc).__name__}: {exc}"
+        ) from exc
 
 
 def listing() -> list[dict[str, str]]:
     """Every registered plugin: kind, name, where it comes from (module and distribution)."""
     out = []
-    for kind, group in GROUPS.items():
+    for kind, group in [*GROUPS.items(), ("command", COMMANDS)]:
         for ep in _entry_points(group):
             dist = ep.dist.name if ep.dist is not None else "?"
             version = ep.dist.version if ep.dist is not None else "?"
             try:
-                summary = ep.load().summary
+                loaded = ep.load()
+                summary = getattr(loaded, "summary", None) or (loaded.__doc__ or "").strip().split("\n")[0]
             except Exception as exc:  # a broken third-party plugin must not hide the others
                 summary = f"failed to load: {exc}"
             out.append(

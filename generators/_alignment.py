@@ -36,6 +36,8 @@ class Alignment:
 
 def alignment(wh: WarehouseType, row_id: str) -> Alignment:
     """The alignment matrix of the reflect row whose id starts with `row_id`."""
+    if not row_id.strip():
+        raise NotFound('give a row id (or a unique prefix of one): see factory sql "SELECT id FROM rows"')
     found = wh.sql(
         "SELECT id, instruction, generator, generator_params FROM rows WHERE starts_with(id, ?) LIMIT 2",
         [row_id],

@@ -50,8 +50,8 @@ class TemplateTask(BaseModel):
 def load_task(path: Path) -> TemplateTask:
     """Read and validate a task file, naming the file and field on error."""
     try:
-        data = yaml.safe_load(path.read_text())
-    except (OSError, yaml.YAMLError) as exc:
+        data = yaml.safe_load(path.read_text(encoding="utf-8"))
+    except (OSError, UnicodeDecodeError, yaml.YAMLError) as exc:
         raise ReadError(f"{path}: cannot read the template file ({exc})") from exc
     try:
         task = TemplateTask.model_validate(data)

@@ -11,6 +11,7 @@ row's id is the hash of its content.
 
 from __future__ import annotations
 
+import codecs
 import csv
 import json
 from collections.abc import Iterator
@@ -38,8 +39,8 @@ class ImportConfig(BaseModel):
     """Settings of one import; the CLI flags and the Python API share them."""
 
     path: Path | None = Field(None, description="file or folder to import (factory import PATH sets it)")
-    format: Literal["auto", "alpaca", "sharegpt", "openai", "preference", "prompt_completion"] = Field(
-        "auto", description="record format; auto detects it from the field names"
+    format: Literal["auto", "alpaca", "sharegpt", "openai", "preference", "prompt_completion", "rows"] = (
+        Field("auto", description="record format; auto detects it from the field names")
     )
     source: str | None = Field(None, description="name of where the rows came from (default: the file name)")
     map: dict[str, str] = Field(
@@ -66,6 +67,15 @@ class ImportConfig(BaseModel):
     seed: int = Field(0, description="seed of the random template choice")
     domain: str | None = Field(None, description="domain label for every imported row")
     force: bool = Field(False, description="replace an existing rejects report")
+
+    @field_validator("encoding")
+    @classmethod
+    def _known_encoding(cls, value: str) -> str:
+        try:
+            codecs.lookup(value)
+        except LookupError as exc:
+            raise ValueError(f"unknown encoding '{value}' (e.g. utf-8, latin-1, utf-16, cp1252)") from exc
+        return value
 
     @field_validator("map", mode="before")
     @classmethod

@@ -27,7 +27,7 @@ from factory import config
 from factory.errors import ConfigError
 from factory.formats import export
 from factory.models.chat import read_jsonl
-from factory.store import outputs
+from factory.store import outputs, snapshots
 from factory.store.warehouse import Warehouse
 from trainers.sft import SftConfig
 
@@ -71,10 +71,6 @@ def llamafactory(wh: Warehouse, snapshot: str, out: Path, cfg: ExternalConfig, f
         name=snapshot,
         force=force,
     )
-    if cfg.stage == "dpo" and not exported["preference"]:
-        raise ConfigError(
-            f"snapshot '{snapshot}' has rows without a rejected answer: DPO needs preference pairs"
-        )
     config: dict[str, Any] = {
         "model_name_or_path": _model_path(cfg.model),
         "stage": cfg.stage,
@@ -198,6 +194,16 @@ def write_config(
     if tool not in TOOLS:
         raise ConfigError(f"unknown tool '{tool}': choose {' or '.join(TOOLS)}")
     cfg = config.validate(ExternalConfig, values)
+    if cfg.stage == "dpo":  # before anything is written: a DPO config over rows without pairs trains nothing
+        snapshots.get(wh, snapshot)
+        rows, unpaired = wh.sql(
+            f"SELECT count(*), count(*) FILTER (WHERE rejected IS NULL) FROM snapshot('{snapshot}')"
+        ).row(0)
+        if unpaired or not rows:
+            raise ConfigError(
+                f"snapshot '{snapshot}' has {unpaired:,} row(s) without a rejected answer and {rows - unpaired:,} "
+                "pair(s): DPO needs preference pairs"
+            )
     outputs.check_folder(out, [], wh.protected_paths(), force)
     out.mkdir(parents=True, exist_ok=True)
     return (llamafactory if tool == "llamafactory" else axolotl)(wh, snapshot, out, cfg, force)

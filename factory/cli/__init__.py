@@ -40,8 +40,16 @@ def build() -> typer.Typer:
 
     for module in (data, snapshot, generate, filter, train):
         module.register(app)
-    for register in plugins.commands():
-        register(app)
+    for ep, register in plugins.commands():
+        try:
+            if isinstance(register, Exception):
+                raise register
+            register(app)
+        except Exception as exc:  # a broken package's command is left out, with a word, not the whole CLI
+            console(stderr=True).print(
+                f"[yellow]warning:[/] command entry point {shown(ep.name)} = {shown(ep.value)} "
+                f"(factory.commands) left out: {shown(exc)}"
+            )
     return app
 
 
@@ -63,6 +71,8 @@ def main(argv: list[str] | None = None) -> None:
     try:
         build()(args, prog_name="factory")
     except FactoryError as exc:
+        if debug:  # what led to it, a plugin's own traceback included
+            sys.stderr.write(scrub(traceback.format_exc()) or "")
         _stop(str(exc))
     except OSError as exc:  # the environment, not the code: a missing file, a full disk, no permission
         _stop(f"{exc.filename}: {exc.strerror}" if exc.filename and exc.strerror else str(exc))

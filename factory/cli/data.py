@@ -75,6 +75,7 @@ def import_(
       factory import prefs.parquet --format preference --map prompt=question,chosen=good,rejected=bad
       factory import nli.csv --templates data/templates/nli.yaml --template-mode all
     """
+    import factory
     from factory import config, plugins
 
     plugin = plugins.get("generator", "human")
@@ -84,7 +85,9 @@ def import_(
         "template_mode": template_mode, "seed": seed, "domain": domain, "batch_rows": batch_rows, "force": force,
     }  # fmt: skip
     settings = config.validate(plugin.config, options, flag="--")
-    summary: Any = plugin.run(open_warehouse(warehouse), settings, progress=progress and sys.stderr.isatty())
+    summary: Any = factory.generate(
+        open_warehouse(warehouse), "human", config=settings, progress=progress and sys.stderr.isatty()
+    )
     out = console()
     for warning in summary.warnings:
         out.print(f"[yellow]warning:[/] {shown(warning)}")

@@ -46,7 +46,7 @@ def generate(
       factory generate distill --on new --teacher openai:tiny@http://127.0.0.1:8000/v1 --n 2
       factory generate evol-instruct --on seeds --limit 20 --max-calls 500
     """
-    from factory import plugins
+    import factory
 
     settings = values(config, set_)
     flags = {
@@ -55,16 +55,16 @@ def generate(
         "teacher.options.concurrency": concurrency, "teacher.options.timeout_s": timeout,
     }  # fmt: skip
     settings.update({k: v for k, v in flags.items() if v is not None})
-    plugin, cfg = plugins.configured("generator", name, settings)
-    summary = plugin.run(open_warehouse(warehouse), cfg, progress=not quiet)
-    _print_generation(summary)
+    _print_generation(factory.generate(open_warehouse(warehouse), name, progress=not quiet, **settings))
 
 
 def _print_generation(summary: Any) -> None:
     out = console()
     if getattr(summary, "waited_for", None):
         out.print(f"waited for {shown(summary.waited_for)}")
-    if not hasattr(summary, "teacher_stats"):  # a generator without a teacher (human, mosaic): its counts
+    if not getattr(
+        summary, "teacher_stats", None
+    ):  # a generator without a teacher (human, mosaic): its counts
         counts = ", ".join(
             f"{k} {shown(v)}" for k, v in summary.as_dict().items() if k != "job_id" and v is not None
         )

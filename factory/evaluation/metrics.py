@@ -16,7 +16,7 @@ from __future__ import annotations
 
 import math
 import re
-from typing import Any
+from typing import Any, Literal
 
 import polars as pl
 from pydantic import BaseModel, Field
@@ -36,7 +36,9 @@ EXAMPLES = 20  # responses kept with a run's metrics
 
 
 class EvalSettings(BaseModel):
-    split: str = Field("eval", description="eval: the held-out split of the snapshot; all: every row")
+    split: Literal["eval", "all"] = Field(
+        "eval", description="eval: the held-out split of the snapshot; all: every row"
+    )
     eval_split: float = Field(0.1, ge=0, lt=1, description="held-out share (as at training)")
     seed: int = Field(0, description="split seed (as at training)")
     limit: int | None = Field(None, gt=0, description="evaluate at most this many rows")

@@ -174,8 +174,8 @@ def data_files(path: Path) -> tuple[str, list[Path]]:
         if len(kinds) > 1:
             listing = ", ".join(sorted(kinds))
             raise ReadError(
-                f"{path}: the folder mixes kinds of files ({listing}); import one kind at a time, "
-                f"e.g. factory import {path}/*.jsonl"
+                f"{path}: the folder mixes kinds of files ({listing}); import one kind at a time: "
+                "each file on its own, or a folder that holds files of one kind"
             )
         kind = kinds.pop()
         if kind not in KINDS.values():

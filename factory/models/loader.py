@@ -20,6 +20,7 @@ when it has none).
 from __future__ import annotations
 
 import hashlib
+import os
 import shutil
 from pathlib import Path
 from typing import Any
@@ -31,6 +32,9 @@ DTYPES = ("auto", "float32", "bfloat16")
 
 
 def _transformers() -> Any:
+    # Nothing is downloaded at run time: a name that is not a folder, a GGUF file or 'embedded'
+    # must already be in the local hub cache, and a typo must not send requests to the hub.
+    os.environ.setdefault("HF_HUB_OFFLINE", "1")
     try:
         import torch  # noqa: F401
         import transformers

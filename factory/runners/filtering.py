@@ -26,9 +26,10 @@ import polars as pl
 from pydantic import BaseModel
 
 from factory import plugins
-from factory.errors import ConfigError, SetupError
+from factory.errors import ConfigError, InputError, SetupError
 from factory.plugins import FilterContext, FilterResult, PluginError
 from factory.store import jobs, lake, snapshots
+from factory.store.sql_guard import QueryRefused
 from factory.store.warehouse import Warehouse, verdict_frame
 from factory.teachers.teacher import public_config
 
@@ -51,7 +52,10 @@ class FilterSummary:
 def _selection(wh: Warehouse, on: str | None, where: str | None) -> str:
     """Ids of the rows to judge: a snapshot's, those matching a condition, or all."""
     source = f"snapshot('{snapshots.get(wh, on)['name']}')" if on else "rows"
-    condition = f" WHERE {wh.user_expression(where)}" if where else ""
+    try:
+        condition = f" WHERE {wh.user_expression(where)}" if where else ""
+    except QueryRefused as exc:
+        raise QueryRefused(f"--where {where!r}: {exc}") from exc
     return f"SELECT id FROM {source}{condition}"
 
 
@@ -117,8 +121,13 @@ def run_filter(
         elif engine == "ray":
             result = on_ray(plugin, candidates, cfg)
         else:
-            result = as_result(plugin.run(candidates, kept_pool, cfg, FilterContext(wh, job.id, progress)))
-        verdicts = verdict_frame(result.verdicts)
+            result = as_result(
+                plugins.call(plugin, candidates, kept_pool, cfg, FilterContext(wh, job.id, progress)), name
+            )
+        try:
+            verdicts = verdict_frame(result.verdicts)
+        except InputError as exc:
+            raise PluginError(f"filter '{name}': {exc}") from exc
         if verdicts.height != candidates.height or set(verdicts["id"]) != set(candidates["id"]):
             raise PluginError(f"filter '{name}' must return one verdict per candidate row")
         summary.kept = int(verdicts["keep"].sum())
@@ -144,8 +153,15 @@ def run_filter(
     return summary
 
 
-def as_result(outcome: pl.DataFrame | FilterResult) -> FilterResult:
-    return outcome if isinstance(outcome, FilterResult) else FilterResult(outcome)
+def as_result(outcome: pl.DataFrame | FilterResult, name: str = "?") -> FilterResult:
+    """A filter's output as a FilterResult; anything else breaks the contract."""
+    if isinstance(outcome, FilterResult):
+        return outcome
+    if isinstance(outcome, pl.DataFrame):
+        return FilterResult(outcome)
+    raise PluginError(
+        f"filter '{name}' must return a polars DataFrame or a FilterResult, got {type(outcome).__name__}"
+    )
 
 
 def _no_verdicts() -> pl.DataFrame:
@@ -194,7 +210,11 @@ def on_ray(
 
     def judge(batch: Any) -> Any:
         frame = pl.from_arrow(batch)
-        return _pack(as_result(plugin.run(frame, frame.clear(), config, FilterContext(None, "")))).to_arrow()
+        return _pack(
+            as_result(
+                plugins.call(plugin, frame, frame.clear(), config, FilterContext(None, "")), plugin.name
+            )
+        ).to_arrow()
 
     dataset = ray.data.from_arrow(candidates.to_arrow()).repartition(min(blocks, candidates.height))
     tables = [

@@ -73,7 +73,7 @@ def train(
             if settings.eval_split or settings.split == "all"
             else None
         )
-        result = plugin.run(TrainJob(folder / "data", folder, cfg, progress))
+        result = plugins.call(plugin, TrainJob(folder / "data", folder, cfg, progress))
         after = evaluate(wh, str(result.artifact), snapshot, settings, run_id) if before is not None else None
         run["metrics"] = {"train": result.metrics, "eval_before": before, "eval": after}
         run["artifact"] = str(result.artifact)

@@ -48,6 +48,7 @@ _RETRYABLE = re.compile(
 
 # Which DuckDB extension serves which catalog or storage scheme.
 _CATALOG_EXTENSIONS = {"sqlite": "sqlite_scanner", "postgres": "postgres_scanner", "mysql": "mysql_scanner"}
+CATALOG_SCHEMES = (*_CATALOG_EXTENSIONS, "duckdb")
 _STORAGE_EXTENSIONS = {"s3": "httpfs", "gs": "httpfs", "gcs": "httpfs", "http": "httpfs", "https": "httpfs"}
 
 
@@ -156,15 +157,32 @@ def connect(location: Location, read_only: bool = False) -> Lake:
         options.append("READ_ONLY")
     attach = f"ATTACH {quote('ducklake:' + location.catalog)} AS {ALIAS} ({', '.join(options)})"
     try:
-        _retry(lambda: con.execute(attach))
+        try:
+            _retry(lambda: con.execute(attach))
+        except SQLError as exc:
+            # A process killed mid-commit leaves SQLite a hot journal that only a writer can roll
+            # back; a read-only open would fail on it until the next write. Roll it back here.
+            if not (read_only and "readonly database" in str(exc) and recover_sqlite(location)):
+                raise
+            _retry(lambda: con.execute(attach))
     except SQLError as exc:
-        # A process killed mid-commit leaves SQLite a hot journal that only a writer can roll
-        # back; a read-only open would fail on it until the next write. Roll it back here.
-        if not (read_only and "readonly database" in str(exc) and recover_sqlite(location)):
-            raise
-        _retry(lambda: con.execute(attach))
+        raise LakeError(_unreadable_catalog(location, exc)) from exc
     con.execute(f"USE {ALIAS}")
     return Lake(con, location, read_only)
+
+
+def _unreadable_catalog(location: Location, exc: Exception) -> str:
+    """What to say when the catalog cannot be opened: corrupt, missing, or not ours to read."""
+    text = str(exc)
+    if "not a database" in text:
+        reason = "it is not a database (corrupt or replaced): restore it from a backup"
+    elif "unable to open" in text or "ermission" in text:
+        reason = "it cannot be opened (no permission, or the file is gone): check the path and its rights"
+    elif "creating a new DuckLake is explicitly disabled" in text:
+        reason = "it is empty, not a DuckLake catalog: restore it, or make a new warehouse with factory init"
+    else:
+        reason = text.splitlines()[0]
+    return f"the warehouse catalog {location.catalog} cannot be read: {reason}"
 
 
 def recover_sqlite(location: Location) -> bool:
@@ -339,9 +357,17 @@ class Lake:
             return fn(lk)
 
         with disk_full_says_so(self.location.data_path), self._writer_lock():
-            return _retry(
-                lambda: self._attempt(message, guarded if exclusive else fn, who), attempts=attempts
-            )
+            try:
+                return _retry(
+                    lambda: self._attempt(message, guarded if exclusive else fn, who), attempts=attempts
+                )
+            except SQLError as exc:
+                if "readonly database" in str(exc):
+                    raise LakeError(
+                        f"the warehouse catalog {self.location.catalog} is read-only for this user: nothing "
+                        "was committed; write with a user who may, or copy the warehouse"
+                    ) from exc
+                raise
 
     @contextlib.contextmanager
     def _writer_lock(self) -> Iterator[None]:

@@ -47,10 +47,17 @@ def resolve_path(path: str | os.PathLike | None) -> Path:
     return Path(path or os.environ.get(ENV_WAREHOUSE) or DEFAULT_PATH)
 
 
+CATALOG_FORMS = "sqlite:PATH, postgres:dbname=... host=..., or duckdb:PATH"
+
+
 def _location(folder: Path, config: dict[str, str]) -> lake.Location:
     catalog = os.environ.get("FACTORY_CATALOG") or config["catalog"]
     data_path = os.environ.get("FACTORY_DATA_PATH") or config["data_path"]
+    if not isinstance(catalog, str) or not isinstance(data_path, str):
+        raise WarehouseError("catalog and data_path must be text")
     scheme, _, target = catalog.partition(":")
+    if scheme not in lake.CATALOG_SCHEMES or not target:
+        raise WarehouseError(f"catalog '{catalog}' is not one of {CATALOG_FORMS}")
     if scheme in ("sqlite", "duckdb") and not os.path.isabs(target):
         catalog = f"{scheme}:{(folder / target).resolve()}"
     if "://" not in data_path and not os.path.isabs(data_path):
@@ -72,9 +79,14 @@ def init(
     config_path = folder / CONFIG_FILE
     if config_path.exists():
         return open_warehouse(folder)
-    folder.mkdir(parents=True, exist_ok=True)
+    if folder.exists() and not folder.is_dir():
+        raise WarehouseError(f"{folder} is a file, not a folder: give --warehouse a folder to create")
     config = {"catalog": catalog or "sqlite:catalog.sqlite", "data_path": data_path or "data/"}
-    location = _location(folder, config)
+    try:
+        location = _location(folder, config)
+    except WarehouseError as exc:
+        raise WarehouseError(f"--catalog: {exc}") from exc
+    folder.mkdir(parents=True, exist_ok=True)
     if "://" not in location.data_path:
         Path(location.data_path).mkdir(parents=True, exist_ok=True)
     conn = lake.connect(location)
@@ -105,14 +117,20 @@ def open_warehouse(
     read_only = read_only or sandbox
     folder = resolve_path(path)
     config_path = folder / CONFIG_FILE
+    if folder.exists() and not folder.is_dir():
+        raise WarehouseError(f"{folder} is a file, not a warehouse folder: give --warehouse the folder")
     if not config_path.exists():
         raise WarehouseError(
             f"no warehouse at {folder} (missing {CONFIG_FILE}); create one with `factory init --warehouse {folder}`"
         )
     try:
-        config = json.loads(config_path.read_text())
+        config = json.loads(config_path.read_text(encoding="utf-8"))
+        if not isinstance(config, dict):
+            raise WarehouseError(
+                f"expected an object with catalog and data_path, got {type(config).__name__}"
+            )
         location = _location(folder, config)
-    except (json.JSONDecodeError, KeyError) as exc:
+    except (json.JSONDecodeError, UnicodeDecodeError, KeyError, WarehouseError) as exc:
         raise WarehouseError(f"{config_path}: not a valid warehouse config ({exc})") from exc
     conn = lake.connect(location, read_only=read_only)
     version = conn.scalar("SELECT value FROM meta WHERE key = 'schema_version'")
@@ -233,11 +251,13 @@ class Warehouse:
         sql_guard.check_query(expanded)
         return self.lake.frame(expanded)
 
-    @staticmethod
-    def user_expression(text: str) -> str:
+    def user_expression(self, text: str) -> str:
         """A user's SQL condition or expression, checked to be one expression that reads only
         the warehouse and rewritten by DuckDB's parser, so it is safe to splice into SQL
-        (`sql_guard.check_expression`)."""
+        (`sql_guard.check_expression`). A snapshot it names must exist (an unknown one would
+        read as empty and select nothing, silently)."""
+        for name in SNAPSHOT_CALL.findall(text):
+            snapshots.get(self, name)
         return sql_guard.check_expression(text)
 
     def _expand(self, query: str) -> str:

@@ -190,8 +190,10 @@ def test_every_installed_plugin_has_its_kinds_run_signature(kind):
     contract = inspect.signature(CONTRACTS[kind].__call__)
     wanted = [p for p in contract.parameters.values() if p.name != "self"]
     wanted_hints = typing.get_type_hints(CONTRACTS[kind].__call__, {**vars(plugins), "Warehouse": Warehouse})
-    installed = plugins.installed(kind)  # third-party plugins included
-    assert installed
+    names = [ep.name for ep in plugins._entry_points(plugins.GROUPS[kind])]
+    installed = plugins.installed(kind)  # third-party plugins included; each under its own name
+    assert installed and [p.name for p in installed] == names
+    core_types = {**vars(plugins), "Warehouse": Warehouse}  # what a plugin may import for types only
     for plugin in installed:
         signature = inspect.signature(plugin.run)
         params = list(signature.parameters.values())
@@ -199,7 +201,10 @@ def test_every_installed_plugin_has_its_kinds_run_signature(kind):
         assert [(p.name, p.kind, p.default) for p in params] == [
             (p.name, p.kind, p.default) for p in wanted
         ], where
-        hints = typing.get_type_hints(plugin.run)
+        try:
+            hints = typing.get_type_hints(plugin.run, localns=core_types)
+        except NameError as exc:
+            pytest.fail(f"{where}: an annotation of run cannot be resolved ({exc})")
         for param in params:
             if param.name == "config":  # the plugin's own config class
                 assert isinstance(hints["config"], type) and issubclass(hints["config"], plugin.config), where

@@ -176,3 +176,45 @@ def test_an_unexpected_error_is_a_bug_and_debug_shows_its_traceback(session, mon
             assert "Traceback" in err and "KeyError" in err
         else:
             assert "unexpected KeyError" in err and "--debug" in err and "Traceback" not in err
+
+
+def test_a_users_mistakes_each_get_one_clear_error_line(session, tmp_path):
+    cwd = session
+    run("import", "tasks.jsonl", cwd=cwd)
+    run("snapshot", "create", "mistakes", cwd=cwd)
+    (tmp_path / "binary.yaml").write_bytes(b"\xff\xfe\x00\x01")
+    (tmp_path / "wrong.yaml").write_text("threshold: high\n")
+    (tmp_path / "listed").mkdir()
+    (tmp_path / "listed" / "factory.json").write_text("[1, 2]")
+    (tmp_path / "garbled").mkdir()
+    (tmp_path / "garbled" / "factory.json").write_text(
+        '{"catalog": "sqlite:catalog.sqlite", "data_path": "data/"}'
+    )
+    (tmp_path / "garbled" / "catalog.sqlite").write_text("not a database")
+    (tmp_path / "a_file").write_text("x")
+    cases = {
+        ("import", "tasks.jsonl", "--encoding", "klingon"): "--encoding: unknown encoding 'klingon'",
+        ("filter", "minhash", "--config", str(tmp_path / "binary.yaml")): "binary.yaml: not a UTF-8 text file",
+        ("filter", "minhash", "--config", str(tmp_path / "wrong.yaml")): "setting threshold: Input should be a valid number",
+        ("generate", "distill"): "error: give exactly one source of prompts",
+        ("snapshot", "create", "typo", "--where", "id IN (SELECT id FROM snapshot('nope'))"): "no snapshot named 'nope'",
+        ("filter", "heuristics", "--where", "1) UNION SELECT 1 --"): "--where '1) UNION SELECT 1 --'",
+        ("sql", "SELECT 1", "-w", str(tmp_path / "listed")): "factory.json: not a valid warehouse config",
+        ("sql", "SELECT 1", "-w", str(tmp_path / "a_file")): "is a file, not a warehouse folder",
+        ("init", "-w", str(tmp_path / "new"), "--catalog", "bogus:x"): "--catalog: catalog 'bogus:x' is not one of",
+        ("sql", "SELECT 1", "-w", str(tmp_path / "garbled")): "cannot be read: it is not a database",
+        ("alignment", ""): "give a row id",
+        ("eval", "embedded", "--on", "mistakes", "--split", "weird"): "setting split: Input should be 'eval' or 'all'",
+        ("train-config", "axolotl", "mistakes", "--out", str(tmp_path / "ax"), "--set", "stage=dpo"): "DPO needs preference pairs",
+    }  # fmt: skip
+    for args, message in cases.items():
+        failed = run(*args, cwd=cwd, ok=False)
+        assert failed.returncode == 1, (args, failed.stdout, failed.stderr)
+        assert failed.stderr.startswith("error: ") and message in failed.stderr, (args, failed.stderr)
+        assert "Traceback" not in failed.stderr and "Value error," not in failed.stderr, (args, failed.stderr)
+    assert (
+        not (tmp_path / "new").exists() and not (tmp_path / "ax").exists()
+    )  # refused before anything was made
+    assert (
+        run("import", "prefs.parquet", "--format", "rows", cwd=cwd, ok=False).returncode == 1
+    )  # named, not a crash
