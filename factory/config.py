@@ -12,6 +12,7 @@ its key. The CLI, the YAML files and the Python API all end here.
 
 from __future__ import annotations
 
+import re
 from collections.abc import Iterable
 from pathlib import Path
 from typing import Any, TypeVar
@@ -50,19 +51,28 @@ def parse_pairs(
     as_yaml: bool = True,
     shape: str = "key=value",
     example: str = "max_tokens=256",
+    templates: bool = False,
 ) -> dict[str, Any]:
     """`key=value` pairs from one comma-separated text (`--map a=b,c=d`), or from a list of texts
     that are one pair each (a repeated `--set k=v`, whose value may hold commas).
 
-    A malformed pair is named with the flag and an example of the shape it wants."""
+    With `templates`, one text is split only before a `name=`, so a value may be a template
+    holding commas, quotes and brackets (`--map 'prompt=Q: {q}, context: {c},output=a'`).
+    A malformed pair is named with the flag and an example of the shape it wants; a key given
+    twice is refused (which one was meant?)."""
     if items is None:
         return {}
-    pairs = _split(items) if isinstance(items, str) else [item.strip() for item in items]
+    if isinstance(items, str):
+        pairs = re.split(r",(?=\s*[A-Za-z_]\w*\s*=)", items) if templates else _split(items)
+    else:
+        pairs = [item.strip() for item in items]
     out: dict[str, Any] = {}
     for pair in pairs:
         key, sep, value = pair.partition("=")
         if not sep or not key.strip() or (not as_yaml and not value.strip()):
             raise ConfigError(f"{flag}: '{pair}' is not {shape} (e.g. {example})")
+        if key.strip() in out:
+            raise ConfigError(f"{flag}: '{key.strip()}' is given twice; give it once")
         out[key.strip()] = _value(value, flag, pair) if as_yaml else value.strip()
     return out
 

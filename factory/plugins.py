@@ -19,14 +19,27 @@ typer app and registers its commands), e.g. the reflect generator's `alignment` 
 
 from __future__ import annotations
 
+import re
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from importlib import metadata
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, Literal, Protocol, TypeVar, overload
+from types import UnionType
+from typing import (
+    TYPE_CHECKING,
+    Annotated,
+    Any,
+    Literal,
+    Protocol,
+    TypeVar,
+    Union,
+    get_args,
+    get_origin,
+    overload,
+)
 
 import polars as pl
-from pydantic import BaseModel
+from pydantic import BaseModel, SecretBytes, SecretStr
 
 from factory import config as settings
 from factory.errors import FactoryError
@@ -250,3 +263,111 @@ def configured(
     if isinstance(values, BaseModel):
         return plugin, values
     return plugin, settings.validate(plugin.config, values)
+
+
+# -- describing a config -----------------------------------------------------------------------------
+# Settings whose value is a credential: shown as [redacted], never as the value (which a default
+# factory may have read from the environment). `api_key_env` names a variable: not a secret.
+# A bare `token` is one too, but not `max_tokens` nor a tokenizer's `eos_token`.
+_SECRET_SETTING = re.compile(
+    r"(?i)(?:^|_)(?:api_?key|access_?key|secret_?key|private_?key|secret|password|passwd|credentials?|"
+    r"auth_?token|access_?token|api_?token|hf_?token|bearer)$|^token$"
+)
+
+
+def _type_name(annotation: Any) -> str:
+    """A field's type as a user reads it: `int`, `list[str] | None`, `instruction|record`."""
+    origin, args = get_origin(annotation), get_args(annotation)
+    if annotation is type(None):
+        return "None"
+    if origin is Literal:
+        return "|".join(str(a) for a in args)
+    if origin is Annotated:
+        return _type_name(args[0])
+    if origin in (Union, UnionType):
+        return " | ".join(_type_name(a) for a in args)
+    if origin is not None:
+        inner = [("..." if a is Ellipsis else _type_name(a)) for a in args]
+        return f"{getattr(origin, '__name__', str(origin))}[{', '.join(inner)}]" if inner else origin.__name__
+    return getattr(annotation, "__name__", str(annotation).removeprefix("typing."))
+
+
+def _shown_value(value: Any) -> str:
+    """A value as --set and --config read it (YAML flow style: `[email, phone]`, `null`, `'5'`)."""
+    import json
+
+    import yaml
+    from pydantic_core import to_jsonable_python
+
+    plain = to_jsonable_python(value, fallback=str)
+    text = yaml.safe_dump(plain, default_flow_style=True, width=1 << 30, allow_unicode=True)
+    text = text.removesuffix("\n").removesuffix("\n...")
+    # a string with a line break, or a list / mapping of quoted strings ('i''m sorry, ...'):
+    # JSON, which is YAML too, says it more plainly
+    if "\n" in text or (isinstance(plain, list | dict) and "'" in text):
+        text = json.dumps(plain, ensure_ascii=False)
+    return text
+
+
+def _secret(name: str, annotation: Any) -> bool:
+    types = get_args(annotation) or (annotation,)
+    return bool(_SECRET_SETTING.search(name)) or any(t in (SecretStr, SecretBytes) for t in types)
+
+
+def describe_config(model: type[BaseModel], config: BaseModel | None = None) -> list[dict[str, str]]:
+    """Every setting of a config model, nested groups as dotted keys (`teacher.options.concurrency`,
+    as --set takes them): setting, type, default, value (the given config's, else the default) and
+    description. Values are written as YAML (what --set reads); a default factory is called (the pii
+    filter's kinds); a secret-looking setting (api_key, token, password, a SecretStr) shows
+    [redacted], and every text is scrubbed of the environment's secrets."""
+    from pydantic_core import PydanticUndefined
+
+    from factory.errors import REDACTED, scrub
+
+    rows: list[dict[str, str]] = []
+
+    def text(name: str, annotation: Any, value: Any) -> str:
+        if value is PydanticUndefined:
+            return "(required)"
+        if _secret(name, annotation) and value not in (None, ""):
+            return REDACTED
+        return scrub(_shown_value(value)) or ""
+
+    def walk(
+        model: type[BaseModel], default: BaseModel | None, current: BaseModel | None, prefix: str
+    ) -> None:
+        # default: the group's default instance (it holds its members' defaults: reflect's sampling
+        # has temperature 0.7, not Sampling's 1.0); None: the model's own field defaults
+        for name, info in model.model_fields.items():
+            if default is not None:
+                own_default = getattr(default, name)
+            else:
+                try:
+                    own_default = info.get_default(call_default_factory=True)
+                except Exception as exc:  # a factory that needs the other settings, or fails
+                    own_default = f"(set by a default factory: {type(exc).__name__})"
+            own_current = getattr(current, name) if current is not None else own_default
+            annotation = info.annotation
+            group = isinstance(annotation, type) and issubclass(annotation, BaseModel)
+            description = info.description or ""
+            if group and not description:
+                description = (annotation.__doc__ or "").strip().split("\n")[0]
+            rows.append(
+                {
+                    "setting": f"{prefix}{name}",
+                    "type": _type_name(annotation),
+                    "default": "(group)" if group else text(name, annotation, own_default),
+                    "value": "(group)" if group else text(name, annotation, own_current),
+                    "description": description,
+                }
+            )
+            if group:
+                walk(
+                    annotation,
+                    own_default if isinstance(own_default, BaseModel) else None,
+                    own_current if isinstance(own_current, BaseModel) else None,
+                    f"{prefix}{name}.",
+                )
+
+    walk(model, None, config, "")
+    return rows

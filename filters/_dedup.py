@@ -6,12 +6,20 @@ highest score first (the latest score another filter gave the row, e.g. a judge'
 rating), ties broken by import order. A dedup filter only has to say, for each
 row, which row won its group (`_winner`); `verdicts` turns that into keep / drop
 with a reason.
+
+Near-duplicate engines (MinHash, semantic) decide by one rule, `greedy`: rows are
+taken in that order, and a row is a duplicate only of a row that was itself kept,
+the most similar one among its verified matches. So a reason always names a kept
+row, and its score (Jaccard, cosine) is that pair's and at least the threshold;
+a chain A~B~C with A and C apart keeps A and C (B goes as A's duplicate).
 """
 
 from __future__ import annotations
 
 from typing import Any, Literal
 
+import numba
+import numpy as np
 import polars as pl
 from pydantic import BaseModel, Field, model_validator
 
@@ -85,4 +93,40 @@ def verdicts(judged: pl.DataFrame, reason: str, score: pl.Expr | None = None) ->
         .then(pl.lit(f"{reason} of ") + pl.col("_winner"))
         .otherwise(pl.lit("unique"))
         .alias("reason"),
+    )
+
+
+@numba.njit(cache=True)
+def _greedy(n: int, first: np.ndarray, second: np.ndarray, sim: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    winner = np.arange(n)
+    score = np.full(n, np.nan)
+    k = 0
+    for j in range(n):
+        best, best_sim = -1, -np.inf
+        while k < len(second) and second[k] == j:
+            i = first[k]
+            if winner[i] == i and (sim[k] > best_sim or (sim[k] == best_sim and i < best)):
+                best, best_sim = i, sim[k]
+            k += 1
+        if best >= 0:
+            winner[j] = best
+            score[j] = best_sim
+    return winner, score
+
+
+def greedy(n: int, pairs: np.ndarray, similarity: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Each row's kept match in contender order (itself when none) and that match's similarity.
+
+    `pairs` are (i, j) index pairs of rows that are duplicates of each other (similarity
+    already checked against the threshold), in any order.
+    """
+    if not len(pairs):
+        return np.arange(n), np.full(n, np.nan)
+    first, second = np.minimum(pairs[:, 0], pairs[:, 1]), np.maximum(pairs[:, 0], pairs[:, 1])
+    order = np.lexsort((first, second))
+    return _greedy(
+        n,
+        first[order].astype(np.int64),
+        second[order].astype(np.int64),
+        np.asarray(similarity, dtype=np.float64)[order],
     )

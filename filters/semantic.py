@@ -3,7 +3,7 @@
 Rows are embedded (all-MiniLM-L6-v2 by default, cached in the warehouse), grouped
 by k-means so that only rows of one cluster are compared, and within a cluster a
 row is a duplicate when its cosine similarity to a row ranked before it reaches
-the threshold. The ranking is the keep policy's (rows kept by earlier runs first,
+the threshold (a duplicate only of a row that was kept: see filters/_dedup.greedy). The ranking is the keep policy's (rows kept by earlier runs first,
 then first imported, longest output or highest score), so the kept copy is the
 preferred one. The default threshold, 0.9, is semhash's: for instruction data the
 duplicates that matter are paraphrases ("Write a poem about the sea" / "Compose a
@@ -48,17 +48,18 @@ def clusters(vectors: np.ndarray, cluster_size: int, seed: int) -> np.ndarray:
     return KMeans(n_clusters=k, n_init=1, random_state=seed).fit_predict(vectors).astype(np.int64)
 
 
-def nearest_earlier(vectors: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-    """For each row, the most similar row before it (index, cosine); -1 and -inf for the first."""
+def close_pairs(vectors: np.ndarray, threshold: float) -> tuple[np.ndarray, np.ndarray]:
+    """Every (earlier, later) index pair with cosine >= threshold, and its cosine."""
     n = len(vectors)
-    best, best_sim = np.full(n, -1, dtype=np.int64), np.full(n, -np.inf, dtype=np.float32)
+    pairs, sims = [np.empty((0, 2), dtype=np.int64)], [np.empty(0, dtype=np.float32)]
     for start in range(1, n, BLOCK):
         stop = min(start + BLOCK, n)
-        sims = vectors[start:stop] @ vectors[:stop].T
-        sims[np.arange(stop - start)[:, None] <= np.arange(stop)[None, :] - start] = -np.inf  # later or self
-        best[start:stop] = sims.argmax(axis=1)
-        best_sim[start:stop] = sims.max(axis=1)
-    return best, best_sim
+        block = vectors[start:stop] @ vectors[:stop].T
+        block[np.arange(stop - start)[:, None] <= np.arange(stop)[None, :] - start] = -np.inf  # later or self
+        later, earlier = np.nonzero(block >= threshold)
+        pairs.append(np.stack([earlier, later + start], axis=1).astype(np.int64))
+        sims.append(block[later, earlier])
+    return np.concatenate(pairs), np.concatenate(sims)
 
 
 def run(
@@ -70,26 +71,23 @@ def run(
         pl.concat([kept, candidates], how="diagonal_relaxed"), on="id", how="left", maintain_order="left"
     )
     vectors = row_embeddings(
-        rows, config.key, config.model, getattr(ctx, "warehouse", None), config.batch_size
+        rows,
+        config.key,
+        config.model,
+        getattr(ctx, "warehouse", None),
+        config.batch_size,
+        progress=getattr(ctx, "progress", False),
     )
     label = clusters(vectors, config.cluster_size, config.seed)
-    winner = np.arange(everyone.height)
-    similarity = np.full(everyone.height, np.nan)
+    pairs, sims = [np.empty((0, 2), dtype=np.int64)], [np.empty(0, dtype=np.float32)]
     for cluster in np.unique(label):
         members = np.flatnonzero(label == cluster)  # in contender order: winners first
-        best, sim = nearest_earlier(vectors[members])
-        close = sim >= config.threshold
-        winner[members[close]] = members[best[close]]
-        similarity[members[close]] = sim[close]
-    root = winner.copy()
-    while True:  # a duplicate of a duplicate belongs to the first row of its chain
-        nxt = winner[root]
-        if np.array_equal(nxt, root):
-            break
-        root = nxt
-    ids = everyone["id"]
+        found, sim = close_pairs(vectors[members], config.threshold)
+        pairs.append(members[found])
+        sims.append(sim)
+    winner, similarity = _dedup.greedy(everyone.height, np.concatenate(pairs), np.concatenate(sims))
     judged = everyone.with_columns(
-        ids.gather(root).alias("_winner"), pl.Series("_score", similarity).fill_nan(None)
+        everyone["id"].gather(winner).alias("_winner"), pl.Series("_score", similarity).fill_nan(None)
     )
     return _dedup.verdicts(judged, "semantic_duplicate", pl.col("_score").round(4))
 

@@ -13,7 +13,7 @@ from __future__ import annotations
 
 import codecs
 import csv
-import json
+import glob
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -24,8 +24,8 @@ from pydantic import BaseModel, Field, field_validator
 
 from factory.config import parse_pairs
 from factory.errors import ConfigError, InputError
-from factory.formats import readers, shapes
-from factory.formats.readers import Problem, Raw, ReadError
+from factory.formats import loading, readers, reshape
+from factory.formats.readers import Problem, ReadError
 from factory.plugins import GeneratorPlugin, JobSummary
 from factory.store import jobs, outputs
 from factory.store.lake import Lake
@@ -38,13 +38,25 @@ MAX_SHOWN = 20
 class ImportConfig(BaseModel):
     """Settings of one import; the CLI flags and the Python API share them."""
 
-    path: Path | None = Field(None, description="file or folder to import (factory import PATH sets it)")
+    path: Path | list[Path] | None = Field(
+        None, description="files, folders or glob patterns to import (factory import PATH... sets it)"
+    )
     format: Literal["auto", "alpaca", "sharegpt", "openai", "preference", "prompt_completion", "rows"] = (
-        Field("auto", description="record format; auto detects it from the field names")
+        Field("auto", description="record format; auto detects it from the field names, per file")
     )
     source: str | None = Field(None, description="name of where the rows came from (default: the file name)")
     map: dict[str, str] = Field(
-        default_factory=dict, description="rename fields: {target: field_in_file}, e.g. {prompt: question}"
+        default_factory=dict,
+        description="set fields: {target: field_in_file}; a nested path (a.b, instances[0].output) "
+        "or a template of fields ('{instruction}\\n\\n{input}')",
+    )
+    explode: str | None = Field(
+        None,
+        description="a list field of task records to import one row per item (task files with "
+        "'instances' are found without it)",
+    )
+    keep_special_tokens: bool = Field(
+        False, description="keep end-of-text tokens (<|endoftext|>, </s>, ...) at the end of answers"
     )
     on_error: Literal["fail", "skip"] = Field(
         "fail",
@@ -80,11 +92,25 @@ class ImportConfig(BaseModel):
     @field_validator("map", mode="before")
     @classmethod
     def _parse_map(cls, value: Any) -> Any:
-        if isinstance(value, str):
+        if isinstance(value, str):  # a value may be a template holding commas: split before `name=` only
             return parse_pairs(
-                value, "--map", as_yaml=False, shape="target=source", example="prompt=question"
+                value,
+                "--map",
+                as_yaml=False,
+                shape="target=source",
+                example="prompt=question",
+                templates=True,
             )
         return value
+
+    @field_validator("map")
+    @classmethod
+    def _paths_readable(cls, value: dict[str, str]) -> dict[str, str]:
+        reshape.mappings(value)
+        return value
+
+    def paths(self) -> list[Path]:
+        return [] if self.path is None else self.path if isinstance(self.path, list) else [self.path]
 
 
 class ImportFailed(InputError):
@@ -108,8 +134,12 @@ class ImportSummary(JobSummary):
     source: str
     offered: int = 0
     inserted: int = 0
+    repeated: int = 0  # copies of a row given earlier in this same import
+    known: int = 0  # rows the warehouse already had
     rejected: int = 0
     rejects_path: str | None = None
+    files: int = 0
+    empty_files: list[str] = field(default_factory=list)
     warnings: list[str] = field(default_factory=list)
 
     @property
@@ -122,128 +152,137 @@ class ImportSummary(JobSummary):
 
 @dataclass
 class _State:
-    """What the import has seen so far: the format, the rejected records, the warnings."""
+    """What the import has seen so far: the rejected records, the warnings."""
 
-    fmt: str | None = None
     rejects: list[Problem] = field(default_factory=list)
     rejected: int = 0
-    warnings: list[str] = field(default_factory=list)
+    tally: loading.Tally = field(default_factory=loading.Tally)
 
 
-def _apply_map(raw: Raw, mapping: dict[str, str], label: str) -> Raw:
-    if not mapping:
-        return raw
-    fields = raw.fields
-    for target, source in mapping.items():
-        if source not in fields and target not in fields:
-            raise ReadError(
-                f"--map {target}={source}: {label} has no field '{source}' (fields: {sorted(fields)})"
+@dataclass(frozen=True)
+class Input:
+    """One path given to the import: its files (of one kind), the empty ones, and its source name."""
+
+    given: Path
+    kind: str
+    files: list[Path]
+    empty: list[Path]
+    source: str
+
+    def label(self, file: Path) -> str:
+        """A file's name in origin_file: relative to the folder imported, or as given."""
+        if self.given.is_dir() and self.kind != "hf":
+            return file.relative_to(self.given).as_posix()
+        return str(file)
+
+
+def _expand(path: Path) -> list[Path]:
+    """A path, or the sorted matches of a glob pattern in it (the shell may not have expanded it)."""
+    text = str(path)
+    if path.exists() or not any(c in text for c in "*?["):
+        return [path]
+    matches = sorted(Path(p) for p in glob.glob(text, recursive=True))
+    if not matches:
+        raise ReadError(f"{text}: no file matches this pattern")
+    return matches
+
+
+def inputs(config: ImportConfig) -> list[Input]:
+    """Resolve every path up front: missing paths, mixed folders and empty files are named before reading."""
+    paths = [p for given in config.paths() for p in _expand(Path(given))]
+    if not paths:
+        raise ConfigError("name at least one file or folder to import: factory import PATH [PATH...]")
+    found = []
+    for path in paths:
+        if not path.exists():
+            raise ReadError(f"{path}: no such file or folder")
+        if path.is_file() and path.suffix.lower() in readers.KINDS and readers.is_empty(path):
+            found.append(
+                Input(path, readers.KINDS[path.suffix.lower()], [], [path], config.source or path.stem)
             )
-    rename = {source: target for target, source in mapping.items() if source in fields}
-    if raw.table is not None:
-        raw.table = raw.table.rename_columns([rename.get(c, c) for c in raw.table.column_names])
-    else:
-        raw.records = [{rename.get(k, k): v for k, v in r.items()} for r in raw.records or []]
-    return raw
-
-
-def _typed_frame(raw: Raw, spec: shapes.FormatSpec) -> tuple[pl.DataFrame, list[Problem]]:
-    """One polars frame per batch with a `_origin` column, type problems split off per record."""
-    if raw.table is not None and shapes.typed_columns_ok(raw.table.schema, spec):
-        keep = [c for c in raw.table.column_names if c in spec.fields]
-        frame = pl.from_arrow(raw.table.select(keep)) if keep else pl.DataFrame(height=raw.table.num_rows)
-        return frame.with_columns(raw.origins), []
-    records = raw.records if raw.records is not None else raw.table.to_pylist()  # type: ignore[union-attr]
-    origins = raw.origins.to_list()
-    good, kept, problems = [], [], []
-    for origin, record in zip(origins, records, strict=True):
-        problem = shapes.record_problem(record, spec)
-        if problem is None:
-            good.append(shapes.uniform_record(record, spec))
-            kept.append(origin)
-        else:
-            problems.append(Problem(origin, *problem))
-    if not good:
-        return pl.DataFrame({"_origin": pl.Series([], dtype=pl.String)}), problems
-    frame = pl.from_dicts(good, infer_schema_length=None)
-    frame = frame.select([c for c in frame.columns if frame.schema[c] != pl.Null or c in spec.required])
-    return frame.with_columns(pl.Series("_origin", kept, dtype=pl.String)), problems
-
-
-def _detect(raw: Raw, config: ImportConfig, label: str) -> str:
-    if config.format != "auto":
-        return config.format
-    fmt = shapes.detect(raw.fields)
-    if fmt is None:
-        raise ReadError(
-            f"{label}: cannot tell the format from the fields {sorted(raw.fields)}; pass --format "
-            f"({', '.join(shapes.SPECS)}) and --map target=field to rename fields"
+            continue
+        kind, files = readers.data_files(path)
+        empty = [f for f in files if readers.is_empty(f)]
+        found.append(
+            Input(path, kind, [f for f in files if f not in empty], empty, config.source or path.stem)
         )
-    return fmt
+    empty = [f for i in found for f in i.empty]
+    if empty and config.on_error == "fail":
+        listing = ", ".join(str(f) for f in empty[:MAX_SHOWN]) + (" ..." if len(empty) > MAX_SHOWN else "")
+        what = f"{listing}: the file is empty" if len(empty) == 1 else f"{len(empty)} empty files: {listing}"
+        raise ReadError(
+            f"{what}; nothing was imported (remove empty files, or pass --on-error skip to skip them)"
+        )
+    if not any(i.files for i in found):
+        raise ReadError(f"{', '.join(str(p) for p in paths)}: every file is empty; nothing to import")
+    return found
 
 
-def _rows_from(
-    frame: pl.DataFrame, fmt: str, config: ImportConfig, source: str
-) -> tuple[pl.DataFrame, list[Problem]]:
-    """Normalise a typed batch; returns rows with lineage, and the problems by origin."""
-    frame = frame.with_row_index("_idx")
-    rows, found = shapes.normalise(frame, fmt)
-    problems: list[Problem] = []
-    if found.height:
-        found = found.join(frame.select("_idx", "_origin"), on="_idx").sort("_idx")
-        problems = [
-            Problem(r["_origin"], r["field"], r["code"], r["message"]) for r in found.iter_rows(named=True)
-        ]
-        rows = rows.join(found.select("_idx").unique(), on="_idx", how="anti")
-    if rows.height == 0:
-        return rows, problems
-    extra = [c for c in ("generator_params", "template_hash") if c in frame.columns]
-    rows = shapes.row_frame(rows).join(frame.select("_idx", "_origin", *extra), on="_idx").sort("_idx")
+def _batches(given: Input, config: ImportConfig, state: _State, progress: Any) -> Iterator[pl.DataFrame]:
+    settings = loading.Settings(
+        config.format,
+        config.map,
+        config.explode,
+        config.keep_special_tokens,
+        readers.ReadOptions(config.encoding, config.max_row_bytes, config.batch_rows),
+    )
+    task = _templated.load_task(config.templates) if config.templates else None
+    for file in given.files:
+        seen_any = False
+        label = given.label(file)
+        if task is not None:
+            batches = _templated_batches(file, given, task, config, settings, state, label, progress)
+        else:
+            batches = loading.load(file, given.kind, settings, state.tally, label, progress)
+        for rows, problems in batches:
+            seen_any = seen_any or rows.height > 0 or bool(problems)
+            _handle(problems, config, state)
+            if rows.height:
+                yield _lineage(rows, config, given.source)
+        if not seen_any:
+            raise ReadError(f"{file}: no records found; nothing to import")
+
+
+def _templated_batches(
+    file: Path,
+    given: Input,
+    task: Any,
+    config: ImportConfig,
+    settings: loading.Settings,
+    state: _State,
+    label: str,
+    progress: Any,
+) -> Iterator[tuple[pl.DataFrame, list[Problem]]]:
+    """Records rendered through a FLAN-style task's templates into alpaca rows."""
+    for raw in readers.prefetched(readers.read_file(given.kind, file, settings.options)):
+        state.tally.warnings += raw.warnings
+        if progress is not None and raw.bytes_read:
+            progress(raw.bytes_read)
+        problems = list(raw.problems)
+        base = raw.table.to_pylist() if raw.table is not None else raw.records
+        if not base:
+            yield pl.DataFrame(), problems
+            continue
+        records = pl.from_dicts(base, infer_schema_length=None).with_columns(raw.origins)
+        frame, more = _templated.render(records, task, config.template_mode, config.seed)
+        frame = frame.with_columns(pl.lit(None, pl.String).alias("_meta"))
+        state.tally.formats[str(file)] = "alpaca"
+        rows, found = (
+            loading.rows_from(frame, "alpaca", settings, state.tally, str(file), label)
+            if frame.height
+            else (frame, [])
+        )
+        yield rows, problems + more + found
+
+
+def _lineage(rows: pl.DataFrame, config: ImportConfig, source: str) -> pl.DataFrame:
     lineage = [
         pl.lit(source).alias("source"),
         pl.lit("templated" if config.templates else "human").alias("generator"),
-        pl.col("_origin").alias("origin"),
     ]
-    if not extra:
-        lineage.append(pl.lit(json.dumps({"format": fmt}, sort_keys=True)).alias("generator_params"))
     if config.domain:
         lineage.append(pl.lit(config.domain).alias("domain"))
-    return rows.with_columns(lineage).drop("_idx", "_origin"), problems
-
-
-def _batches(
-    path: Path, config: ImportConfig, state: _State, source: str, progress: Any
-) -> Iterator[pl.DataFrame]:
-    options = readers.ReadOptions(config.encoding, config.max_row_bytes, config.batch_rows)
-    task = _templated.load_task(config.templates) if config.templates else None
-    seen_any = False
-    for raw in readers.prefetched(readers.read(path, options)):
-        state.warnings += raw.warnings
-        if progress is not None and raw.bytes_read:
-            progress(raw.bytes_read)
-        raw = _apply_map(raw, config.map, str(path))
-        problems = list(raw.problems)
-        if raw.table is None and not raw.records:
-            _handle(problems, config, state)
-            continue
-        seen_any = True
-        if task is not None:
-            base = raw.table.to_pylist() if raw.table is not None else raw.records
-            records = pl.from_dicts(base, infer_schema_length=None).with_columns(raw.origins)
-            frame, more = _templated.render(records, task, config.template_mode, config.seed)
-            problems += more
-            state.fmt = "alpaca"
-        else:
-            state.fmt = state.fmt or _detect(raw, config, str(path))
-            frame, more = _typed_frame(raw, shapes.SPECS[state.fmt])
-            problems += more
-        rows, more = _rows_from(frame, state.fmt, config, source) if frame.height else (frame, [])
-        problems += more
-        _handle(problems, config, state)
-        if rows.height:
-            yield rows
-    if not seen_any and not state.rejected:
-        raise ReadError(f"{path}: no records found; nothing to import")
+    return rows.with_columns(lineage)
 
 
 def _handle(problems: list[Problem], config: ImportConfig, state: _State) -> None:
@@ -268,31 +307,50 @@ def write_rejects(path: Path, problems: list[Problem], places: list[Path], force
 
 
 def import_file(
-    wh: Warehouse, path: str | Path, config: ImportConfig | None = None, progress: bool = False
+    wh: Warehouse,
+    path: str | Path | list[str | Path],
+    config: ImportConfig | None = None,
+    progress: bool = False,
 ) -> ImportSummary:
-    """Import one file or folder into the warehouse as a single commit; see the module docstring."""
-    path = Path(path)
-    config = (config or ImportConfig()).model_copy(update={"path": path})
-    readers.data_files(path)  # fail fast on a missing path, an empty file or a mixed folder
+    """Import files or folders into the warehouse as a single commit; see the module docstring."""
+    given = [Path(p) for p in path] if isinstance(path, list) else Path(path)
+    config = (config or ImportConfig()).model_copy(update={"path": given})
+    found = inputs(config)  # fail fast on a missing path, an empty file or a mixed folder
+    places = wh.protected_paths()
+    for given_input in found:
+        for file in given_input.files:
+            if any(outputs.inside(file.resolve(), place) for place in places):
+                raise ReadError(
+                    f"{file}: a file of the warehouse itself; import from outside it "
+                    "(to copy rows, export them first: factory export)"
+                )
     if config.rejects is not None:
         outputs.check_file(config.rejects, wh.protected_paths(), config.force, flag="--rejects")
-    source = config.source or path.stem
+    shown = " ".join(str(p) for p in config.paths())
+    names = sorted({i.source for i in found})
+    sources = names[:5] + ([f"and {len(names) - 5:,} more"] if len(names) > 5 else [])
     with jobs.running(wh, "import", "human", config.model_dump(mode="json")) as job:
-        summary = ImportSummary(job_id=job.id, path=str(path), format=config.format, source=source)
+        summary = ImportSummary(job_id=job.id, path=shown, format=config.format, source=", ".join(sources))
+        summary.files = sum(len(i.files) for i in found)
+        summary.empty_files = [str(f) for i in found for f in i.empty]
         job.summary = summary.as_dict
         state = _State()
 
         def batches() -> Iterator[pl.DataFrame]:
-            with _progress(path, progress) as advance:
-                yield from _batches(path, config, state, source, advance)
+            with _progress([f for i in found for f in i.files], progress) as advance:
+                for given_input in found:
+                    yield from _batches(given_input, config, state, advance)
 
         def finish(lk: Lake, result: Any) -> None:
-            summary.format, summary.offered, summary.inserted = (
-                state.fmt or config.format,
-                result.offered,
-                result.inserted,
-            )
-            summary.rejected, summary.warnings = state.rejected, state.warnings
+            formats = sorted(set(state.tally.formats.values()))
+            summary.format = ", ".join(formats) or config.format
+            summary.offered, summary.inserted = result.offered, result.inserted
+            summary.repeated, summary.known = result.repeated, result.known
+            summary.rejected = state.rejected
+            summary.warnings = [
+                *(f"{f}: the file is empty; skipped" for f in summary.empty_files),
+                *state.tally.messages(),
+            ]
             if state.rejects and summary.rejects_path is None:  # once, though a conflict re-runs the commit
                 target = config.rejects or wh.folder / "rejects" / f"{job.id}.csv"  # the default is ours
                 places = wh.protected_paths() if config.rejects is not None else []
@@ -303,7 +361,7 @@ def import_file(
         try:
             wh.add_rows(
                 batches(),
-                message=f"import: {path} (source={source}, job {job.id})",
+                message=f"import: {shown} (source={summary.source}, job {job.id})",
                 job_id=job.id,
                 on_commit=finish,
             )
@@ -317,12 +375,12 @@ def import_file(
 class _progress:
     """A byte-based progress bar on stderr (rich), or nothing."""
 
-    def __init__(self, path: Path, enabled: bool) -> None:
+    def __init__(self, files: list[Path], enabled: bool) -> None:
         self.enabled = enabled
         self.total = sum(
-            p.stat().st_size for p in ([path] if path.is_file() else path.rglob("*")) if p.is_file()
+            p.stat().st_size for f in files for p in ([f] if f.is_file() else f.rglob("*")) if p.is_file()
         )
-        self.path = path
+        self.name = files[0].name if len(files) == 1 else f"{len(files)} files"
 
     def __enter__(self) -> Any:
         if not self.enabled:
@@ -344,7 +402,7 @@ class _progress:
             transient=True,
         )
         self.bar.__enter__()
-        task = self.bar.add_task(self.path.name, total=self.total)
+        task = self.bar.add_task(self.name, total=self.total)
         return lambda n: self.bar.advance(task, n)
 
     def __exit__(self, *exc: object) -> None:

@@ -37,7 +37,10 @@ def init(
 
 def import_(
     path: Annotated[
-        Path, typer.Argument(help="file or folder: .jsonl .json .csv .parquet, or an HF datasets folder")
+        list[Path],
+        typer.Argument(
+            help="files, folders or glob patterns: .jsonl .json .csv .parquet, or an HF datasets folder"
+        ),
     ],
     warehouse: Warehouse = None,
     format: Annotated[
@@ -47,8 +50,20 @@ def import_(
         str | None, typer.Option(help="source name stored on every row [default: file name]")
     ] = None,
     map: Annotated[
-        str | None, typer.Option("--map", help="rename fields: target=field,... e.g. prompt=question")
+        str | None,
+        typer.Option(
+            "--map",
+            help="set fields: target=field,... e.g. prompt=question; a nested path "
+            "(output=instances[0].output) or a template (prompt='{instruction}\\n\\n{input}')",
+        ),
     ] = None,
+    explode: Annotated[
+        str | None,
+        typer.Option(help="import each item of this list field as a row (task files: found without it)"),
+    ] = None,
+    keep_special_tokens: Annotated[
+        bool, typer.Option(help="keep end-of-text tokens (<|endoftext|>, </s>, ...) ending an answer")
+    ] = False,
     on_error: Annotated[
         str, typer.Option(help="fail (commit nothing) or skip (import good rows, write rejects)")
     ] = "fail",
@@ -71,6 +86,9 @@ def import_(
 
     Examples:
       factory import data/tasks.jsonl --source seeds
+      factory import seed_tasks.jsonl                      # Self-Instruct tasks: a row per instance
+      factory import data/*.jsonl other/ --on-error skip   # several files and folders, one commit
+      factory import preds.jsonl --map instruction=prompt,output=reference   # response kept in meta
       factory import chats.json --format sharegpt --source forum
       factory import prefs.parquet --format preference --map prompt=question,chosen=good,rejected=bad
       factory import nli.csv --templates data/templates/nli.yaml --template-mode all
@@ -80,7 +98,8 @@ def import_(
 
     plugin = plugins.get("generator", "human")
     options = {
-        "path": path, "format": format, "source": source, "map": map or {}, "on_error": on_error,
+        "path": path, "format": format, "source": source, "map": map or {}, "explode": explode,
+        "keep_special_tokens": keep_special_tokens, "on_error": on_error,
         "rejects": rejects, "encoding": encoding, "max_row_bytes": max_row_bytes, "templates": templates,
         "template_mode": template_mode, "seed": seed, "domain": domain, "batch_rows": batch_rows, "force": force,
     }  # fmt: skip
@@ -95,12 +114,16 @@ def import_(
         f"detected format: [bold]{summary.format}[/]" if format == "auto" else f"format: {summary.format}"
     )
     new = f"[bold green]{summary.inserted:,}[/] new row(s)"
-    dup = f"{summary.duplicates:,} already in the warehouse" if summary.duplicates else "no duplicates"
+    dups = [
+        *([f"{summary.repeated:,} duplicate(s) inside this import"] if summary.repeated else []),
+        *([f"{summary.known:,} already in the warehouse"] if summary.known else []),
+    ]
+    files = f" from {summary.files:,} files" if summary.files > 1 else ""
     out.print(
-        f"{shown(path)}: {summary.offered:,} record(s) read -> {new}; {dup}; source={shown(summary.source)}; "
-        f"job {summary.job_id}"
+        f"{shown(summary.path)}: {summary.offered:,} record(s) read{files} -> {new}; "
+        f"{'; '.join(dups) or 'no duplicates'}; source={shown(summary.source)}; job {summary.job_id}"
     )
-    if summary.inserted == 0 and summary.offered:
+    if summary.inserted == 0 and summary.offered and summary.known:
         out.print("nothing new: every record was already imported")
     if summary.rejected:
         out.print(
@@ -243,17 +266,90 @@ def export(
         )
     for reason, n in result["skipped"].items():
         printer.print(f"[yellow]skipped {n:,} row(s): {reason.removeprefix('skipped_').replace('_', ' ')}[/]")
+    if result.get("left_out", {}).get("rejected_answer"):
+        printer.print(
+            f"[yellow]{result['left_out']['rejected_answer']:,} preference row(s) exported as their chosen "
+            "answer only; --format preference (or sharegpt / hf for a snapshot of pairs) keeps both[/]"
+        )
     if result.get("removed"):
         printer.print(f"removed the earlier export's {', '.join(result['removed'])} (--force)")
 
 
-def plugins() -> None:
-    """List the registered generator, filter and trainer plugins and where they come from."""
+KINDS = ("generator", "filter", "trainer")
+
+
+def plugins(
+    name: Annotated[
+        str | None,
+        typer.Argument(help="a plugin's name: show every setting it takes [default: list them all]"),
+    ] = None,
+    kind: Annotated[
+        str | None, typer.Option(help="generator, filter or trainer (for a name that several kinds use)")
+    ] = None,
+) -> None:
+    """List the registered generator, filter and trainer plugins, or show one plugin's settings.
+
+    With a NAME, every setting of that plugin (of each kind that has one by that name) with
+    its type, default and description: what --set KEY=VALUE and --config FILE take.
+    Examples:
+      factory plugins
+      factory plugins pii
+      factory plugins distill --kind trainer
+    """
+    from importlib import metadata
+
     import polars as pl
 
     from factory import plugins as registry
 
-    print_frame(pl.DataFrame(registry.listing()))
+    if kind is not None and kind not in KINDS:
+        fail(f"--kind must be generator, filter or trainer, not {kind!r}")
+    if name is None:
+        listed = registry.listing()
+        print_frame(pl.DataFrame([p for p in listed if kind is None or p["kind"] == kind] or None))
+        return
+    wanted, kinds = name.replace("-", "_"), [kind] if kind else list(KINDS)
+    names = {k: sorted(ep.name for ep in metadata.entry_points(group=registry.GROUPS[k])) for k in kinds}
+    found = [k for k in kinds if wanted in names[k]]
+    if not found:
+        known = ", ".join(sorted({n for k in kinds for n in names[k]})) or "none"
+        fail(f"no {kind or 'generator, filter or trainer'} plugin named {name!r}; the plugins are: {known}")
+    for k in found:
+        plugin = registry.get(k, wanted)  # type: ignore[call-overload]
+        print_settings(plugin)
+
+
+def print_settings(plugin: Any, config: Any = None) -> None:
+    """A plugin's settings as a table: setting, type, default, description; with a config, its
+    value too (the effective config of `factory filter NAME --show-config`)."""
+    from rich.measure import Measurement
+    from rich.table import Table
+    from rich.text import Text
+
+    from factory import plugins as registry
+    from factory.cli.common import printable
+
+    rows = registry.describe_config(plugin.config, config)
+    columns = ["setting", "type", *(["value"] if config is not None else []), "default", "description"]
+    module = getattr(plugin.run, "__module__", "?")
+    out = console()
+    out.print(f"[bold]{plugin.kind} {shown(plugin.name)}[/] ({shown(module)}): {shown(plugin.summary)}")
+    heading = "effective settings" if config is not None else "settings"
+    grid = Table(
+        title=f"{heading} (--set KEY=VALUE, dotted keys for groups, or --config FILE; values as YAML)",
+        title_justify="left",
+    )
+    for column in columns:
+        grid.add_column(column, overflow="fold")
+    for row in rows:
+        changed = config is not None and row["value"] != row["default"]
+        grid.add_row(
+            *(Text(printable(row[c]), style="bold" if changed and c == "value" else "") for c in columns)
+        )
+    # a terminal wraps long cells; a pipe or a file gets whole lines (grep finds a setting and its default)
+    if not out.is_terminal:
+        out.width = max(out.width, Measurement.get(out, out.options.update_width(1 << 16), grid).maximum)
+    out.print(grid)
 
 
 def jobs(warehouse: Warehouse = None, limit: int = 20) -> None:

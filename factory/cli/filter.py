@@ -20,6 +20,12 @@ def filter_(
     set_: Settings = None,
     config: ConfigFile = None,
     warehouse: Warehouse = None,
+    show_config: Annotated[
+        bool,
+        typer.Option(
+            "--show-config", help="print the effective settings (with --set and --config applied) and stop"
+        ),
+    ] = False,
 ) -> None:
     """Judge rows with a filter; it writes verdicts and never deletes a row.
 
@@ -30,13 +36,19 @@ def filter_(
       factory filter heuristics --set 'languages=[en]' --engine ray
       factory filter decontaminate --set 'eval_files=[gsm8k.jsonl]'
       factory filter judge --set teacher.teacher=openai:gpt-4o-mini --set threshold=4.5
+      factory filter exact --set key=record --show-config   # what it would do; runs nothing
     """
     from factory import plugins
     from factory.runners import filtering
 
     if engine not in ("local", "ray"):
         fail(f"--engine must be local or ray, not {engine!r}")
-    _, cfg = plugins.configured("filter", name, values(config, set_))
+    plugin, cfg = plugins.configured("filter", name, values(config, set_))
+    if show_config:  # no warehouse, no run: the settings the filter would get
+        from factory.cli.data import print_settings
+
+        print_settings(plugin, cfg)
+        return
     summary = filtering.run_filter(
         open_warehouse(warehouse), name, cfg, on=on, where=where, engine=engine, progress=sys.stderr.isatty()
     )
@@ -51,6 +63,12 @@ def filter_(
         + (f"; wrote {summary.new_rows:,} new row(s)" if summary.new_rows else "")
         + ". See why: factory why ROW_ID"
     )
+    for repair in summary.repairs:
+        out.print(
+            f"  then ran {shown(repair.filter)} again (run {repair.run_id}) over the {repair.candidates:,} row(s) "
+            f"it had judged, because this run dropped or kept rows it had named as kept: kept {repair.kept:,}, "
+            f"dropped {repair.dropped:,}"
+        )
 
 
 def register(app: typer.Typer) -> None:

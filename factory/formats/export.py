@@ -295,6 +295,7 @@ def export(
     files: dict[str, str] = {}
     counts: dict[str, int] = {}
     skipped: dict[str, int] = {}
+    left_out: dict[str, int] = {}  # values of exported rows the format has no place for
     composed = 0
     for split, mask in splits:
         part = frame.filter(mask).drop("_eval")
@@ -303,6 +304,10 @@ def export(
         records, stats = builder(part, preference)
         for reason, n in stats.items():
             skipped[reason] = skipped.get(reason, 0) + n
+        if not preference and fmt not in ("preference", "rows"):  # pairs exported as their chosen answer
+            left_out["rejected_answer"] = left_out.get("rejected_answer", 0) + int(
+                part["rejected"].is_not_null().sum()
+            )
         file = _file_name(kind, split)
         outputs.write_file(
             out / file, lambda path, records=records: _write(records, path, kind), places, force
@@ -325,6 +330,7 @@ def export(
         "files": files,
         "counts": counts,
         "skipped": {k: v for k, v in skipped.items() if v},
+        "left_out": {k: v for k, v in left_out.items() if v},
     }
     if mosaic is not None:
         manifest["mosaic"] = {"config": mosaic.model_dump(mode="json"), "composed_rows": composed}

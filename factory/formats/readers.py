@@ -183,6 +183,8 @@ def data_files(path: Path) -> tuple[str, list[Path]]:
                 f"{path}: no readable data files (found {kind}); expected {', '.join(sorted(KINDS))}"
             )
         return kind, files
+    if not path.is_file():
+        raise ReadError(f"{path}: not a regular file or folder (a pipe or device cannot be imported)")
     kind = KINDS.get(path.suffix.lower())
     if kind is None:
         raise ReadError(
@@ -230,9 +232,29 @@ def prefetched(batches: Iterator[Raw], depth: int = 2) -> Iterator[Raw]:
                 queue.get(timeout=0.05)
 
 
+def is_empty(file: Path) -> bool:
+    """Whether a data file holds nothing: no bytes, or only whitespace (and a byte-order mark)."""
+    if not file.is_file():
+        return False
+    size = file.stat().st_size
+    if size == 0:
+        return True
+    if size > 4096 or file.suffix.lower() == ".parquet":
+        return False
+    return not file.read_bytes().removeprefix(UTF8_BOM).strip()
+
+
 def read(path: Path, options: ReadOptions) -> Iterator[Raw]:
     """Read a file or folder as batches of records."""
     kind, files = data_files(path)
+    for file in files:
+        if is_empty(file):
+            raise ReadError(f"{file}: the file is empty; nothing to import")
+        yield from read_file(kind, file, options)
+
+
+def read_file(kind: str, file: Path, options: ReadOptions) -> Iterator[Raw]:
+    """Read one file (or HF datasets folder) of a known kind as batches of records."""
     reader = {
         "jsonl": read_jsonl,
         "json": read_json,
@@ -240,10 +262,7 @@ def read(path: Path, options: ReadOptions) -> Iterator[Raw]:
         "parquet": read_parquet,
         "hf": read_hf,
     }[kind]
-    for file in files:
-        if file.is_file() and file.stat().st_size == 0:
-            raise ReadError(f"{file}: the file is empty; nothing to import")
-        yield from reader(file, options)
+    yield from reader(file, options)
 
 
 # -- JSONL ---------------------------------------------------------------------------------------

@@ -9,7 +9,9 @@ records the run as a job whose config is the plugin's validated config, writes
 new rows, verdicts and the job's end in one commit, and never deletes a row. A
 rerun with the same config skips rows that config already judged and passes the
 rows it kept as the pool, so new rows are judged against what was accepted
-before (datatrove-style incremental dedup).
+before (datatrove-style incremental dedup). Rows a filter derived (redacted
+copies) take their parent's place, dedups judge places, and a dedup whose kept
+row a row-local filter drops is run again: factory/runners/places.py has the rule.
 
 Row-local plugins (each verdict depends on its row alone) can run on Ray Data
 (`engine="ray"`): the candidates are split into blocks, judged by workers, and
@@ -28,9 +30,10 @@ from pydantic import BaseModel
 from factory import plugins
 from factory.errors import ConfigError, InputError, SetupError
 from factory.plugins import FilterContext, FilterResult, PluginError
+from factory.runners import places
 from factory.store import jobs, lake, snapshots
 from factory.store.sql_guard import QueryRefused
-from factory.store.warehouse import Warehouse, verdict_frame
+from factory.store.warehouse import Warehouse, ids_of, verdict_frame
 from factory.teachers.teacher import public_config
 
 Engine = Literal["local", "ray"]
@@ -47,6 +50,7 @@ class FilterSummary:
     new_rows: int = 0
     reasons: dict[str, int] = field(default_factory=dict)
     waited_for: str | None = None  # the identical job this one waited for, and how long
+    repairs: list[FilterSummary] = field(default_factory=list)  # dedups run again (places.py, rule 4)
 
 
 def _selection(wh: Warehouse, on: str | None, where: str | None) -> str:
@@ -83,8 +87,12 @@ def run_filter(
     where: str | None = None,
     engine: Engine = "local",
     progress: bool = False,
+    rejudge: bool = False,
 ) -> FilterSummary:
-    """Judge the rows of a snapshot (or matching a condition, or all rows) with one filter."""
+    """Judge the rows of a snapshot (or matching a condition, or all rows) with one filter.
+
+    `rejudge` (a repair, see factory/runners/places.py) judges again every row this
+    config judged, from scratch."""
     plugin, cfg = plugins.configured("filter", name, config)
     name = plugin.name
     if engine == "ray" and not plugin.row_local:
@@ -100,22 +108,30 @@ def run_filter(
         # Read after the job started: an identical job this one waited for has written its verdicts.
         runs = _earlier_runs(wh, name, config_json)
         judged = "SELECT id FROM verdicts WHERE list_contains($runs, run_id)"
-        candidates = wh.sql(
-            rows_by_id(f"SELECT id FROM ({selection}) WHERE id NOT IN ({judged})"), {"runs": runs}
-        )
-        summary.candidates = candidates.height
+        runs_judged = [] if rejudge else runs  # a repair judges every row again, from scratch
+        if rejudge:
+            selection = "SELECT id FROM verdicts WHERE list_contains($all_runs, run_id)"
+        params = {"runs": runs_judged, "all_runs": runs} if rejudge else {"runs": runs}
+        candidates = wh.sql(rows_by_id(f"SELECT id FROM ({selection}) WHERE id NOT IN ({judged})"), params)
         summary.already_judged = int(
-            wh.sql(
-                f"SELECT count(DISTINCT id) AS n FROM ({selection}) WHERE id IN ({judged})", {"runs": runs}
-            )["n"][0]
+            wh.sql(f"SELECT count(DISTINCT id) AS n FROM ({selection}) WHERE id IN ({judged})", params)["n"][
+                0
+            ]
         )
         kept_pool = wh.sql(
             rows_by_id(
                 "SELECT id FROM verdicts WHERE list_contains($runs, run_id) GROUP BY id "
                 "HAVING arg_max(keep, (created_at, run_id))"
             ),
-            {"runs": runs},
+            {"runs": runs_judged},
         )
+        before = places.places(wh) if plugin.row_local and candidates.height else None
+        view = None if plugin.row_local or not candidates.height else places.places(wh)
+        copied = _no_verdicts()
+        asked = candidates["id"]
+        if view is not None and not view.trivial:
+            candidates, kept_pool, copied = _as_places(wh, candidates, kept_pool, view, runs_judged)
+        summary.candidates = candidates.height
         if not candidates.height:
             result = FilterResult(_no_verdicts())
         elif engine == "ray":
@@ -130,6 +146,10 @@ def run_filter(
             raise PluginError(f"filter '{name}': {exc}") from exc
         if verdicts.height != candidates.height or set(verdicts["id"]) != set(candidates["id"]):
             raise PluginError(f"filter '{name}' must return one verdict per candidate row")
+        if view is not None and not view.trivial:
+            verdicts = pl.concat([_expand(verdicts, view), copied], how="vertical_relaxed")
+            verdicts = verdicts.filter(pl.col("id").is_in(asked.to_list())).unique("id", keep="first")
+            summary.candidates = verdicts.height  # dead places' rows are not judged
         summary.kept = int(verdicts["keep"].sum())
         summary.dropped = verdicts.height - summary.kept
         reasons = (
@@ -139,10 +159,18 @@ def run_filter(
             r: int(n) for r, n in reasons.sort(["len", "reason"], descending=[True, False]).iter_rows()
         }
         new_rows = result.rows if result.rows is not None and result.rows.height else None
+        inherit = _inheritance(wh, new_rows, name) if new_rows is not None else pl.DataFrame()
 
         def finish(lk: lake.Lake, inserted: Any = None) -> None:
             summary.new_rows = inserted.inserted if inserted is not None else 0
             wh.insert_verdicts(lk, verdicts, name, job.id)
+            if inherit.height:
+                with lk.registered("inherited_verdicts", inherit):
+                    lk.execute(
+                        "INSERT INTO verdicts (id, filter, run_id, score, keep, reason, created_at) "
+                        "SELECT id, filter, run_id, score, keep, reason, now() FROM inherited_verdicts"
+                    )
+            _pass_on(lk, verdicts, name, job.id)
             job.end(lk)
 
         message = f"filter: {name} run {job.id} ({verdicts.height} verdicts)"
@@ -150,7 +178,91 @@ def run_filter(
             wh.lake.write(message, finish)
         else:
             wh.add_rows([new_rows], message, job.id, finish)
+    if before is not None:
+        summary.repairs = _repair(wh, before)
     return summary
+
+
+def _as_places(
+    wh: Warehouse, candidates: pl.DataFrame, pool: pl.DataFrame, view: places.Places, runs: list[str]
+) -> tuple[pl.DataFrame, pl.DataFrame, pl.DataFrame]:
+    """A comparing filter's candidates and pool as places (their original rows, dead ones left out),
+    and the verdicts copied to new rows of places this config judged before."""
+    roots = candidates.select("id", view.root_of(candidates["id"]))
+    judged = wh.sql(
+        "SELECT id AS root, arg_max(keep, (created_at, run_id)) AS keep, arg_max(score, (created_at, run_id)) "
+        "AS score, arg_max(reason, (created_at, run_id)) AS reason FROM verdicts "
+        "WHERE list_contains($runs, run_id) GROUP BY id",
+        {"runs": runs},
+    )
+    copied = roots.join(judged, on="root", how="inner").select("id", "keep", "score", "reason")
+    alive = roots.filter(~pl.col("root").is_in(list(view.dead)) & ~pl.col("id").is_in(copied["id"].to_list()))
+    wanted = alive["root"].unique().to_list()
+    pool_roots = [r for r in view.root_of(pool["id"]).unique().to_list() if r not in view.dead]
+    fetch = sorted(set(wanted) | set(pool_roots))
+    with wh.lake.registered("place_roots", pl.DataFrame({"id": fetch}, schema={"id": pl.String})):
+        rows = wh.sql(rows_by_id("SELECT id FROM place_roots"))
+    return (
+        rows.filter(pl.col("id").is_in(wanted)),
+        rows.filter(pl.col("id").is_in(pool_roots) & ~pl.col("id").is_in(wanted)),
+        copied.with_columns(pl.col("score").cast(pl.Float64)),
+    )
+
+
+def _expand(verdicts: pl.DataFrame, view: places.Places) -> pl.DataFrame:
+    """Verdicts on places' original rows as verdicts on every row of each place, naming kept places
+    by their current row."""
+    members = pl.concat(
+        [
+            view.roots.filter(pl.col("root").is_in(verdicts["id"].to_list())).select("id", "root"),
+            verdicts.select(pl.col("id"), pl.col("id").alias("root")),
+        ]
+    ).unique()
+    winner = pl.col("reason").str.extract(places.WINNER, 1)
+    named = verdicts.with_columns(winner.alias("_winner"))
+    reps = view.rep_of(named["_winner"].fill_null(""))
+    named = named.with_columns(
+        pl.when(pl.col("_winner").is_not_null())
+        .then(pl.concat_str([pl.col("reason").str.replace(places.WINNER, ""), pl.lit(" of "), reps]))
+        .otherwise(pl.col("reason"))
+        .alias("reason")
+    ).drop("_winner")
+    return members.join(named.rename({"id": "root"}), on="root").select("id", "keep", "score", "reason")
+
+
+def _pass_on(lk: lake.Lake, verdicts: pl.DataFrame, name: str, run: str) -> None:
+    """This run's verdicts on parents, copied to the rows other filters derived from them that have
+    none from this filter yet: rows derived while this run was judging (places.py, rule 1)."""
+    if not verdicts.height:
+        return
+    with lk.registered("run_verdicts", verdicts):
+        lk.execute(
+            "INSERT INTO verdicts (id, filter, run_id, score, keep, reason, created_at) "
+            "SELECT c.id, $filter, $run, v.score, v.keep, v.reason || ' (inherited from ' || v.id || ')', now() "
+            "FROM rows c JOIN jobs j ON j.id = c.job_id AND j.kind = 'filter' AND j.plugin <> $filter "
+            "JOIN run_verdicts v ON v.id = c.parent_ids[1] "
+            "WHERE c.id NOT IN (SELECT id FROM run_verdicts) "
+            "AND c.id NOT IN (SELECT id FROM verdicts WHERE filter = $filter)",
+            {"filter": name, "run": run},
+        )
+
+
+def _inheritance(wh: Warehouse, new_rows: pl.DataFrame, name: str) -> pl.DataFrame:
+    """Verdicts the derived rows new to the warehouse inherit from their parents (places.py, rule 1)."""
+    children = pl.DataFrame({"id": ids_of(new_rows), "parent": new_rows["parent_ids"].list.first()}).filter(
+        pl.col("parent").is_not_null()
+    )
+    with wh.lake.registered("derived_ids", children.select("id")):
+        known = wh.sql("SELECT id FROM rows SEMI JOIN derived_ids USING (id)")["id"]
+    return places.inherited(wh, children.filter(~pl.col("id").is_in(known.to_list())), name)
+
+
+def _repair(wh: Warehouse, before: places.Places) -> list[FilterSummary]:
+    """Run again every dedup config that named as kept a place this run killed, or that judged a
+    place it revived (places.py, rule 4)."""
+    now = places.places(wh)
+    stale = places.stale(wh, now.dead - before.dead, now) + places.judged_by(wh, before.dead - now.dead, now)
+    return [run_filter(wh, name, json.loads(config), rejudge=True) for name, config in sorted(set(stale))]
 
 
 def as_result(outcome: pl.DataFrame | FilterResult, name: str = "?") -> FilterResult:

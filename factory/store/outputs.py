@@ -38,13 +38,13 @@ def protected(folder: Path, location: Location) -> list[Path]:
     return [Path(os.path.realpath(p)) for p in places]
 
 
-def _inside(path: Path, place: Path) -> bool:
+def inside(path: Path, place: Path) -> bool:
     return path == place or place in path.parents
 
 
 def _refuse_inside(shown: Path, resolved: Path, places: Iterable[Path], flag: str) -> None:
     for place in places:
-        if _inside(resolved, place):
+        if inside(resolved, place):
             raise OutputError(
                 f"{flag} {shown}: that is inside the warehouse ({place}); write outside the warehouse folder"
             )

@@ -24,11 +24,19 @@ from __future__ import annotations
 import polars as pl
 import polars_hash  # noqa: F401  (registers the `chash` namespace used by row_id)
 
-SCHEMA_VERSION = 5
+SCHEMA_VERSION = 6
 # Versions that differ from this one by added tables and columns only: opening one adds them.
-ADDITIVE_FROM = {"2": ("embeddings", "sketches", "mcts_nodes"), "3": ("mcts_nodes",), "4": ()}
+ADDITIVE_FROM = {
+    "2": ("embeddings", "sketches", "mcts_nodes"),
+    "3": ("mcts_nodes",),
+    "4": (),
+    "5": (),
+}
 # Columns added to existing tables, by the version that added them.
-ADDED_COLUMNS = {5: (("jobs", "lock_key"),)}
+ADDED_COLUMNS = {
+    5: (("jobs", "lock_key"),),
+    6: (("rows", "meta"), ("rows", "origin_file"), ("rows", "origin_line")),
+}
 
 MESSAGE_TYPE = "STRUCT(role VARCHAR, content VARCHAR)[]"
 MESSAGE_DTYPE = pl.List(pl.Struct({"role": pl.String, "content": pl.String}))  # the same in polars
@@ -55,6 +63,10 @@ ROWS: dict[str, str] = {
     "language": "VARCHAR",
     "domain": "VARCHAR",
     "tags": "VARCHAR[]",
+    # Added in schema 6, so last (ALTER TABLE appends): kept outside the row id.
+    "meta": "VARCHAR",  # JSON object of the source record's other fields (ids, names, categories): meta->>'name'
+    "origin_file": "VARCHAR",  # the file a row was read from, relative to the imported folder
+    "origin_line": "BIGINT",  # its line (JSONL, CSV) or record number (JSON, Parquet) in that file
 }
 
 TABLES: dict[str, dict[str, str]] = {

@@ -165,6 +165,8 @@ class InsertResult:
 
     offered: int = 0
     inserted: int = 0
+    repeated: int = 0  # copies of a row given earlier in the same input
+    known: int = 0  # distinct rows the warehouse had before
 
 
 _POLARS_TYPES = {
@@ -172,6 +174,7 @@ _POLARS_TYPES = {
     "VARCHAR[]": pl.List(pl.String),
     schema.MESSAGE_TYPE: schema.MESSAGE_DTYPE,
     "TIMESTAMPTZ": pl.Datetime("us", "UTC"),
+    "BIGINT": pl.Int64,
 }
 _SET_BY_GENERATORS = [name for name in schema.ROWS if name not in ("id", "job_id", "created_at")]
 
@@ -319,9 +322,10 @@ class Warehouse:
                     current = moved + files[len(moved) :]  # an earlier attempt may have moved some
                     source = _parquet(current)
                     total, distinct, known = lk.row(
-                        f"SELECT count(*), count(DISTINCT id), "
-                        f"EXISTS (SELECT 1 FROM {source} s SEMI JOIN rows r ON r.id = s.id) FROM {source}"
+                        f"SELECT count(*), count(DISTINCT id), (SELECT count(DISTINCT s.id) FROM {source} s "
+                        f"SEMI JOIN rows r ON r.id = s.id) FROM {source}"
                     )
+                    result.repeated, result.known = int(total) - int(distinct), int(known)
                     if target is not None and total == distinct and not known:
                         # Only new rows, each once: the staged files become the table's data files.
                         for k, file in enumerate(files[len(moved) :], start=len(moved)):
@@ -347,17 +351,18 @@ class Warehouse:
     @staticmethod
     def _insert_new(lk: lake.Lake, files: list[Path]) -> int:
         """Insert the staged rows the warehouse does not have yet, each id's first copy once."""
-        source = _parquet(files)
-        if lk.scalar(f"SELECT count(*) > count(DISTINCT id) FROM {source}"):
-            source = (
-                f"(SELECT * EXCLUDE (filename, file_row_number) FROM {_parquet(files, ordered=True)} "
-                "QUALIFY row_number() OVER (PARTITION BY id ORDER BY filename, file_row_number) = 1)"
-            )
+        # Rows land in input order (their rowid is the keep=first order of dedup): the window that
+        # keeps each id's first copy and the anti join would otherwise shuffle them.
+        source = (
+            f"(SELECT * FROM {_parquet(files, ordered=True)} "
+            "QUALIFY row_number() OVER (PARTITION BY id ORDER BY filename, file_row_number) = 1)"
+        )
         columns = schema.column_list("rows")
         selected = ", ".join(f"b.{c}" for c in columns.split(", "))
         return int(
             lk.scalar(
-                f"INSERT INTO rows ({columns}) SELECT {selected} FROM {source} b ANTI JOIN rows r ON r.id = b.id"
+                f"INSERT INTO rows ({columns}) SELECT {selected} FROM {source} b ANTI JOIN rows r ON r.id = b.id "
+                "ORDER BY b.filename, b.file_row_number"
             )
             or 0
         )

@@ -90,9 +90,12 @@ def test_semantic_dedup_with_clusters_and_keep_longest(wh, tmp_path):
     summary = run_filter(wh, "semantic", {"cluster_size": 3, "keep": "longest"})
     seen = _verdicts(wh, summary.run_id)
     assert seen["Compose a poem about the ocean"][0]  # the longest answer of the sea-poem group wins
-    assert not seen["Write a poem about the sea"][0] and not seen["Write a poem about the sea."][0]
     poem = wh.sql("SELECT id FROM rows WHERE instruction = 'Compose a poem about the ocean'")["id"][0]
-    assert seen["Write a poem about the sea"][1] == f"semantic_duplicate of {poem}"
+    assert not seen["Write a poem about the sea"][0]
+    assert seen["Write a poem about the sea"][1] == f"semantic_duplicate of {poem}"  # cosine 0.912
+    # "... sea." is 0.967 from "... sea" but only 0.872 from the kept poem: a duplicate only of a row
+    # that was dropped, so it stays (no chains: a reason always names a kept row at >= threshold)
+    assert seen["Write a poem about the sea."][0]
 
 
 def test_keep_by_score_of_another_filter(wh, tmp_path):

@@ -263,7 +263,7 @@ def test_latin1_with_encoding_flag(wh, tmp_path):
     ("setup", "pattern"),
     [
         ("empty_file", r"empty\.jsonl: the file is empty"),
-        ("blank_lines", r"blank\.jsonl: no records found"),
+        ("blank_lines", r"blank\.jsonl: the file is empty"),
         ("missing_path", r"nope\.jsonl: no such file or folder"),
         ("mixed_folder", r"mixed: the folder mixes kinds of files \(csv, jsonl\)"),
         ("unknown_suffix", r"notes\.txt: unknown file type"),
