@@ -1,8 +1,11 @@
 """Human import: instruction data from files into the warehouse, checked and deduplicated.
 
-Reads JSON, JSONL, CSV, Parquet or an HF `datasets` folder in batches, detects
-(or is told) the format, renames fields with `--map`, checks every record and
-normalises it into rows. The whole import is one commit: with `on_error="fail"`
+Reads files, folders and glob patterns (JSON, JSONL, CSV, Parquet or an HF
+`datasets` folder) in batches; each file goes through factory.formats.loading
+(nested task files exploded, `--map`, the format detected per file, extra fields
+kept as meta, trailing end-of-text tokens stripped, every record checked and
+normalised into rows). Empty files are named before anything is read, and the
+warehouse's own files are refused. The whole import is one commit: with `on_error="fail"`
 (the default) a single bad record stops it and nothing is written; with
 `on_error="skip"` the good rows land and a rejects report lists the others
 (file:line, field, reason). Re-importing the same data adds no row, because a
