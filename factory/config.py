@@ -178,5 +178,6 @@ def validation_message(exc: ValidationError, flag: str = "setting") -> str:
     if not where:  # a check across settings: its message names them
         return message
     if flag == "--":  # the settings are a command's own options: name the option
-        return f"--{where.replace('_', '-')}: {message}"
+        option = f"--{where.replace('_', '-')}:"
+        return message if message.startswith(option) else f"{option} {message}"  # named once
     return f"{flag} {where}: {message}"

@@ -124,7 +124,7 @@ def _reshape(
     if nested is None and settings.explode:
         nested = settings.explode
     if nested is None and not complex_maps:
-        return _rename(raw, simple, file), []
+        return _rename(raw, simple, file, tally), []
     if nested is not None and nested not in fields:
         raise ReadError(f"--explode {nested}: {file} has no field '{nested}' (fields: {sorted(fields)})")
     records = raw.records if raw.records is not None else raw.table.to_pylist()  # type: ignore[union-attr]
@@ -142,7 +142,9 @@ def _reshape(
     return Raw(origins=pl.Series("_origin", origins, dtype=pl.String), records=records), problems
 
 
-def _rename(raw: Raw, mapping: dict[str, str], label: str) -> Raw:
+def _rename(raw: Raw, mapping: dict[str, str], label: str, tally: Tally) -> Raw:
+    """Renames on the fast path. A field the rename replaces is kept as `original_<name>` (in meta);
+    a file without the source keeps its own field of the target's name, and is told so."""
     if not mapping:
         return raw
     fields = raw.fields
@@ -151,7 +153,13 @@ def _rename(raw: Raw, mapping: dict[str, str], label: str) -> Raw:
             raise ReadError(
                 f"--map {target}={source}: {label} has no field '{source}' (fields: {sorted(fields)})"
             )
+        if source not in fields:
+            note = f"{label}: no field '{source}' for --map {target}={source}; its own '{target}' was used"
+            if note not in tally.warnings:
+                tally.warnings.append(note)
     rename = {source: target for target, source in mapping.items() if source in fields}
+    displaced = {t for t in rename.values() if t in fields and t not in rename}
+    rename.update({t: f"original_{t}" for t in displaced})
     if raw.table is not None:
         raw.table = raw.table.rename_columns([rename.get(c, c) for c in raw.table.column_names])
     else:
@@ -212,6 +220,25 @@ def typed_frame(raw: Raw, fmt: str) -> tuple[pl.DataFrame, list[Problem]]:
     ), problems
 
 
+def _holds_bytes(t: pa.DataType) -> bool:
+    """Whether a column type holds binary values anywhere (polars cannot write those as JSON)."""
+    binary_view = getattr(pa.types, "is_binary_view", lambda _: False)  # pyarrow >= 16
+    if (
+        pa.types.is_binary(t)
+        or pa.types.is_large_binary(t)
+        or pa.types.is_fixed_size_binary(t)
+        or binary_view(t)
+    ):
+        return True
+    if pa.types.is_list(t) or pa.types.is_large_list(t) or pa.types.is_fixed_size_list(t):
+        return _holds_bytes(t.value_type)
+    if pa.types.is_struct(t):
+        return any(_holds_bytes(t.field(k).type) for k in range(t.num_fields))
+    if pa.types.is_map(t):
+        return _holds_bytes(t.key_type) or _holds_bytes(t.item_type)
+    return False
+
+
 def _no_meta(n: int) -> pl.Series:
     return pl.Series("_meta", [], dtype=pl.String).extend_constant(None, n)
 
@@ -239,10 +266,7 @@ def _meta_of_table(table: pa.Table, extra: list[str], fmt: str) -> pl.Series:
         return _no_meta(table.num_rows)
     frame = pl.from_arrow(table.select(extra))
     assert isinstance(frame, pl.DataFrame)
-    plain = all(
-        not (pa.types.is_binary(t) or pa.types.is_large_binary(t) or pa.types.is_fixed_size_binary(t))
-        for t in table.select(extra).schema.types
-    )
+    plain = not any(_holds_bytes(t) for t in table.select(extra).schema.types)
     try:
         if not plain:
             raise TypeError("binary columns")

@@ -207,6 +207,8 @@ def apply_mappings(records: list[dict], maps: list[Mapping]) -> list[dict]:
             value = m.value(record)
             if value is None and is_simple(m.source) and m.target in record:
                 continue  # a rename whose source this record lacks: its own field stands (as on the fast path)
+            if m.target in record and m.target not in reads:
+                kept[f"original_{m.target}"] = record[m.target]  # replaced, not dropped: it goes to meta
             kept[m.target] = value  # a path that finds nothing leaves the target missing: the format says so
         out.append(kept)
     return out

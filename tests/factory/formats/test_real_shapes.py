@@ -297,3 +297,36 @@ def test_an_emptied_rejected_answer_is_named_as_such(wh, tmp_path):
         ImportFailed, match=r"field 'rejected': is empty once the end-of-text token is removed"
     ):
         factory.import_file(wh, path)
+
+
+def test_bytes_anywhere_in_a_parquet_column_are_kept_in_meta(wh, tmp_path):
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    table = pa.table(
+        {
+            "instruction": ["a"],
+            "output": ["x"],
+            "blobs": pa.array([[b"\x00", b"\xff"]], type=pa.list_(pa.binary())),
+            "nested": pa.array([{"b": b"z"}]),
+        }
+    )
+    pq.write_table(table, tmp_path / "nested_bytes.parquet")
+    factory.import_file(wh, tmp_path / "nested_bytes.parquet")
+    meta = json.loads(wh.sql("SELECT meta FROM rows")["meta"][0])
+    assert set(meta) == {"blobs", "nested"}
+
+
+def test_a_rename_onto_a_field_the_file_has_keeps_the_replaced_value_in_meta(wh, tmp_path):
+    path = tmp_path / "both.jsonl"
+    path.write_text(json.dumps({"instruction": "Q", "output": "own", "alt": "better"}) + "\n")
+    factory.import_file(wh, path, map={"output": "alt"})
+    assert wh.sql("SELECT output, meta->>'original_output' AS was FROM rows").row(0) == ("better", "own")
+    other = tmp_path / "own_only.jsonl"
+    other.write_text(json.dumps({"instruction": "R", "output": "own"}) + "\n")
+    summary = factory.import_file(
+        wh, other, map={"output": "alt"}
+    )  # no `alt`: its own output, and it is told
+    assert any(
+        "no field 'alt' for --map output=alt; its own 'output' was used" in w for w in summary.warnings
+    )
