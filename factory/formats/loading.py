@@ -120,9 +120,9 @@ def _reshape(
 ) -> tuple[Raw, list[Problem]]:
     """Explode nested task files and apply --map; records go through Python only when they must."""
     fields = raw.fields
-    nested = reshape.nested_field(fields, settings.explode) if settings.format in ("auto", "alpaca") else None
-    if nested is None and settings.explode:
-        nested = settings.explode
+    nested = settings.explode or (
+        reshape.nested_field(fields, None) if settings.format in ("auto", "alpaca") else None
+    )
     if nested is None and not complex_maps:
         return _rename(raw, simple, file, tally), []
     if nested is not None and nested not in fields:

@@ -38,19 +38,25 @@ from factory.store.warehouse import Warehouse
 WINNER = r" of ([0-9a-f]{8,})$"  # how a dedup reason names the kept row: `<code> of <id>`
 
 
+def _row_local(name: str) -> bool | None:
+    """Whether an installed filter judges each row on its own; None when it is not installed."""
+    try:
+        return plugins.get("filter", name).row_local
+    except plugins.PluginError:
+        return None
+
+
 def row_local_filters(wh: Warehouse) -> list[str]:
-    """Filters with verdicts in the warehouse that judge each row on its own (unknown ones count as such)."""
+    """Filters with verdicts in the warehouse that judge each row on its own (a filter no longer
+    installed counts as one: its verdicts still stand)."""
     names = wh.sql("SELECT DISTINCT filter FROM verdicts")["filter"].to_list()
-    out = []
-    for name in names:
-        try:
-            plugin = plugins.get("filter", name)
-        except plugins.PluginError:  # a filter no longer installed: its verdicts still stand
-            out.append(name)
-            continue
-        if plugin.row_local:
-            out.append(name)
-    return out
+    return [name for name in names if _row_local(name) is not False]
+
+
+def _comparing(configs: pl.DataFrame) -> list[tuple[str, str]]:
+    """The (filter, config) pairs of installed filters that compare rows (those a repair can run)."""
+    pairs = configs.select("filter", "config").unique().sort("filter", "config").iter_rows()
+    return [(name, config) for name, config in pairs if _row_local(name) is False]
 
 
 @dataclass
@@ -158,16 +164,7 @@ def stale(wh: Warehouse, killed: set[str], places_now: Places) -> list[tuple[str
     if named.height == 0:
         return []
     named = named.with_columns(places_now.root_of(named["winner"]).alias("root"))
-    hit = named.filter(pl.col("root").is_in(list(killed)))
-    found = []
-    for name, config in hit.select("filter", "config").unique().sort("filter", "config").iter_rows():
-        try:
-            if plugins.get("filter", name).row_local:
-                continue
-        except plugins.PluginError:  # not installed: nothing to run again
-            continue
-        found.append((name, config))
-    return found
+    return _comparing(named.filter(pl.col("root").is_in(list(killed))))
 
 
 def judged_by(wh: Warehouse, revived: set[str], places_now: Places) -> list[tuple[str, str]]:
@@ -181,12 +178,4 @@ def judged_by(wh: Warehouse, revived: set[str], places_now: Places) -> list[tupl
             "SELECT DISTINCT j.plugin AS filter, j.config FROM verdicts v JOIN jobs j ON j.id = v.run_id "
             "SEMI JOIN revived_ids r ON r.id = v.id WHERE j.kind = 'filter' AND j.status = 'succeeded'"
         )
-    out = []
-    for name, config in found.sort("filter", "config").iter_rows():
-        try:
-            if plugins.get("filter", name).row_local:
-                continue
-        except plugins.PluginError:
-            continue
-        out.append((name, config))
-    return out
+    return _comparing(found)
