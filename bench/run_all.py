@@ -9,6 +9,7 @@ BENCHES = [
     "bench.warehouse_bench",
     "bench.teacher_bench",
     "bench.filter_bench",
+    "bench.semantic_bench",
     "bench.mosaic_bench",
     "bench.train_bench",
 ]

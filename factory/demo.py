@@ -17,6 +17,8 @@ from __future__ import annotations
 import shutil
 import time
 import warnings
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 
 import polars as pl
@@ -43,6 +45,30 @@ IMPORTS = [
     ),
     ("scraped_qa.jsonl", {"source": "scraped"}),  # duplicates, PII, refusals, ...: for the filters
 ]
+
+
+STEPS: dict[str, float] = {}  # seconds of each step of the last run, in order
+
+
+@contextmanager
+def _step(name: str) -> Iterator[None]:
+    started = time.time()
+    try:
+        yield
+    finally:
+        STEPS[name] = STEPS.get(name, 0.0) + time.time() - started
+
+
+def _one_off() -> str:
+    """The first run's one-off cost, paid before the steps so their seconds compare across runs."""
+    from factory.models import loader
+
+    started = time.time()
+    folder = loader.model_folder("embedded")
+    spent = time.time() - started
+    if spent > 2:
+        return f"converted the embedded GGUF to safetensors once in {spent:.0f} s (cached in {folder})"
+    return f"embedded model: the cached conversion was reused ({spent:.1f} s)"
 
 
 def _frame_table(frame, title: str) -> Table:
@@ -158,10 +184,38 @@ def main(out: Path = OUT) -> None:
     hf_logging.disable_progress_bar()  # model loads are reported by the steps themselves
     warnings.filterwarnings("ignore", category=FutureWarning)  # peft calls a renamed transformers method
     console = Console(highlight=False)
+    STEPS.clear()
+    console.print(f"[bold]0. first run[/]  {_one_off()}; the numba kernels were compiled by `make install`")
     started = time.time()
     if out.exists():
         shutil.rmtree(out)
-    wh = factory.init(out / "warehouse")
+    with _step("import"):
+        wh = factory.init(out / "warehouse")
+        _import(wh, console)
+    with _step("teacher"):
+        _teach(wh, console)
+    with _step("filters"):
+        _clean(wh, console)
+    with _step("snapshots, mosaic, mcts"):
+        _snapshots(wh, console)
+    with _step("sql, export"):
+        _look(wh, console, out)
+    with _step("train, two evaluations"):
+        _train(wh, console)
+    diff = wh.diff("base", "short")
+    console.print(
+        f"[bold]8. diff[/]  base -> short: +{diff['added']['count']} / -{diff['removed']['count']} rows; "
+        f"warehouse has {wh.count()} rows in {wh.lake.version()} commits; done in {time.time() - started:.1f} s"
+    )
+    console.print("   seconds per step: " + ", ".join(f"{name} {s:.0f}" for name, s in STEPS.items()))
+    console.print(
+        f"Explore it: [bold]factory sql --warehouse {out / 'warehouse'} \"SELECT * FROM snapshot('short') "
+        'LIMIT 3"[/]'
+    )
+    wh.close()
+
+
+def _import(wh, console: Console) -> None:
     imports = Table(title="1. import", title_justify="left")
     for column in ("file", "format", "read", "new", "already there"):
         imports.add_column(column)
@@ -179,9 +233,9 @@ def main(out: Path = OUT) -> None:
         str(again.duplicates),
     )
     console.print(imports)
-    _teach(wh, console)
-    _clean(wh, console)
 
+
+def _snapshots(wh, console: Console) -> None:
     base = wh.create_snapshot("base", message="everything imported or generated that no filter dropped")
     short = wh.create_snapshot(
         "short",
@@ -207,6 +261,8 @@ def main(out: Path = OUT) -> None:
         f"{searched.accepted} best instruction(s) kept, {searched.teacher_stats['calls']} teacher calls, {mcts_s:.0f} s"
     )
 
+
+def _look(wh, console: Console, out: Path) -> None:
     by_source = wh.sql(
         "SELECT source, generator, kind, count(*) AS rows FROM rows GROUP BY ALL ORDER BY rows DESC"
     )
@@ -226,18 +282,3 @@ def main(out: Path = OUT) -> None:
         f"{sharegpt['counts']['eval']} in {out / 'export-sharegpt'}; prefs -> llamafactory "
         f"{llamafactory['counts']['train']} pairs + dataset_info.json in {out / 'export-llamafactory'}"
     )
-    _train(wh, console)
-    diff = wh.diff("base", "short")
-    console.print(
-        f"[bold]8. diff[/]  base -> short: +{diff['added']['count']} / -{diff['removed']['count']} rows; "
-        f"warehouse has {wh.count()} rows in {wh.lake.version()} commits; done in {time.time() - started:.1f} s"
-    )
-    console.print(
-        f"Explore it: [bold]factory sql --warehouse {out / 'warehouse'} \"SELECT * FROM snapshot('short') "
-        'LIMIT 3"[/]'
-    )
-    wh.close()
-
-
-if __name__ == "__main__":
-    main()

@@ -191,45 +191,38 @@ def shingle_hashes(texts: pl.Series, ngram: int) -> tuple[np.ndarray, np.ndarray
     return _all_shingles(starts, hashes, ngram)
 
 
-@numba.njit(cache=True)
-def _union_shingles(
-    starts: np.ndarray, hashes: np.ndarray, segments: np.ndarray, row: int, ngram: int
-) -> np.ndarray:
-    """The sorted distinct shingles of a row made of texts segments[row]..segments[row + 1] (e.g. its turns)."""
-    parts = [_row_shingles(starts, hashes, t, ngram) for t in range(segments[row], segments[row + 1])]
-    total = 0
-    for part in parts:
-        total += len(part)
-    out = np.empty(total, dtype=np.uint32)
-    k = 0
-    for part in parts:
-        out[k : k + len(part)] = part
-        k += len(part)
-    return _sorted_distinct(out)
-
-
 @numba.njit(cache=True, parallel=True)
-def jaccard_pairs(
-    starts: np.ndarray, hashes: np.ndarray, segments: np.ndarray, ngram: int, pairs: np.ndarray
-) -> np.ndarray:
-    """Exact Jaccard similarity of the shingle sets of each pair of rows (a row: one or more texts)."""
-    out = np.empty(len(pairs), dtype=np.float64)
-    for p in numba.prange(len(pairs)):
-        a = _union_shingles(starts, hashes, segments, pairs[p, 0], ngram)
-        b = _union_shingles(starts, hashes, segments, pairs[p, 1], ngram)
-        i, j, common = 0, 0, 0
-        while i < len(a) and j < len(b):
-            if a[i] == b[j]:
-                common += 1
-                i += 1
-                j += 1
-            elif a[i] < b[j]:
-                i += 1
-            else:
-                j += 1
-        union = len(a) + len(b) - common
-        out[p] = common / union if union else 0.0
-    return out
+def _shingle_sets(
+    starts: np.ndarray, hashes: np.ndarray, segments: np.ndarray, ngram: int
+) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    n = len(segments) - 1
+    room = np.zeros(n + 1, dtype=np.int64)
+    for row in range(n):
+        for t in range(segments[row], segments[row + 1]):
+            room[row + 1] += ngram_count(starts[t + 1] - starts[t], ngram)
+    first = np.cumsum(room)[:-1]
+    values = np.empty(max(1, room.sum()), dtype=np.uint32)
+    count = np.zeros(n, dtype=np.int64)
+    for row in numba.prange(n):
+        k = first[row]
+        for t in range(segments[row], segments[row + 1]):
+            begin, words = starts[t], starts[t + 1] - starts[t]
+            width = min(words, ngram)
+            for g in range(ngram_count(words, ngram)):
+                values[k] = ngram_hash(hashes, begin + g, begin + g + width)
+                k += 1
+        count[row] = len(_sorted_distinct(values[first[row] : k]))
+    return first, count, values
+
+
+def shingle_sets(
+    starts: np.ndarray, hashes: np.ndarray, segments: np.ndarray, ngram: int
+) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Each row's sorted distinct shingles (a row: texts segments[row]..segments[row + 1], e.g. its turns).
+
+    Returns (first, count, values): row k's set is values[first[k] : first[k] + count[k]].
+    """
+    return _shingle_sets(starts, hashes, segments, ngram)
 
 
 def shingle_hash(words: list[str]) -> int:

@@ -34,6 +34,7 @@ import polars as pl
 import pyarrow as pa
 from pydantic import Field
 
+from factory.errors import SetupError
 from factory.plugins import FilterContext, FilterPlugin
 from factory.store.schema import row_text
 from filters import _dedup, _shingles
@@ -92,20 +93,17 @@ def _fmix32(h: int) -> int:
 
 
 @numba.njit(cache=True, parallel=True)
-def _signatures(
-    starts: np.ndarray, hashes: np.ndarray, ngram: int, a: np.ndarray, b: np.ndarray
+def _set_signatures(
+    first: np.ndarray, count: np.ndarray, values: np.ndarray, which: np.ndarray, a: np.ndarray, b: np.ndarray
 ) -> np.ndarray:
-    n, width = len(starts) - 1, len(a)
-    out = np.full((n, width), 0xFFFFFFFF, dtype=np.uint32)
-    for row in numba.prange(n):
-        words = starts[row + 1] - starts[row]
-        span = min(words, ngram)
-        best = out[row]
+    width = len(a)
+    out = np.full((len(which), width), 0xFFFFFFFF, dtype=np.uint32)
+    for k in numba.prange(len(which)):
+        row = which[k]
+        best = out[k]
         value = np.empty(width, dtype=np.uint32)
-        for k in range(_shingles.ngram_count(words, ngram)):
-            x = np.uint32(
-                _fmix32(np.int64(_shingles.ngram_hash(hashes, starts[row] + k, starts[row] + k + span)))
-            )
+        for s in range(first[row], first[row] + count[row]):
+            x = np.uint32(_fmix32(np.int64(values[s])))
             for p in range(
                 width
             ):  # three plain loops: each compiles to 32-bit SIMD (one fused loop does not)
@@ -117,62 +115,57 @@ def _signatures(
     return out
 
 
+def set_signatures(
+    sets: tuple[np.ndarray, np.ndarray, np.ndarray], num_perm: int, seed: int, which: np.ndarray | None = None
+) -> np.ndarray:
+    """(rows, num_perm) uint32 MinHash signatures of shingle sets (`_shingles.shingle_sets`), of `which` rows.
+
+    A set without shingles is all 0xFFFFFFFF.
+    """
+    first, count, values = sets
+    a, b = permutations(num_perm, seed)
+    rows = np.arange(len(first)) if which is None else np.asarray(which, dtype=np.int64)
+    return _set_signatures(first, count, values, rows, a, b)
+
+
 def signatures(starts: np.ndarray, hashes: np.ndarray, ngram: int, num_perm: int, seed: int) -> np.ndarray:
     """(texts, num_perm) uint32 MinHash signatures from word-hash CSR; a text without words is all 0xFFFFFFFF."""
-    a, b = permutations(num_perm, seed)
-    return _signatures(starts, hashes, ngram, a, b)
+    segments = np.arange(len(starts), dtype=np.int64)
+    return set_signatures(_shingles.shingle_sets(starts, hashes, segments, ngram), num_perm, seed)
 
 
-@numba.njit(cache=True)
-def _bucket_pairs(keys: np.ndarray) -> np.ndarray:
-    """Every pair of rows with equal keys, as packed (i << 32 | j) with i < j, in O(rows).
+@numba.njit(cache=True, parallel=True)
+def _bucket_ids(keys: np.ndarray, live: np.ndarray) -> np.ndarray:
+    """A bucket number per (band, row), distinct across bands; rows not `live` get -1 (never compared).
 
-    Rows get a bucket number from an open-addressing table on their key, are placed
-    bucket by bucket (a counting sort), and each bucket of two or more emits its pairs.
+    Each band numbers its keys with an open-addressing table; band b's numbers start at b * rows.
     """
-    n = len(keys)
+    bands, n = keys.shape
+    out = np.full((bands, n), -1, dtype=np.int64)
     size = 1
     while size < 2 * n:
         size *= 2
-    slots = np.full(size, -1, dtype=np.int64)
-    bucket = np.empty(n, dtype=np.int64)
-    owner_key = np.empty(n, dtype=np.uint64)
-    buckets = 0
-    for row in range(n):
-        slot = np.int64(keys[row] & np.uint64(size - 1))
-        while True:
-            seen = slots[slot]
-            if seen < 0:
-                slots[slot] = buckets
-                owner_key[buckets] = keys[row]
-                bucket[row] = buckets
-                buckets += 1
-                break
-            if owner_key[seen] == keys[row]:
-                bucket[row] = seen
-                break
-            slot = (slot + 1) & (size - 1)
-    starts = np.zeros(buckets + 1, dtype=np.int64)
-    for row in range(n):
-        starts[bucket[row] + 1] += 1
-    total = 0
-    for b in range(buckets):
-        members = starts[b + 1]
-        total += members * (members - 1) // 2
-    for b in range(buckets):
-        starts[b + 1] += starts[b]
-    placed = starts[:-1].copy()
-    members_of = np.empty(n, dtype=np.int64)
-    for row in range(n):  # rows in order, so each bucket lists its members ascending
-        members_of[placed[bucket[row]]] = row
-        placed[bucket[row]] += 1
-    out = np.empty(total, dtype=np.uint64)
-    k = 0
-    for b in range(buckets):
-        for x in range(starts[b], starts[b + 1]):
-            for y in range(x + 1, starts[b + 1]):
-                out[k] = (np.uint64(members_of[x]) << np.uint64(32)) | np.uint64(members_of[y])
-                k += 1
+    for band in numba.prange(bands):
+        slots = np.full(size, -1, dtype=np.int64)
+        owner = np.empty(n, dtype=np.uint64)
+        found = 0
+        for row in range(n):
+            if not live[row]:
+                continue
+            key = keys[band, row]
+            slot = np.int64(key & np.uint64(size - 1))
+            while True:
+                seen = slots[slot]
+                if seen < 0:
+                    slots[slot] = found
+                    owner[found] = key
+                    out[band, row] = band * n + found
+                    found += 1
+                    break
+                if owner[seen] == key:
+                    out[band, row] = band * n + seen
+                    break
+                slot = (slot + 1) & (size - 1)
     return out
 
 
@@ -190,18 +183,136 @@ def _band_keys(signature: np.ndarray, bands: int, rows_per_band: int, mixer: np.
     return keys
 
 
-def candidate_pairs(signature: np.ndarray, bands: int, rows_per_band: int) -> np.ndarray:
-    """Every pair (i < j) of rows that share at least one LSH bucket, as an (m, 2) array."""
+def buckets(
+    signature: np.ndarray, bands: int, rows_per_band: int, live: np.ndarray | None = None
+) -> np.ndarray:
+    """(bands, rows) LSH bucket numbers: two rows are candidates when they share one in some band."""
     mixer = np.random.RandomState(0).randint(1, 1 << 62, rows_per_band, dtype=np.int64).astype(np.uint64) | 1
-    found = []
-    for keys in _band_keys(signature, bands, rows_per_band, mixer):
-        found.append(_bucket_pairs(keys))
-    packed = np.concatenate(found) if found else np.empty(0, dtype=np.uint64)
-    packed = np.unique(packed)
+    keys = _band_keys(signature, bands, rows_per_band, mixer)
+    return _bucket_ids(keys, np.ones(len(signature), np.bool_) if live is None else live)
+
+
+@numba.njit(cache=True)
+def _pairs_of(bucket: np.ndarray) -> np.ndarray:
+    """Every pair (i < j) sharing a bucket, packed i << 32 | j (a diagnostic: quadratic in bucket size)."""
+    flat = bucket.ravel()
+    rows = np.arange(flat.size) % bucket.shape[1]
+    order = np.argsort(flat, kind="mergesort")
+    total = 0
+    k = 0
+    while k < len(order):
+        end = k
+        while end < len(order) and flat[order[end]] == flat[order[k]]:
+            end += 1
+        if flat[order[k]] >= 0:
+            total += (end - k) * (end - k - 1) // 2
+        k = end
+    out = np.empty(total, dtype=np.uint64)
+    at, k = 0, 0
+    while k < len(order):
+        end = k
+        while end < len(order) and flat[order[end]] == flat[order[k]]:
+            end += 1
+        if flat[order[k]] >= 0:
+            for x in range(k, end):
+                for y in range(x + 1, end):
+                    i, j = min(rows[order[x]], rows[order[y]]), max(rows[order[x]], rows[order[y]])
+                    out[at] = (np.uint64(i) << np.uint64(32)) | np.uint64(j)
+                    at += 1
+        k = end
+    return out
+
+
+def candidate_pairs(signature: np.ndarray, bands: int, rows_per_band: int) -> np.ndarray:
+    """Every distinct pair (i < j) of rows sharing an LSH bucket, (m, 2): for statistics and tests only.
+
+    The filter never lists these (a cluster of 1,000 copies has 499,500): `verify` compares
+    each row with the kept rows of its buckets instead.
+    """
+    packed = np.unique(_pairs_of(buckets(signature, bands, rows_per_band)))
     return np.stack(
         [(packed >> np.uint64(32)).astype(np.int64), (packed & np.uint64(0xFFFFFFFF)).astype(np.int64)],
         axis=1,
     )
+
+
+@numba.njit(cache=True)
+def _overlap(values: np.ndarray, a0: int, a1: int, b0: int, b1: int) -> float:
+    """Jaccard similarity of two sorted distinct runs of `values`."""
+    i, j, common = a0, b0, 0
+    while i < a1 and j < b1:
+        if values[i] == values[j]:
+            common += 1
+            i += 1
+            j += 1
+        elif values[i] < values[j]:
+            i += 1
+        else:
+            j += 1
+    union = (a1 - a0) + (b1 - b0) - common
+    return common / union if union else 0.0
+
+
+@numba.njit(cache=True)
+def _greedy_lsh(
+    bucket: np.ndarray, first: np.ndarray, count: np.ndarray, values: np.ndarray, threshold: float
+) -> tuple[np.ndarray, np.ndarray, int]:
+    """Rows in order; each compared exactly with the kept rows of its buckets; the best match >= threshold wins.
+
+    Kept rows are threaded through per-bucket linked lists, so a row never meets a dropped
+    one: a cluster of c copies costs c - 1 comparisons, not c(c - 1)/2.
+    """
+    bands, n = bucket.shape
+    head = np.full(bands * n, -1, dtype=np.int64)
+    after = np.full(bands * n, -1, dtype=np.int64)
+    stamp = np.full(n, -1, dtype=np.int64)
+    winner = np.arange(n)
+    score = np.full(n, np.nan)
+    compared = 0
+    for j in range(n):
+        if bucket[0, j] < 0:
+            continue
+        best, best_sim = -1, -np.inf
+        for band in range(bands):
+            entry = head[bucket[band, j]]
+            while entry >= 0:
+                i = entry % n
+                entry = after[entry]
+                if stamp[i] == j:
+                    continue
+                stamp[i] = j
+                compared += 1
+                sim = _overlap(values, first[i], first[i] + count[i], first[j], first[j] + count[j])
+                if sim >= threshold and (sim > best_sim or (sim == best_sim and i < best)):
+                    best, best_sim = i, sim
+        if best >= 0:
+            winner[j] = best
+            score[j] = best_sim
+        else:
+            for band in range(bands):
+                entry = band * n + j
+                after[entry] = head[bucket[band, j]]
+                head[bucket[band, j]] = entry
+    return winner, score, compared
+
+
+def verify(
+    signature: np.ndarray, sets: tuple[np.ndarray, np.ndarray, np.ndarray], config: MinHashConfig
+) -> tuple[np.ndarray, np.ndarray, int]:
+    """Each row's kept match (itself when none), its exact Jaccard, and how many pairs were compared.
+
+    The decisions are `_dedup.greedy`'s over every LSH candidate pair whose exact Jaccard
+    reaches the threshold; only the pairs that rule can use (a kept row and a later one)
+    are computed. Rows without shingles match nothing.
+    """
+    bands, per_band = (
+        (config.bands, config.rows_per_band)
+        if config.bands and config.rows_per_band
+        else optimal_bands(config.threshold, config.num_perm)
+    )
+    first, count, values = sets
+    bucket = buckets(signature, bands, per_band, count > 0)
+    return _greedy_lsh(bucket, first, count, values, config.threshold)
 
 
 def scheme(config: MinHashConfig) -> str:
@@ -221,12 +332,14 @@ def _stored(wh: Any, ids: pl.Series, name: str) -> pl.DataFrame:
 
 
 def _store(wh: Any, ids: pl.Series, sig: np.ndarray, name: str) -> None:
-    """Signatures as BLOBs (the uint32 values' bytes): written and read back without a per-value list."""
+    """Signatures as BLOBs (the uint32 values' bytes), handed to DuckDB without copying each value."""
     width = sig.shape[1] * 4
-    blobs = pa.FixedSizeBinaryArray.from_buffers(
-        pa.binary(width), len(sig), [None, pa.py_buffer(np.ascontiguousarray(sig, dtype="<u4").tobytes())]
+    offsets = np.arange(len(sig) + 1, dtype=np.int64) * width
+    data = np.ascontiguousarray(sig, dtype="<u4")
+    blobs = pa.LargeBinaryArray.from_buffers(
+        pa.large_binary(), len(sig), [None, pa.py_buffer(offsets), pa.py_buffer(data)]
     )
-    new = pa.table({"id": ids.to_arrow(), "signature": blobs.cast(pa.binary())})
+    new = pa.table({"id": ids.to_arrow(), "signature": blobs})
 
     def work(lk: Any) -> None:
         with lk.registered("new_sketches", new):
@@ -239,7 +352,20 @@ def _store(wh: Any, ids: pl.Series, sig: np.ndarray, name: str) -> None:
 
 
 def _unpack(blobs: pl.Series, num_perm: int) -> np.ndarray:
-    return np.frombuffer(b"".join(blobs.to_list()), dtype="<u4").reshape(len(blobs), num_perm)
+    """Stored signatures back as a (rows, num_perm) array, read from the Arrow buffers in one piece."""
+    array = blobs.to_arrow(compat_level=pl.CompatLevel.oldest())
+    array = array.combine_chunks() if isinstance(array, pa.ChunkedArray) else array
+    _, offsets, data = array.buffers()
+    offsets = np.frombuffer(offsets, dtype=np.int64)[array.offset : array.offset + len(array) + 1]
+    width = num_perm * 4
+    if not np.array_equal(np.diff(offsets), np.full(len(array), width)):
+        raise SetupError(
+            f"the sketches table holds minhash signatures that are not {width} bytes each: "
+            "rebuild them with `factory filter minhash --set seed=<another>` or report the warehouse"
+        )
+    return np.frombuffer(data, dtype="<u4", count=len(array) * num_perm, offset=int(offsets[0])).reshape(
+        len(array), num_perm
+    )
 
 
 def key_expression(key: str) -> pl.Expr:
@@ -270,28 +396,15 @@ def segments(keys: pl.Series) -> tuple[pl.Series, np.ndarray]:
 def sketch(
     everyone: pl.DataFrame, config: MinHashConfig, wh: Any = None
 ) -> tuple[np.ndarray, tuple[np.ndarray, np.ndarray, np.ndarray]]:
-    """Signatures of the contenders (stored ones reused, new ones stored) and their shingling input.
+    """Signatures of the contenders (stored ones reused, new ones stored) and their shingle sets.
 
-    A row of several texts (turns) gets the element-wise minimum of its texts' signatures,
-    which is the signature of the union of their shingle sets.
+    A row of several texts (turns) has the union of their shingles as its set.
     """
     texts, rows = segments(everyone["_key"])
     starts, hashes = _shingles.word_hashes(texts.str.to_lowercase())
-
-    def compute(which: np.ndarray) -> np.ndarray:
-        first, last = rows[which], rows[which + 1]
-        parts = np.concatenate([np.arange(f, t) for f, t in zip(first.tolist(), last.tolist(), strict=True)])
-        sub_starts = np.concatenate(([0], np.cumsum(starts[parts + 1] - starts[parts])))
-        sub_hashes = np.concatenate([hashes[starts[p] : starts[p + 1]] for p in parts.tolist()])
-        per_text = signatures(sub_starts, sub_hashes, config.ngram, config.num_perm, config.seed)
-        return np.minimum.reduceat(per_text, np.concatenate(([0], np.cumsum(last - first)[:-1])), axis=0)
-
-    def compute_all() -> np.ndarray:
-        per_text = signatures(starts, hashes, config.ngram, config.num_perm, config.seed)
-        return per_text if len(texts) == everyone.height else np.minimum.reduceat(per_text, rows[:-1], axis=0)
-
+    sets = _shingles.shingle_sets(starts, hashes, rows, config.ngram)
     if wh is None:
-        return compute_all(), (starts, hashes, rows)
+        return set_signatures(sets, config.num_perm, config.seed), sets
     name = scheme(config)
     stored = _stored(wh, everyone["id"], name)
     known = (
@@ -299,17 +412,20 @@ def sketch(
     )
     missing = known.filter(pl.col("signature").is_null())
     if missing.height == everyone.height:
-        sig = compute_all()
+        sig = set_signatures(sets, config.num_perm, config.seed)
     else:
         sig = np.empty((everyone.height, config.num_perm), dtype=np.uint32)
         found = known.filter(pl.col("signature").is_not_null())
         sig[found["_k"].to_numpy()] = _unpack(found["signature"], config.num_perm)
         if missing.height:
-            sig[missing["_k"].to_numpy()] = compute(missing["_k"].to_numpy())
-    if missing.height:
+            which = missing["_k"].to_numpy()
+            sig[which] = set_signatures(sets, config.num_perm, config.seed, which)
+    if missing.height == everyone.height and everyone["id"].is_unique().all():
+        _store(wh, everyone["id"], sig, name)  # the usual first run: every row, once
+    elif missing.height:
         which = missing["_k"].to_numpy()[_first_of_each(missing["id"])]
         _store(wh, everyone["id"].gather(which), sig[which], name)
-    return sig, (starts, hashes, rows)
+    return sig, sets
 
 
 def _first_of_each(ids: pl.Series) -> np.ndarray:
@@ -323,18 +439,8 @@ def run(
 ) -> pl.DataFrame:
     """One verdict per candidate: keep one row per near-duplicate group, drop the rest with the match."""
     everyone = _dedup.contenders(candidates, kept, key_expression(config.key), config, ctx)
-    sig, (starts, hashes, rows) = sketch(everyone, config, getattr(ctx, "warehouse", None))
-    bands, per_band = (
-        (config.bands, config.rows_per_band)
-        if config.bands and config.rows_per_band
-        else optimal_bands(config.threshold, config.num_perm)
-    )
-    pairs = candidate_pairs(sig, bands, per_band)
-    similarity = (
-        _shingles.jaccard_pairs(starts, hashes, rows, config.ngram, pairs) if len(pairs) else np.empty(0)
-    )
-    close = similarity >= config.threshold
-    winner, score = _dedup.greedy(everyone.height, pairs[close], similarity[close])
+    sig, sets = sketch(everyone, config, getattr(ctx, "warehouse", None))
+    winner, score, _ = verify(sig, sets, config)
     judged = everyone.with_columns(
         everyone["id"].gather(winner).alias("_winner"), pl.Series("_score", score).fill_nan(None)
     )

@@ -35,7 +35,7 @@ class SemanticConfig(_dedup.KeepPolicy):
     threshold: float = Field(0.9, gt=0, le=1, description="cosine similarity that makes a duplicate")
     cluster_size: int = Field(1000, gt=0, description="average rows per k-means cluster")
     seed: int = Field(0, description="k-means seed")
-    batch_size: int = Field(64, gt=0, description="sentences per encoder batch")
+    batch_size: int = Field(32, gt=0, description="sentences per encoder batch")
 
 
 def clusters(vectors: np.ndarray, cluster_size: int, seed: int) -> np.ndarray:
@@ -62,6 +62,19 @@ def close_pairs(vectors: np.ndarray, threshold: float) -> tuple[np.ndarray, np.n
     return np.concatenate(pairs), np.concatenate(sims)
 
 
+def decide(vectors: np.ndarray, config: SemanticConfig) -> tuple[np.ndarray, np.ndarray]:
+    """Each row's kept match (itself when unique) and its cosine, for vectors in contender order."""
+    label = clusters(vectors, config.cluster_size, config.seed)
+    order = np.argsort(label, kind="stable")  # cluster by cluster, contender order inside each
+    bounds = np.flatnonzero(np.diff(label[order])) + 1
+    pairs, sims = [np.empty((0, 2), dtype=np.int64)], [np.empty(0, dtype=np.float32)]
+    for members in np.split(order, bounds):  # one pass over the labels, not one per cluster
+        found, sim = close_pairs(vectors[members], config.threshold)
+        pairs.append(members[found])
+        sims.append(sim)
+    return _dedup.greedy(len(vectors), np.concatenate(pairs), np.concatenate(sims))
+
+
 def run(
     candidates: pl.DataFrame, kept: pl.DataFrame, config: SemanticConfig, ctx: FilterContext | None = None
 ) -> pl.DataFrame:
@@ -78,14 +91,7 @@ def run(
         config.batch_size,
         progress=getattr(ctx, "progress", False),
     )
-    label = clusters(vectors, config.cluster_size, config.seed)
-    pairs, sims = [np.empty((0, 2), dtype=np.int64)], [np.empty(0, dtype=np.float32)]
-    for cluster in np.unique(label):
-        members = np.flatnonzero(label == cluster)  # in contender order: winners first
-        found, sim = close_pairs(vectors[members], config.threshold)
-        pairs.append(members[found])
-        sims.append(sim)
-    winner, similarity = _dedup.greedy(everyone.height, np.concatenate(pairs), np.concatenate(sims))
+    winner, similarity = decide(vectors, config)
     judged = everyone.with_columns(
         everyone["id"].gather(winner).alias("_winner"), pl.Series("_score", similarity).fill_nan(None)
     )

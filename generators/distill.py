@@ -25,6 +25,7 @@ from factory.runners.generation import (
     GenerationSummary,
     Output,
     make_row,
+    params_json,
     run_generator,
     template_hash,
 )
@@ -136,22 +137,27 @@ def distill(frame: pl.DataFrame, cfg: DistillConfig, teacher: Teacher, out: Outp
     chat = cfg.style == "chat" or (cfg.style == "auto" and teacher.backend.chat)
     system = system_prompt(cfg)
     template = template_hash(generator, system, "chat" if chat else COMPLETION_FRAME)
+    records = frame.select("id", "instruction", "input").rows()
     requests = [
-        request_for(r["instruction"], r["input"], system, chat, cfg.sampling, cfg.n)
-        for r in frame.iter_rows(named=True)
+        request_for(instruction, input, system, chat, cfg.sampling, cfg.n)
+        for _, instruction, input in records
     ]
     answers = teacher.generate(requests)
-    for record, samples in zip(frame.iter_rows(named=True), answers, strict=True):
+    params = [
+        params_json({"system": cfg.system, "sample": k, "temperature": cfg.sampling.temperature})
+        for k in range(cfg.n)
+    ]  # the same for every prompt: serialised once
+    for (parent, instruction, input), samples in zip(records, answers, strict=True):
         for k, sample in enumerate(samples):
             text = (sample.text or "").strip()
             row = make_row(
                 generator,
                 teacher.model,
-                record["instruction"],
+                instruction,
                 output=text,
-                input=record["input"],
-                parents=[record["id"]] if record["id"] else [],
-                params={"system": cfg.system, "sample": k, "temperature": cfg.sampling.temperature},
+                input=input,
+                parents=[parent] if parent else [],
+                params=params[k],
                 template=template,
                 origin=f"{generator}:sample{k}",
             )

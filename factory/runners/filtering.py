@@ -63,12 +63,15 @@ def _selection(wh: Warehouse, on: str | None, where: str | None) -> str:
     return f"SELECT id FROM {source}{condition}"
 
 
-def rows_by_id(ids_sql: str) -> str:
-    """Rows by id, one copy each, in insertion order (`_row`, the DuckLake rowid)."""
-    return (
-        f"SELECT * FROM (SELECT r.*, r.rowid AS _row FROM rows r WHERE r.id IN ({ids_sql})) "
-        "QUALIFY row_number() OVER (PARTITION BY id ORDER BY _row) = 1 ORDER BY _row"
-    )
+def rows_by_id(wh: Warehouse, ids_sql: str, params: Any = None) -> pl.DataFrame:
+    """Rows by id, one copy each, in insertion order (`_row`, the DuckLake rowid).
+
+    The order and the one copy are settled in polars: a window over every column in DuckDB
+    cost as much as reading the rows."""
+    rows = wh.sql(f"SELECT r.*, r.rowid AS _row FROM rows r WHERE r.id IN ({ids_sql})", params)
+    if not rows["_row"].is_sorted():
+        rows = rows.sort("_row")
+    return rows if rows["id"].is_unique().all() else rows.unique("id", keep="first", maintain_order=True)
 
 
 def _earlier_runs(wh: Warehouse, name: str, config_json: str) -> list[str]:
@@ -112,18 +115,21 @@ def run_filter(
         if rejudge:
             selection = "SELECT id FROM verdicts WHERE list_contains($all_runs, run_id)"
         params = {"runs": runs_judged, "all_runs": runs} if rejudge else {"runs": runs}
-        candidates = wh.sql(rows_by_id(f"SELECT id FROM ({selection}) WHERE id NOT IN ({judged})"), params)
+        candidates = rows_by_id(wh, f"SELECT id FROM ({selection}) WHERE id NOT IN ({judged})", params)
         summary.already_judged = int(
             wh.sql(f"SELECT count(DISTINCT id) AS n FROM ({selection}) WHERE id IN ({judged})", params)["n"][
                 0
             ]
         )
-        kept_pool = wh.sql(
+        kept_pool = (
             rows_by_id(
+                wh,
                 "SELECT id FROM verdicts WHERE list_contains($runs, run_id) GROUP BY id "
-                "HAVING arg_max(keep, (created_at, run_id))"
-            ),
-            {"runs": runs_judged},
+                "HAVING arg_max(keep, (created_at, run_id))",
+                {"runs": runs_judged},
+            )
+            if runs_judged
+            else candidates.head(0)
         )
         before = places.places(wh) if plugin.row_local and candidates.height else None
         view = None if plugin.row_local or not candidates.height else places.places(wh)
@@ -144,11 +150,11 @@ def run_filter(
             verdicts = verdict_frame(result.verdicts)
         except InputError as exc:
             raise PluginError(f"filter '{name}': {exc}") from exc
-        if verdicts.height != candidates.height or set(verdicts["id"]) != set(candidates["id"]):
+        if verdicts.height != candidates.height or not verdicts["id"].sort().equals(candidates["id"].sort()):
             raise PluginError(f"filter '{name}' must return one verdict per candidate row")
         if view is not None and not view.trivial:
             verdicts = pl.concat([_expand(verdicts, view), copied], how="vertical_relaxed")
-            verdicts = verdicts.filter(pl.col("id").is_in(asked.to_list())).unique("id", keep="first")
+            verdicts = verdicts.filter(pl.col("id").is_in(asked.implode())).unique("id", keep="first")
             summary.candidates = verdicts.height  # dead places' rows are not judged
         summary.kept = int(verdicts["keep"].sum())
         summary.dropped = verdicts.height - summary.kept
@@ -201,7 +207,7 @@ def _as_places(
     pool_roots = [r for r in view.root_of(pool["id"]).unique().to_list() if r not in view.dead]
     fetch = sorted(set(wanted) | set(pool_roots))
     with wh.lake.registered("place_roots", pl.DataFrame({"id": fetch}, schema={"id": pl.String})):
-        rows = wh.sql(rows_by_id("SELECT id FROM place_roots"))
+        rows = rows_by_id(wh, "SELECT id FROM place_roots")
     return (
         rows.filter(pl.col("id").is_in(wanted)),
         rows.filter(pl.col("id").is_in(pool_roots) & ~pl.col("id").is_in(wanted)),

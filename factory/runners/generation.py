@@ -4,9 +4,10 @@ A generator is a function `produce(teacher, out)` that asks its teacher for samp
 and appends rows to `out`: accepted rows, and rejected candidates with the rule
 that rejected them. This runner starts the job, opens the teacher behind the call
 cache, and writes every row, the rejections' verdicts (filter = the generator's
-name) and the job's end in one commit. Generators draw their randomness from their
-config's seed, so a rerun asks the same questions, gets every answer it already
-paid for from the cache, and ends with the same rows: a job killed with SIGKILL
+name), the teacher calls not committed yet and the job's end in one commit.
+Generators draw their randomness from their config's seed, so a rerun asks the
+same questions, gets every answer it already paid for from the cache (or from the
+journal a killed run left), and ends with the same rows: a job killed with SIGKILL
 is resumed by running it again. A spent budget stops the job cleanly (status
 `stopped`) with what was finished so far.
 """
@@ -74,12 +75,15 @@ def make_row(
     input: str = "",
     system: str = "",
     parents: list[str] | None = None,
-    params: dict[str, Any] | None = None,
+    params: dict[str, Any] | str | None = None,
     template: str | None = None,
     origin: str | None = None,
     tags: list[str] | None = None,
 ) -> dict[str, Any]:
-    """A generated row with its lineage (teacher, template, parents, settings)."""
+    """A generated row with its lineage (teacher, template, parents, settings).
+
+    `params` is a dict, or its `params_json` already (a generator making many rows with the
+    same settings serialises them once)."""
     return {
         "kind": "instruction",
         "system": system,
@@ -88,13 +92,18 @@ def make_row(
         "output": output,
         "source": generator,
         "generator": generator,
-        "generator_params": json.dumps(params or {}, sort_keys=True, default=str),
+        "generator_params": params if isinstance(params, str) else params_json(params),
         "teacher_model": teacher,
         "template_hash": template,
         "parent_ids": parents or [],
         "origin": origin,
         "tags": tags or [],
     }
+
+
+def params_json(params: dict[str, Any] | None) -> str:
+    """A row's generator_params: its settings as canonical JSON."""
+    return json.dumps(params or {}, sort_keys=True, default=str)
 
 
 def _frame(rows: list[dict[str, Any]]) -> pl.DataFrame:
@@ -132,31 +141,36 @@ def run_generator(
                 produce(teacher, out)
             except BudgetExhausted as exc:
                 summary.stopped = str(exc)
-        summary.teacher_stats = teacher.stats.as_dict()
-        summary.accepted = len(out.rows)
-        for _, reason in out.rejected:
-            key = reason.split(" ")[0]
-            summary.rejected[key] = summary.rejected.get(key, 0) + 1
-        verdicts = pl.DataFrame(schema={"id": pl.String, "keep": pl.Boolean, "reason": pl.String})
-        rejected_rows = [row for row, _ in out.rejected]
-        if rejected_rows:
-            # A rejected candidate identical to an accepted row is that row: no verdict against it.
-            accepted = set(ids_of(_frame(out.rows))) if out.rows else set()
-            verdicts = (
-                pl.DataFrame({"id": ids_of(_frame(rejected_rows)), "reason": [r for _, r in out.rejected]})
-                .filter(~pl.col("id").is_in(list(accepted)))
-                .with_columns(keep=pl.lit(False))
+            summary.teacher_stats = teacher.stats.as_dict()
+            summary.accepted = len(out.rows)
+            for _, reason in out.rejected:
+                key = reason.split(" ")[0]
+                summary.rejected[key] = summary.rejected.get(key, 0) + 1
+            verdicts = pl.DataFrame(schema={"id": pl.String, "keep": pl.Boolean, "reason": pl.String})
+            rejected_rows = [row for row, _ in out.rejected]
+            if rejected_rows:
+                # A rejected candidate identical to an accepted row is that row: no verdict against it.
+                accepted = set(ids_of(_frame(out.rows))) if out.rows else set()
+                verdicts = (
+                    pl.DataFrame(
+                        {"id": ids_of(_frame(rejected_rows)), "reason": [r for _, r in out.rejected]}
+                    )
+                    .filter(~pl.col("id").is_in(list(accepted)))
+                    .with_columns(keep=pl.lit(False))
+                )
+            rows = out.rows + rejected_rows
+            calls = teacher.cache.pending_frame()  # the calls not committed yet land with the rows
+
+            def finish(lk: lake.Lake, result: Any) -> None:
+                summary.inserted = result.inserted
+                teacher.cache.insert(lk, calls)
+                wh.insert_verdicts(lk, verdict_frame(verdicts), name, job.id, once=True)
+                if also is not None:
+                    also(lk)
+                job.end(lk, "stopped" if summary.stopped else "succeeded")
+
+            wh.add_rows(
+                [_frame(rows)] if rows else [], f"generate: {name} job {job.id}", job.id, on_commit=finish
             )
-        rows = out.rows + rejected_rows
-
-        def finish(lk: lake.Lake, result: Any) -> None:
-            summary.inserted = result.inserted
-            wh.insert_verdicts(lk, verdict_frame(verdicts), name, job.id, once=True)
-            if also is not None:
-                also(lk)
-            job.end(lk, "stopped" if summary.stopped else "succeeded")
-
-        wh.add_rows(
-            [_frame(rows)] if rows else [], f"generate: {name} job {job.id}", job.id, on_commit=finish
-        )
+            teacher.cache.committed(calls.height)  # (if the commit failed, closing commits the calls alone)
     return summary

@@ -231,6 +231,7 @@ class Lake:
         self.location = location
         self.read_only = read_only
         self.sandbox: FileAccess | None = None  # set by lock_down: every query is then checked
+        self.rollbacks = 0  # transactions rolled back: each drops the temp views it created
 
     def close(self) -> None:
         self.con.close()
@@ -398,6 +399,7 @@ class Lake:
             self.con.execute("COMMIT")
             return result
         except BaseException:
+            self.rollbacks += 1
             with contextlib.suppress(duckdb.Error):
                 self.con.execute("ROLLBACK")
             raise

@@ -14,6 +14,7 @@ see the README's "Warehouse layout".
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import json
 import os
@@ -21,6 +22,7 @@ import re
 import shutil
 import uuid
 from collections.abc import Callable, Iterable
+from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
@@ -204,6 +206,78 @@ def ids_of(rows: pl.DataFrame) -> pl.Series:
     return schema.row_ids(_staging_frame(rows))
 
 
+# Staged files become the rows table's data files as they are: zstd at level 1 costs less CPU
+# than snappy (the former choice) and makes files about 40% smaller (measured on the realistic
+# bench corpus: 2.3 vs 2.6 CPU-seconds and 234 vs 402 MB a million short rows).
+STAGED_COMPRESSION = {"compression": "zstd", "compression_level": 1}
+
+
+class _FirstCopies:
+    """Which rows of each batch are the first copy of their id in this input.
+
+    The ids seen so far are kept in a set (about 120 bytes an id). Past `limit` ids it
+    stops tracking and lets every row through: the commit then finds the copies in SQL
+    (slower, but memory stays bounded on any input).
+    """
+
+    def __init__(self, limit: int = 5_000_000) -> None:
+        self.seen: set[str] = set()
+        self.limit = limit
+        self.tracking = True
+
+    def mask(self, ids: pl.Series) -> pl.Series | None:
+        """A keep mask for the batch's ids, or None when every row is kept."""
+        if not self.tracking or len(self.seen) + len(ids) > self.limit:
+            self.tracking = False
+            self.seen.clear()
+            return None
+        values = ids.to_list()
+        keep = ids.is_first_distinct()
+        again = self.seen.intersection(values)  # set operations loop in C
+        if again:
+            keep = keep & ~ids.is_in(list(again))
+        self.seen.update(values)
+        return None if keep.all() else keep
+
+
+class _Stager:
+    """Writes staged Parquet files on a background thread, one file behind the producer.
+
+    polars releases the GIL while it encodes and compresses, so the next batch is read,
+    normalised and hashed while this one is written. A write's error (a full disk) is
+    raised by the next `write` or on leaving the block.
+    """
+
+    def __init__(self, where: str) -> None:
+        self.where = where
+        self.pending: Future | None = None
+        self.pool = ThreadPoolExecutor(max_workers=1, thread_name_prefix="factory-stage")
+
+    def __enter__(self) -> _Stager:
+        return self
+
+    def write(self, frame: pl.DataFrame, path: Path) -> None:
+        self._wait()
+        self.pending = self.pool.submit(frame.write_parquet, path, **STAGED_COMPRESSION)
+
+    def _wait(self) -> None:
+        if self.pending is not None:
+            pending, self.pending = self.pending, None
+            with lake.disk_full_says_so(self.where):
+                pending.result()
+
+    def __exit__(self, kind: object, *exc: object) -> None:
+        try:
+            if kind is None:
+                self._wait()
+            elif self.pending is not None:
+                self.pending.cancel()
+                with contextlib.suppress(Exception):
+                    self.pending.result()
+        finally:
+            self.pool.shutdown(wait=True)
+
+
 class Warehouse:
     """An open warehouse. Verbs return polars frames; writes are single DuckLake commits."""
 
@@ -211,6 +285,7 @@ class Warehouse:
         self.folder = folder
         self.lake = conn
         self._relations: dict[str, str] = {}  # snapshot name -> SQL; snapshots never change
+        self._views: dict[str, int] = {}  # temp view -> lake.rollbacks when it was made
         conn.execute(
             "CREATE OR REPLACE TEMP MACRO snapshot(snapshot_name) AS TABLE "
             "SELECT r.* FROM lake.rows r WHERE r.rowid IN "
@@ -243,7 +318,14 @@ class Warehouse:
         view's name goes into the text, never the recorded SQL itself: the replacement may
         land in a comment or a string, where spliced SQL would change what the query does.
         """
-        return self.lake.frame(self._expand(query), params)
+        expanded = self._expand(query)
+        try:
+            return self.lake.frame(expanded, params)
+        except lake.SQLError as exc:
+            if not any(view in str(exc) for view in self._views):
+                raise
+            self._views.clear()  # a view vanished (the query's own ROLLBACK?): make them again
+            return self.lake.frame(self._expand(query), params)
 
     def user_sql(self, query: str) -> pl.DataFrame:
         """Run a query a user wrote (a prompt query) on this writable warehouse.
@@ -270,7 +352,11 @@ class Warehouse:
         if name not in self._relations:
             self._relations[name] = snapshots.relation(self, name)
         view = "snapshot_" + hashlib.md5(name.encode()).hexdigest()[:16]
-        self.lake.temp_view(view, self._relations[name])  # again each time: a rollback drops it
+        # Made once per connection (2 ms a query otherwise), again after a rolled-back write,
+        # which drops the temp views created inside it.
+        if self._views.get(view) != self.lake.rollbacks:
+            self.lake.temp_view(view, self._relations[name])
+            self._views[view] = self.lake.rollbacks
         return view
 
     def count(self, table: str = "rows") -> int:
@@ -291,12 +377,16 @@ class Warehouse:
         """Insert batches of normalised rows in one commit, skipping ids the warehouse already has.
 
         Each frame holds rows columns except `id`, `job_id` and `created_at`. Batches are
-        checked, hashed and staged as local Parquet files first, so an error in any batch
-        (raised by the `batches` iterator) commits nothing, memory stays bounded whatever
-        the input size, and a commit that meets a conflict is retried from the staged
-        files without reading the input again. Within the input the first copy of a row
-        wins. `on_commit` runs inside the same transaction (e.g. to mark the job done),
-        so rows and bookkeeping land together.
+        checked, hashed and staged as local Parquet files first (written by a background
+        thread while the next batch is prepared), so an error in any batch (raised by the
+        `batches` iterator) commits nothing, memory stays bounded by the batch size and the
+        ids seen so far (`_FirstCopies`), and a commit that meets a conflict is retried from
+        the staged files without reading the input again. Within the input the first copy
+        of a row wins: later copies are dropped before they are staged. When the warehouse
+        holds none of the staged rows (a new import), the staged files become the table's
+        data files as they are; otherwise DuckDB inserts the new ones.
+        `on_commit` runs inside the same transaction (e.g. to mark the job done), so rows
+        and bookkeeping land together.
         """
         staging = self.folder / STAGING / (job_id or new_id("stage"))
         staging.mkdir(parents=True, exist_ok=True)
@@ -304,13 +394,20 @@ class Warehouse:
         moved: list[Path] = []
         try:
             result = InsertResult()
-            for k, frame in enumerate(batches):
-                if frame.height == 0:
-                    continue
-                result.offered += frame.height
-                stored = _stored_rows(frame, job_id, created_at)
-                with lake.disk_full_says_so(str(staging.parent)):
-                    stored.write_parquet(staging / f"{k:06d}.parquet", compression="snappy")
+            first_copies = _FirstCopies()
+            dropped = 0  # later copies of a row, left out of the staged files
+            with _Stager(str(staging.parent)) as stager:
+                for k, frame in enumerate(batches):
+                    if frame.height == 0:
+                        continue
+                    result.offered += frame.height
+                    stored = _stored_rows(frame, job_id, created_at)
+                    keep = first_copies.mask(stored["id"])
+                    if keep is not None:
+                        dropped += stored.height - int(keep.sum())
+                        stored = stored.filter(keep)
+                    if stored.height:
+                        stager.write(stored, staging / f"{k:06d}.parquet")
             files = sorted(staging.glob("*.parquet"))
             target = self.lake.table_folder("rows")
 
@@ -318,14 +415,17 @@ class Warehouse:
 
             def commit(lk: lake.Lake) -> InsertResult:
                 result.inserted, registered[0] = 0, False
+                result.repeated, result.known = dropped, 0
                 if files:
                     current = moved + files[len(moved) :]  # an earlier attempt may have moved some
                     source = _parquet(current)
+                    # Copies the staging let through (past its memory bound) and rows the warehouse has.
                     total, distinct, known = lk.row(
                         f"SELECT count(*), count(DISTINCT id), (SELECT count(DISTINCT s.id) FROM {source} s "
                         f"SEMI JOIN rows r ON r.id = s.id) FROM {source}"
                     )
-                    result.repeated, result.known = int(total) - int(distinct), int(known)
+                    result.repeated += int(total) - int(distinct)
+                    result.known = int(known)
                     if target is not None and total == distinct and not known:
                         # Only new rows, each once: the staged files become the table's data files.
                         for k, file in enumerate(files[len(moved) :], start=len(moved)):

@@ -4,8 +4,12 @@ A call's key hashes what decides its answer (backend, model, sampling parameters
 prompt or messages, sample index), so asking again is free and a killed job that
 reruns makes no call twice. Finished calls are appended at once to a journal file
 beside the catalog (one JSON line each, written before the next call starts) and
-moved into llm_calls in one commit per batch; a journal left by a killed process is
-moved in when the next teacher opens, so nothing a teacher answered is ever lost.
+moved into llm_calls in batches: when `FLUSH_EVERY` calls are pending or the oldest
+has waited `FLUSH_AFTER_S`, at close, or inside the commit that lands a generator's
+rows (`pending_frame` / `insert` / `committed`), so a job pays no commit per call nor
+per batch of requests. Until then a call is in the journal, which reruns of the job
+read through `lookup` like llm_calls; a journal left by a killed process is moved in
+when the next teacher opens, so nothing a teacher answered is ever lost.
 Failed attempts are recorded too (with their error), which is what makes cost and
 reliability plain SQL over llm_calls.
 """
@@ -15,6 +19,7 @@ from __future__ import annotations
 import hashlib
 import json
 import os
+import time
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
@@ -26,6 +31,8 @@ from factory.store import schema
 from factory.store.warehouse import Warehouse
 
 JOURNALS = ".calls"
+FLUSH_EVERY = 10_000  # pending calls that make a commit due (a 30k-prompt job: 3 commits)
+FLUSH_AFTER_S = 60.0  # age of the oldest pending call that makes a commit due
 
 # The llm_calls columns a journal line carries (created_at is written as ISO text).
 _TYPES: dict[str, pl.DataType] = {
@@ -69,7 +76,9 @@ class CallCache:
         self.journal_path = self.folder / f"{job_id}.jsonl"
         self._journal = open(self.journal_path, "a", encoding="utf-8")  # noqa: SIM115 (lives with the cache)
         self._pending: list[dict[str, Any]] = []
+        self._oldest = 0.0  # time.monotonic() of the oldest pending call
         self._answers: dict[str, dict[str, Any]] = {}
+        self.flush_every, self.flush_after_s = FLUSH_EVERY, FLUSH_AFTER_S
         recover_journals(wh, skip=job_id)
 
     def lookup(self, keys: list[str]) -> dict[str, dict[str, Any]]:
@@ -89,29 +98,52 @@ class CallCache:
 
     def record(self, record: dict[str, Any]) -> None:
         """Journal one finished attempt (answer or error) before anything else happens."""
-        record = {
-            **record,
-            "error": errors.scrub(record.get("error")),
-            "job_id": self.job_id,
-            "created_at": record.get("created_at") or now(),
-        }
-        line = json.dumps({k: record.get(k) for k in _TYPES}, default=str, ensure_ascii=False)
-        self._journal.write(line + "\n")
-        self._journal.flush()
-        self._pending.append(record)
-        if record.get("error") is None:
-            self._answers[record["key"]] = record
+        row = {k: record.get(k) for k in _TYPES}
+        row["error"] = errors.scrub(row["error"])
+        row["job_id"] = self.job_id
+        row["created_at"] = row["created_at"] or now()
+        self._journal.write(json.dumps(row, default=str, ensure_ascii=False) + "\n")
+        self._journal.flush()  # in the kernel's hands: a killed process loses nothing
+        if not self._pending:
+            self._oldest = time.monotonic()
+        self._pending.append(row)
+        if row["error"] is None:
+            self._answers[row["key"]] = row
+
+    def due(self) -> bool:
+        """Whether enough calls are pending, or the oldest has waited long enough, to commit them."""
+        return bool(self._pending) and (
+            len(self._pending) >= self.flush_every or time.monotonic() - self._oldest >= self.flush_after_s
+        )
 
     def flush(self) -> int:
         """Move this job's journaled calls into llm_calls (one commit); returns how many."""
         if not self._pending:
             return 0
-        frame = _frame(self._pending)
+        frame = self.pending_frame()
         _insert(self.wh, frame, f"llm calls: {frame.height} for job {self.job_id}")
-        self._pending.clear()
+        self.committed(frame.height)
+        return frame.height
+
+    def pending_frame(self) -> pl.DataFrame:
+        """The journaled calls not in llm_calls yet, to `insert` inside another commit."""
+        return _frame(self._pending)
+
+    @staticmethod
+    def insert(lk: Any, frame: pl.DataFrame) -> None:
+        """Append `pending_frame()` inside a write (safe to repeat); then call `committed`."""
+        if frame.height:
+            _insert_into(lk, frame)
+
+    def committed(self, count: int) -> None:
+        """The first `count` pending calls are in llm_calls now: drop them from the journal."""
+        del self._pending[:count]
         self._journal.truncate(0)
         self._journal.seek(0)
-        return frame.height
+        for row in self._pending:  # any recorded since (none when the caller waits for its commit)
+            self._journal.write(json.dumps(row, default=str, ensure_ascii=False) + "\n")
+        self._journal.flush()
+        self._oldest = time.monotonic()
 
     def close(self) -> None:
         self.flush()
@@ -120,23 +152,24 @@ class CallCache:
 
 
 def _frame(records: list[dict[str, Any]]) -> pl.DataFrame:
-    frame = pl.DataFrame(
-        [{k: r.get(k) for k in _TYPES} for r in records], schema_overrides=_TYPES, strict=False
-    )
+    """Records (journal lines or recorded calls) as llm_calls columns, built column by column."""
+    columns = {k: [r.get(k) for r in records] for k in _TYPES}
+    frame = pl.DataFrame(columns, schema_overrides=_TYPES, strict=False)
     return frame.select(pl.col(k).cast(t) for k, t in _TYPES.items())
 
 
+def _insert_into(lk: Any, frame: pl.DataFrame) -> None:
+    """Append calls inside a write, skipping any already stored (a journal moved in twice counts once)."""
+    with lk.registered("staged_calls", frame):
+        lk.execute(
+            f"INSERT INTO llm_calls ({schema.column_list('llm_calls')}) SELECT s.* FROM staged_calls s "
+            "ANTI JOIN llm_calls c ON c.key = s.key AND c.job_id = s.job_id AND c.created_at = s.created_at"
+        )
+
+
 def _insert(wh: Warehouse, frame: pl.DataFrame, message: str) -> None:
-    """Append calls, skipping any already stored (a journal moved in twice counts once)."""
-
-    def work(lk: Any) -> None:
-        with lk.registered("staged_calls", frame):
-            lk.execute(
-                f"INSERT INTO llm_calls ({schema.column_list('llm_calls')}) SELECT s.* FROM staged_calls s "
-                "ANTI JOIN llm_calls c ON c.key = s.key AND c.job_id = s.job_id AND c.created_at = s.created_at"
-            )
-
-    wh.lake.write(message, work)
+    """Append calls in a commit of their own."""
+    wh.lake.write(message, lambda lk: _insert_into(lk, frame))
 
 
 def _read_journal(path: Path) -> list[dict[str, Any]]:

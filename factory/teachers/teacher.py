@@ -156,19 +156,23 @@ class Teacher:
         tokens_ok = self.max_tokens is None or s.prompt_tokens + s.completion_tokens < self.max_tokens
         return calls_ok and tokens_ok
 
-    def _keys(self, request: Request, params: str) -> list[str]:
-        return [
-            call_key(self.backend.name, self.backend.model, params, request.text, i) for i in range(request.n)
-        ]
-
     def generate(self, requests: Sequence[Request]) -> list[list[Sample]]:
         """Samples for each request (n each), from the cache where answered before.
 
         Raises BudgetExhausted when the budget ends before every request is answered; the
         answers received so far are in the cache, so a rerun continues from there.
         """
-        params = [r.sampling.model_dump_json() for r in requests]
-        keys = [self._keys(r, p) for r, p in zip(requests, params, strict=True)]
+        dumped: dict[int, str] = {}  # requests mostly share one Sampling: serialise each once
+        for r in requests:
+            if id(r.sampling) not in dumped:
+                dumped[id(r.sampling)] = r.sampling.model_dump_json()
+        params = [dumped[id(r.sampling)] for r in requests]
+        texts = [r.text for r in requests]
+        name, model = self.backend.name, self.backend.model
+        keys = [
+            [call_key(name, model, p, text, j) for j in range(r.n)]
+            for r, p, text in zip(requests, params, texts, strict=True)
+        ]
         found = self.cache.lookup([k for ks in keys for k in ks])
         results: list[list[Sample | None]] = [[None] * r.n for r in requests]
         jobs: list[tuple[Request, int]] = []
@@ -191,10 +195,10 @@ class Teacher:
             self.cache.record(
                 {
                     "key": keys[i][j],
-                    "backend": self.backend.name,
-                    "model": self.backend.model,
+                    "backend": name,
+                    "model": model,
                     "params": params[i],
-                    "prompt": requests[i].text,
+                    "prompt": texts[i],
                     "sample": j,
                     "response": None if sample is None else sample.text,
                     "logprobs": None
@@ -226,6 +230,8 @@ class Teacher:
                     self.stats.prompt_tokens += sample.prompt_tokens
                     self.stats.completion_tokens += sample.completion_tokens
                     record(i, j, sample, attempt.latency_s, None)
+            if self.cache.due():
+                self.cache.flush()
             self._show()
             return self._budget_left()
 
@@ -233,7 +239,8 @@ class Teacher:
             if jobs and self._budget_left():
                 self.backend.run(jobs, report)
         finally:
-            self.cache.flush()
+            if self.cache.due():  # otherwise at close, or in the commit of the job's rows
+                self.cache.flush()
         missing = sum(sample is None for row in results for sample in row)
         if missing and not self._budget_left():
             raise BudgetExhausted(self._budget_message())

@@ -184,3 +184,49 @@ def test_turns_key_shingles_each_user_turn_on_its_own(wh, tmp_path):
         m = MinHash(num_perm=128, seed=1, hashfunc=lambda x: x, scheme="affine32")
         m.update_batch([_shingles.shingle_hash(g.split()) for g in union])
         assert np.array_equal(m.hashvalues.astype(np.uint32), sig[k])
+
+
+def test_verification_decides_as_greedy_over_every_verified_candidate_pair():
+    """On templated data (one passage under several templates), comparing each row only with the
+    kept rows of its buckets decides exactly as checking every LSH candidate pair would."""
+    from bench.corpus import realistic_frame
+    from factory.store.schema import row_text
+    from filters import _dedup
+
+    frame = realistic_frame(3000, seed=5)
+    texts = frame.select(row_text("instruction_input")).to_series()
+    config = mh.MinHashConfig()
+    everyone = pl.DataFrame({"id": [f"r{k}" for k in range(len(texts))], "_key": texts})
+    sig, sets = mh.sketch(everyone, config)
+    winner, score, compared = mh.verify(sig, sets, config)
+    pairs = mh.candidate_pairs(sig, *mh.optimal_bands(0.7, 128))
+    lower = texts.str.to_lowercase().to_list()
+    exact = np.array([len(grams(lower[i]) & grams(lower[j])) / len(grams(lower[i]) | grams(lower[j]))
+                      for i, j in pairs])  # fmt: skip
+    close = exact >= 0.7
+    theirs, their_score = _dedup.greedy(len(texts), pairs[close], exact[close])
+    assert close.sum() > 1000 and (winner != np.arange(len(texts))).sum() > 500  # the data has clusters
+    assert np.array_equal(winner, theirs)
+    assert np.allclose(np.nan_to_num(score), np.nan_to_num(their_score))
+    assert compared < len(pairs) / 3  # dropped rows are never compared again
+
+
+def test_a_cluster_of_a_thousand_copies_costs_linear_comparisons():
+    text = " ".join(f"w{k}" for k in range(80))
+    near = [text.replace(f"w{k} ", f"x{k} ", 1) for k in range(0, 80, 8)]  # Jaccard of 0.88 or so
+    texts = [text] * 1000 + near
+    everyone = pl.DataFrame({"id": [f"c{k}" for k in range(len(texts))], "_key": texts})
+    config = mh.MinHashConfig()
+    sig, sets = mh.sketch(everyone, config)
+    winner, score, compared = mh.verify(sig, sets, config)
+    assert (winner == 0).sum() == len(texts) and np.nanmin(score) >= 0.7
+    assert compared == len(texts) - 1  # 1,009 rows: one comparison each with the kept copy, not 509,000
+
+
+def test_rows_without_words_are_never_compared():
+    texts = ["", "   ", "\n"] * 400 + ["a real row with a few words in it"]
+    everyone = pl.DataFrame({"id": [f"e{k}" for k in range(len(texts))], "_key": texts})
+    config = mh.MinHashConfig()
+    sig, sets = mh.sketch(everyone, config)
+    winner, _, compared = mh.verify(sig, sets, config)
+    assert compared == 0 and np.array_equal(winner, np.arange(len(texts)))
