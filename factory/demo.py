@@ -282,3 +282,7 @@ def _look(wh, console: Console, out: Path) -> None:
         f"{sharegpt['counts']['eval']} in {out / 'export-sharegpt'}; prefs -> llamafactory "
         f"{llamafactory['counts']['train']} pairs + dataset_info.json in {out / 'export-llamafactory'}"
     )
+
+
+if __name__ == "__main__":
+    main()

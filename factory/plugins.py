@@ -138,6 +138,9 @@ class FilterPlugin:
     run: FilterRun
     summary: str
     row_local: bool = False
+    columns: Callable[[Any], tuple[str, ...]] | None = (
+        None  # the row columns `run` reads, given its config (None: all)
+    )
     kind: Literal["filter"] = "filter"
 
 

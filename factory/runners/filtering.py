@@ -63,12 +63,13 @@ def _selection(wh: Warehouse, on: str | None, where: str | None) -> str:
     return f"SELECT id FROM {source}{condition}"
 
 
-def rows_by_id(wh: Warehouse, ids_sql: str, params: Any = None) -> pl.DataFrame:
-    """Rows by id, one copy each, in insertion order (`_row`, the DuckLake rowid).
+def rows_by_id(wh: Warehouse, ids_sql: str, params: Any = None, columns: tuple[str, ...] | None = None) -> pl.DataFrame:  # fmt: skip
+    """Rows by id (all columns, or `id` and `columns`), one copy each, in insertion order (`_row`, the rowid).
 
     The order and the one copy are settled in polars: a window over every column in DuckDB
     cost as much as reading the rows."""
-    rows = wh.sql(f"SELECT r.*, r.rowid AS _row FROM rows r WHERE r.id IN ({ids_sql})", params)
+    wanted = "r.*" if columns is None else ", ".join(f'r."{c}"' for c in ("id", *columns) if c.isidentifier())
+    rows = wh.sql(f"SELECT {wanted}, r.rowid AS _row FROM rows r WHERE r.id IN ({ids_sql})", params)
     if not rows["_row"].is_sorted():
         rows = rows.sort("_row")
     return rows if rows["id"].is_unique().all() else rows.unique("id", keep="first", maintain_order=True)
@@ -115,7 +116,10 @@ def run_filter(
         if rejudge:
             selection = "SELECT id FROM verdicts WHERE list_contains($all_runs, run_id)"
         params = {"runs": runs_judged, "all_runs": runs} if rejudge else {"runs": runs}
-        candidates = rows_by_id(wh, f"SELECT id FROM ({selection}) WHERE id NOT IN ({judged})", params)
+        columns = plugin.columns(cfg) if plugin.columns else None
+        candidates = rows_by_id(
+            wh, f"SELECT id FROM ({selection}) WHERE id NOT IN ({judged})", params, columns
+        )
         summary.already_judged = int(
             wh.sql(f"SELECT count(DISTINCT id) AS n FROM ({selection}) WHERE id IN ({judged})", params)["n"][
                 0
@@ -127,6 +131,7 @@ def run_filter(
                 "SELECT id FROM verdicts WHERE list_contains($runs, run_id) GROUP BY id "
                 "HAVING arg_max(keep, (created_at, run_id))",
                 {"runs": runs_judged},
+                columns,
             )
             if runs_judged
             else candidates.head(0)
@@ -136,7 +141,7 @@ def run_filter(
         copied = _no_verdicts()
         asked = candidates["id"]
         if view is not None and not view.trivial:
-            candidates, kept_pool, copied = _as_places(wh, candidates, kept_pool, view, runs_judged)
+            candidates, kept_pool, copied = _as_places(wh, candidates, kept_pool, view, runs_judged, columns)
         summary.candidates = candidates.height
         if not candidates.height:
             result = FilterResult(_no_verdicts())
@@ -190,7 +195,12 @@ def run_filter(
 
 
 def _as_places(
-    wh: Warehouse, candidates: pl.DataFrame, pool: pl.DataFrame, view: places.Places, runs: list[str]
+    wh: Warehouse,
+    candidates: pl.DataFrame,
+    pool: pl.DataFrame,
+    view: places.Places,
+    runs: list[str],
+    columns: tuple[str, ...] | None = None,
 ) -> tuple[pl.DataFrame, pl.DataFrame, pl.DataFrame]:
     """A comparing filter's candidates and pool as places (their original rows, dead ones left out),
     and the verdicts copied to new rows of places this config judged before."""
@@ -207,7 +217,7 @@ def _as_places(
     pool_roots = [r for r in view.root_of(pool["id"]).unique().to_list() if r not in view.dead]
     fetch = sorted(set(wanted) | set(pool_roots))
     with wh.lake.registered("place_roots", pl.DataFrame({"id": fetch}, schema={"id": pl.String})):
-        rows = rows_by_id(wh, "SELECT id FROM place_roots")
+        rows = rows_by_id(wh, "SELECT id FROM place_roots", columns=columns)
     return (
         rows.filter(pl.col("id").is_in(wanted)),
         rows.filter(pl.col("id").is_in(pool_roots) & ~pl.col("id").is_in(wanted)),

@@ -9,8 +9,9 @@ read it with plain SQL (`factory sql`, or the DuckDB CLI after ATTACH):
 - llm_calls: every teacher request; also the cache that makes reruns free.
 - jobs: generator / filter / train runs with status and progress.
 - runs: training and evaluation runs on a snapshot.
-- embeddings / sketches: per-row vectors and MinHash signatures, cached so that
-  an incremental filter run only computes them for new rows.
+- embeddings: per-row vectors, cached so that an incremental filter run only
+  encodes new rows. sketches: MinHash signatures, written by versions before
+  issue 14 (minhash now recomputes them, which costs less than reading them back).
 - mcts_nodes: the IDEA-MCTS search trees (node, parent, action, instruction,
   reward, visits, value), so a rerun continues a search and SQL can inspect it.
 - meta: the schema version.

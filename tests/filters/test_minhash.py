@@ -126,18 +126,11 @@ def test_incremental_run_judges_new_rows_against_the_kept_pool(wh, tmp_path):
     later = [{"instruction": "write a short story about a river that flows uphill at night time", "input": "",
               "output": "a much longer answer than the first one"}]  # fmt: skip
     factory.import_file(wh, str(write_jsonl(tmp_path / "b.jsonl", later)))
-    assert wh.count("sketches") == 2
     third = run_filter(wh, "minhash", {"keep": "longest"})
     assert (third.candidates, third.dropped) == (1, 1)  # the kept row wins, however long the new one is
-    assert wh.count("sketches") == 3  # only the new row was sketched; the pool's signatures were read back
-    stored = wh.sql(
-        "SELECT r.instruction, s.signature FROM sketches s JOIN rows r USING (id) ORDER BY r.rowid"
-    )
-    starts, hashes = _shingles.word_hashes(stored["instruction"].str.to_lowercase())
-    stored_sig = np.frombuffer(b"".join(stored["signature"]), dtype="<u4").reshape(-1, 128)
-    assert np.array_equal(stored_sig, mh.signatures(starts, hashes, 5, 128, 1))
-    other = run_filter(wh, "minhash", {"ngram": 3})  # another scheme: sketched afresh, never mixed
-    assert other.candidates == 3 and wh.count("sketches") == 6
+    assert wh.count("sketches") == 0  # signatures are recomputed from the shingle sets, never stored
+    other = run_filter(wh, "minhash", {"ngram": 3})  # another config judges every row afresh
+    assert other.candidates == 3
     [kept_id] = wh.sql("SELECT id FROM rows WHERE output = 'a'")["id"]
     assert wh.sql("SELECT reason FROM verdicts WHERE NOT keep")["reason"][0] == f"near_duplicate of {kept_id}"
 
