@@ -35,7 +35,7 @@ class SemanticConfig(_dedup.KeepPolicy):
     threshold: float = Field(0.9, gt=0, le=1, description="cosine similarity that makes a duplicate")
     cluster_size: int = Field(1000, gt=0, description="average rows per k-means cluster")
     seed: int = Field(0, description="k-means seed")
-    batch_size: int = Field(32, gt=0, description="sentences per encoder batch")
+    batch_size: int = Field(64, gt=0, description="sentences per encoder batch")
 
 
 def clusters(vectors: np.ndarray, cluster_size: int, seed: int) -> np.ndarray:

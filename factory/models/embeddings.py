@@ -24,6 +24,7 @@ from __future__ import annotations
 import contextlib
 import hashlib
 import io
+import logging
 import os
 import sys
 import time
@@ -144,15 +145,26 @@ def _onnx_file(name: str) -> Path:
 
 @cache
 def _onnx_session(name: str) -> Any:
-    """An ONNX Runtime session of the model's transformer (token vectors out), exported once and cached."""
+    """An ONNX Runtime session of the model's transformer (token vectors out), exported once and cached.
+
+    A cached graph that does not load (truncated, corrupt) is exported again once."""
     import onnxruntime as ort
 
     target = _onnx_file(name)
-    if not target.exists():
-        _export_onnx(name, target)
     options = ort.SessionOptions()
     options.intra_op_num_threads = _torch_threads()  # the same cores the torch backend would use
-    return ort.InferenceSession(str(target), options, providers=["CPUExecutionProvider"])
+    for attempt in range(2):
+        if attempt or not target.exists():
+            _export_onnx(name, target)
+        try:
+            return ort.InferenceSession(str(target), options, providers=["CPUExecutionProvider"])
+        except Exception as exc:  # onnxruntime's own error types: a graph it cannot read
+            if attempt:
+                raise SetupError(
+                    f"the exported embedding graph {target} does not load ({type(exc).__name__}); "
+                    f"delete it, or set ${ENV_BACKEND}=torch"
+                ) from exc
+    raise AssertionError("unreachable")
 
 
 def _torch_threads() -> int:
@@ -187,9 +199,25 @@ def _export_onnx(name: str, target: Path) -> None:
             ).last_hidden_state
 
     batch, length = torch.export.Dim("batch"), torch.export.Dim("length", max=4096)
-    target.parent.mkdir(parents=True, exist_ok=True)
+    try:
+        target.parent.mkdir(parents=True, exist_ok=True)
+    except OSError as exc:
+        raise SetupError(
+            f"cannot keep the exported embedding graph in {target.parent} ({exc.strerror or exc}): point "
+            f"$FACTORY_CACHE at a writable folder, or set ${ENV_BACKEND}=torch"
+        ) from exc
+    _remove_dead_partials(target)
     partial = target.with_name(f"{target.name}.{os.getpid()}.partial")
-    with torch.no_grad(), warnings.catch_warnings(), contextlib.redirect_stdout(io.StringIO()):
+    chatter = logging.getLogger("torch")  # the exporter also logs ("torchvision is not installed ...")
+    level = chatter.level
+    chatter.setLevel(logging.ERROR)
+    with (
+        torch.no_grad(),
+        warnings.catch_warnings(),
+        contextlib.redirect_stdout(io.StringIO()),
+        contextlib.ExitStack() as restore,
+    ):
+        restore.callback(chatter.setLevel, level)
         warnings.simplefilter("ignore")  # the exporter's own chatter: the result is checked by the tests
         torch.onnx.export(
             TokenVectors(),
@@ -204,6 +232,18 @@ def _export_onnx(name: str, target: Path) -> None:
             verbose=False,
         )
     partial.replace(target)  # whole or not at all: a killed export leaves only .partial
+
+
+def _remove_dead_partials(target: Path) -> None:
+    """Drop the half-written exports of processes that are gone (a kill during the export)."""
+    for partial in target.parent.glob(f"{target.name}.*.partial"):
+        pid = partial.name[len(target.name) + 1 : -len(".partial")]
+        try:
+            os.kill(int(pid), 0)
+        except (ValueError, ProcessLookupError):
+            partial.unlink(missing_ok=True)
+        except PermissionError:
+            pass  # another user's live process
 
 
 def _onnx_encode(texts: list[str], name: str, batch_size: int) -> np.ndarray:
