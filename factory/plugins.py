@@ -138,9 +138,8 @@ class FilterPlugin:
     run: FilterRun
     summary: str
     row_local: bool = False
-    columns: Callable[[Any], tuple[str, ...]] | None = (
-        None  # the row columns `run` reads, given its config (None: all)
-    )
+    # The row columns `run` reads, given its config (None: all): a comparing filter reads less.
+    columns: Callable[[Any], tuple[str, ...]] | None = None
     kind: Literal["filter"] = "filter"
 
 

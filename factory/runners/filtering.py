@@ -31,7 +31,7 @@ from factory import plugins
 from factory.errors import ConfigError, InputError, SetupError
 from factory.plugins import FilterContext, FilterResult, PluginError
 from factory.runners import places
-from factory.store import jobs, lake, snapshots
+from factory.store import jobs, lake, schema, snapshots
 from factory.store.sql_guard import QueryRefused
 from factory.store.warehouse import Warehouse, ids_of, verdict_frame
 from factory.teachers.teacher import public_config
@@ -68,7 +68,9 @@ def rows_by_id(wh: Warehouse, ids_sql: str, params: Any = None, columns: tuple[s
 
     The order and the one copy are settled in polars: a window over every column in DuckDB
     cost as much as reading the rows."""
-    wanted = "r.*" if columns is None else ", ".join(f'r."{c}"' for c in ("id", *columns) if c.isidentifier())
+    if columns is not None and (unknown := sorted(set(columns) - set(schema.TABLES["rows"]))):
+        raise PluginError(f"a filter asked for columns the rows table does not have: {', '.join(unknown)}")
+    wanted = "r.*" if columns is None else ", ".join(f'r."{c}"' for c in dict.fromkeys(("id", *columns)))
     rows = wh.sql(f"SELECT {wanted}, r.rowid AS _row FROM rows r WHERE r.id IN ({ids_sql})", params)
     if not rows["_row"].is_sorted():
         rows = rows.sort("_row")

@@ -12,6 +12,8 @@ from pathlib import Path
 
 import pytest
 
+import factory
+from factory.plugins import PluginError
 from tests.conftest import alpaca, write_jsonl
 
 PACKAGE = """
@@ -134,3 +136,16 @@ def test_the_structure_test_checks_third_party_signatures(third_party, tmp_path)
         capture_output=True, text=True, env=third_party, cwd=tmp_path,
     )  # fmt: skip
     assert bad.returncode == 1 and "filter 'shouting' (myplugins.shout.run)" in bad.stdout
+
+
+def test_a_filter_reads_only_the_columns_it_declares(wh, tmp_path):
+    from factory.runners.filtering import rows_by_id
+    from filters import minhash
+
+    rows = [{"instruction": f"task {k}", "input": "", "output": f"answer {k}"} for k in range(3)]
+    factory.import_file(wh, str(write_jsonl(tmp_path / "a.jsonl", rows)))
+    read = rows_by_id(wh, "SELECT id FROM rows", columns=minhash.columns(minhash.MinHashConfig()))
+    assert read.columns == ["id", "instruction", "input", "output", "_row"] and read.height == 3
+    assert {"messages", "rejected", "output"} <= set(minhash.columns(minhash.MinHashConfig(key="record")))
+    with pytest.raises(PluginError, match="does not have: nope"):
+        rows_by_id(wh, "SELECT id FROM rows", columns=("instruction", "nope"))
