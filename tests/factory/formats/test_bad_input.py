@@ -15,6 +15,7 @@ import polars as pl
 import pytest
 
 import factory
+from factory.formats import readers
 from factory.formats.readers import ReadError
 from generators.human import ImportFailed
 
@@ -304,3 +305,37 @@ def test_config_errors_name_the_flag(tmp_path):
         ImportConfig(map="prompt")
     with pytest.raises(ValueError, match="on_error"):
         ImportConfig(on_error="ignore")
+
+
+def _numbered(n: int, width: int) -> list[str]:
+    """n alpaca lines, each padded to about `width` bytes, numbered in their instruction."""
+    return [json.dumps({"instruction": f"task {k} " + "x" * width, "output": str(k)}) for k in range(1, n + 1)]
+
+
+def test_lines_across_many_read_buffers_keep_their_numbers(wh, tmp_path, monkeypatch):
+    # A tiny read buffer: every line straddles buffers, some are longer than one.
+    monkeypatch.setattr(readers, "CHUNK_BYTES", 256)
+    lines = _numbered(40, 0) + _numbered(5, 1000)
+    path = _write(tmp_path, "a.jsonl", _jsonl(["", *lines]))  # line 1 is blank
+    summary = factory.import_file(wh, str(path))
+    assert summary.inserted == len(lines) and summary.rejected == 0
+    got = wh.sql("SELECT instruction, origin_line FROM rows ORDER BY origin_line")
+    assert got["origin_line"].to_list() == list(range(2, len(lines) + 2))
+    assert [json.loads(line)["instruction"].strip() for line in lines] == got["instruction"].to_list()
+
+
+@pytest.mark.parametrize("buffer", [256, 1 << 20])
+def test_a_line_over_max_row_bytes_is_named_and_the_next_keep_their_numbers(wh, tmp_path, monkeypatch, buffer):
+    # With a small buffer the long line is cut off and the rest of it skipped; with a large
+    # one the whole line is in the chunk. Either way one problem, and line 4 stays line 4.
+    monkeypatch.setattr(readers, "CHUNK_BYTES", buffer)
+    lines = [json.dumps(GOOD), _numbered(1, 5000)[0], '{"instruction": "caf\xe9"}', json.dumps(GOOD2)]
+    data = _jsonl(lines[:2]) + b'{"instruction": "x\xed\xa0\x80", "output": "y"}\n' + _jsonl(lines[3:])
+    path = _write(tmp_path, "a.jsonl", data)
+    rejects = tmp_path / "rejects.csv"
+    summary = factory.import_file(wh, str(path), on_error="skip", max_row_bytes=1000, rejects=str(rejects))
+    assert summary.inserted == 2 and summary.rejected == 2
+    with open(rejects, newline="") as handle:
+        found = {r["origin"]: r["code"] for r in csv.DictReader(handle)}
+    assert found == {f"{path}:2": "row_too_large", f"{path}:3": "bad_encoding"}
+    assert wh.sql("SELECT origin_line FROM rows ORDER BY 1")["origin_line"].to_list() == [1, 4]
