@@ -26,6 +26,27 @@ M = TypeVar("M", bound=BaseModel)
 _OPEN, _CLOSE = "[{(", "]})"
 
 
+class YamlLoader(yaml.SafeLoader):
+    """PyYAML's safe loader with YAML 1.2 booleans: only true and false are booleans.
+
+    Under YAML 1.1 rules `on`, `off`, `yes`, `no`, `y` and `n` are booleans too, so a config
+    key `on: seeds` (the snapshot a generator reads) arrived as `True: seeds`."""
+
+
+YamlLoader.yaml_implicit_resolvers = {
+    first: [(tag, regexp) for tag, regexp in resolvers if tag != "tag:yaml.org,2002:bool"]
+    for first, resolvers in yaml.SafeLoader.yaml_implicit_resolvers.items()
+}
+YamlLoader.add_implicit_resolver(
+    "tag:yaml.org,2002:bool", re.compile(r"^(?:true|True|TRUE|false|False|FALSE)$"), list("tTfF")
+)
+
+
+def yaml_load(text: str) -> Any:
+    """A YAML text's value, read safely with YAML 1.2 booleans (see `YamlLoader`)."""
+    return yaml.load(text, Loader=YamlLoader)
+
+
 def _split(text: str) -> list[str]:
     """Split on commas outside brackets, braces, parentheses and quotes."""
     parts, depth, quote, start = [], 0, "", 0
@@ -80,7 +101,7 @@ def parse_pairs(
 def _value(text: str, flag: str, pair: str) -> Any:
     """A flag's value read as YAML (5 is a number, [a, b] a list, true a boolean, nothing is null)."""
     try:
-        return yaml.safe_load(text)
+        return yaml_load(text)
     except yaml.YAMLError as exc:
         raise ConfigError(f"{flag} {pair}: the value is not readable ({exc})") from exc
 
@@ -90,7 +111,7 @@ def load_file(path: str | Path | None) -> dict[str, Any]:
     if path is None:
         return {}
     try:
-        loaded = yaml.safe_load(Path(path).read_text(encoding="utf-8"))
+        loaded = yaml_load(Path(path).read_text(encoding="utf-8"))
     except OSError as exc:
         raise ConfigError(f"--config {path}: cannot read it ({exc.strerror or exc})") from exc
     except UnicodeDecodeError as exc:

@@ -57,6 +57,12 @@ def show(name: str, warehouse: Warehouse = None) -> None:
         out.print(f"message: {shown(record['message'])}")
     if record["where_sql"]:
         out.print(f"where: {shown(record['where_sql'])}")
+    made = info["recipe"]
+    if made is not None:
+        out.print(
+            f"made by recipe {shown(made['recipe'])} ({shown(made['path'])}, sha256 {made['digest'][:12]}), "
+            f"step {shown(made['step'])}"
+        )
     for column, frame in info["counts"].items():
         out.print(table(frame, title=f"by {column}"))
     lengths = info["lengths_chars"]

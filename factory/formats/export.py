@@ -32,7 +32,7 @@ import polars as pl
 
 from factory.errors import ConfigError
 from factory.formats.mosaic import MosaicConfig, load_tokenizer, mosaic_frame
-from factory.store import outputs, schema, snapshots
+from factory.store import outputs, provenance, schema, snapshots
 from factory.store.warehouse import Warehouse
 
 EVAL_BUCKETS = 1_000_000
@@ -334,5 +334,7 @@ def export(
     }
     if mosaic is not None:
         manifest["mosaic"] = {"config": mosaic.model_dump(mode="json"), "composed_rows": composed}
+    if provenance.step() is not None:  # written by a recipe step: `factory run` finds it done
+        manifest["recipe_step"] = provenance.step()
     write_text("export.json", json.dumps(manifest, indent=2) + "\n")
     return {**manifest, "out": str(out), "removed": removed}

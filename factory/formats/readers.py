@@ -389,7 +389,8 @@ def _parse_chunk(chunk: bytes, label: str, first_line: int, options: ReadOptions
         try:
             block = max(4 << 20, int(lengths.max(initial=0)) + 2)
             table = pj.read_json(
-                pa.BufferReader(pa.py_buffer(chunk)), read_options=pj.ReadOptions(block_size=block, use_threads=False)
+                pa.BufferReader(pa.py_buffer(chunk)),
+                read_options=pj.ReadOptions(block_size=block, use_threads=False),
             )
         except (pa.ArrowInvalid, UnicodeDecodeError):
             table = None

@@ -31,7 +31,7 @@ from factory import plugins
 from factory.errors import ConfigError, InputError, SetupError
 from factory.plugins import FilterContext, FilterResult, PluginError
 from factory.runners import places
-from factory.store import jobs, lake, schema, snapshots
+from factory.store import crash, jobs, lake, schema, snapshots
 from factory.store.sql_guard import QueryRefused
 from factory.store.warehouse import Warehouse, ids_of, verdict_frame
 from factory.teachers.teacher import public_config
@@ -187,6 +187,7 @@ def run_filter(
             job.end(lk)
 
         message = f"filter: {name} run {job.id} ({verdicts.height} verdicts)"
+        crash.point("filter.judged")
         if new_rows is None:
             wh.lake.write(message, finish)
         else:

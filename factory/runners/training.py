@@ -23,7 +23,7 @@ from factory.errors import NotFound
 from factory.evaluation.metrics import EvalSettings, evaluate
 from factory.formats import export
 from factory.plugins import TrainJob
-from factory.store import jobs, snapshots
+from factory.store import crash, jobs, snapshots
 from factory.store.warehouse import Warehouse, new_id
 
 LIBRARIES = ("instruction-factory", "torch", "transformers", "peft", "trl", "duckdb", "polars")
@@ -74,6 +74,7 @@ def train(
             else None
         )
         result = plugins.call(plugin, TrainJob(folder / "data", folder, cfg, progress))
+        crash.point("train.saved")
         after = evaluate(wh, str(result.artifact), snapshot, settings, run_id) if before is not None else None
         run["metrics"] = {"train": result.metrics, "eval_before": before, "eval": after}
         run["artifact"] = str(result.artifact)

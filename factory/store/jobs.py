@@ -30,7 +30,7 @@ from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
 from factory import errors
-from factory.store import lake
+from factory.store import lake, provenance
 from factory.store.warehouse import STAGING, new_id
 
 if TYPE_CHECKING:
@@ -102,8 +102,8 @@ def start(
             if holder is not None:
                 raise _Busy(holder)  # rolls this attempt back; the caller waits and tries again
         lk.execute(
-            "INSERT INTO jobs (id, kind, plugin, config, status, pid, host, author, started_at, lock_key) "
-            "VALUES (?, ?, ?, ?, 'running', ?, ?, ?, now(), ?)",
+            "INSERT INTO jobs (id, kind, plugin, config, status, pid, host, author, started_at, lock_key, "
+            "recipe_step) VALUES (?, ?, ?, ?, 'running', ?, ?, ?, now(), ?, ?)",
             [
                 job,
                 kind,
@@ -113,6 +113,7 @@ def start(
                 host,
                 lake.default_author(),
                 lock,
+                provenance.step(),
             ],
         )
 
@@ -169,9 +170,9 @@ def recorded_run(wh: Warehouse, run: dict[str, Any], versions: dict[str, str]) -
     def begin(lk: lake.Lake) -> None:
         lk.execute(
             "INSERT INTO runs (id, snapshot, snapshot_digest, trainer, method, config, versions, seed, status, "
-            "started_at) VALUES (?, ?, ?, ?, ?, ?, ?, ?, 'running', now())",
+            "started_at, recipe_step) VALUES (?, ?, ?, ?, ?, ?, ?, ?, 'running', now(), ?)",
             [run["id"], run["snapshot"], run["digest"], run["trainer"], run["method"],
-             json.dumps(run["config"], default=str), json.dumps(versions), run["seed"]],
+             json.dumps(run["config"], default=str), json.dumps(versions), run["seed"], provenance.step()],
         )  # fmt: skip
 
     wh.lake.write(f"run start: {run['trainer']} {run['id']}", begin)

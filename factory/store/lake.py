@@ -33,6 +33,7 @@ import polars as pl
 import pyarrow as pa
 
 from factory.errors import FactoryError
+from factory.store import crash
 from factory.store.sql_guard import FileAccess, QueryRefused, check_query
 
 T = TypeVar("T")
@@ -396,6 +397,7 @@ class Lake:
         try:
             result = fn(self)
             self.con.execute(f"CALL ducklake_set_commit_message({quote(ALIAS)}, ?, ?)", [who, message])
+            crash.point("lake.commit")
             self.con.execute("COMMIT")
             return result
         except BaseException:

@@ -14,6 +14,9 @@ read it with plain SQL (`factory sql`, or the DuckDB CLI after ATTACH):
   issue 14 (minhash now recomputes them, which costs less than reading them back).
 - mcts_nodes: the IDEA-MCTS search trees (node, parent, action, instruction,
   reward, visits, value), so a rerun continues a search and SQL can inspect it.
+- recipes / recipe_steps: recipes run with `factory run` (their text and resolved
+  steps) and each step's identity; jobs, snapshots and runs a step made carry it in
+  `recipe_step`.
 - meta: the schema version.
 
 The row id is a content hash of the normalised record (`row_id`), so it is the
@@ -25,18 +28,21 @@ from __future__ import annotations
 import polars as pl
 import polars_hash  # noqa: F401  (registers the `chash` namespace used by row_id)
 
-SCHEMA_VERSION = 6
+SCHEMA_VERSION = 7
 # Versions that differ from this one by added tables and columns only: opening one adds them.
+_RECIPES = ("recipes", "recipe_steps")
 ADDITIVE_FROM = {
-    "2": ("embeddings", "sketches", "mcts_nodes"),
-    "3": ("mcts_nodes",),
-    "4": (),
-    "5": (),
+    "2": ("embeddings", "sketches", "mcts_nodes", *_RECIPES),
+    "3": ("mcts_nodes", *_RECIPES),
+    "4": _RECIPES,
+    "5": _RECIPES,
+    "6": _RECIPES,
 }
 # Columns added to existing tables, by the version that added them.
 ADDED_COLUMNS = {
     5: (("jobs", "lock_key"),),
     6: (("rows", "meta"), ("rows", "origin_file"), ("rows", "origin_line")),
+    7: (("jobs", "recipe_step"), ("snapshots", "recipe_step"), ("runs", "recipe_step")),
 }
 
 MESSAGE_TYPE = "STRUCT(role VARCHAR, content VARCHAR)[]"
@@ -95,6 +101,7 @@ TABLES: dict[str, dict[str, str]] = {
         "created_at": "TIMESTAMPTZ",
         "lake_version": "BIGINT",  # DuckLake snapshot the selection was read from
         "query": "VARCHAR",  # SQL that reads exactly its rows from time-travelled tables, when one exists
+        "recipe_step": "VARCHAR",  # identity of the recipe step that made it (recipe_steps), if any
     },
     "snapshot_rows": {
         "snapshot": "VARCHAR",
@@ -133,6 +140,7 @@ TABLES: dict[str, dict[str, str]] = {
         "started_at": "TIMESTAMPTZ",
         "finished_at": "TIMESTAMPTZ",
         "lock_key": "VARCHAR",  # identical jobs (same plugin and config) share it and run one at a time
+        "recipe_step": "VARCHAR",  # identity of the recipe step that ran it (recipe_steps), if any
     },
     "embeddings": {
         "id": "VARCHAR",  # the embedded row
@@ -175,6 +183,24 @@ TABLES: dict[str, dict[str, str]] = {
         "status": "VARCHAR",
         "started_at": "TIMESTAMPTZ",
         "finished_at": "TIMESTAMPTZ",
+        "recipe_step": "VARCHAR",  # identity of the recipe step that ran it (recipe_steps), if any
+    },
+    "recipes": {
+        "digest": "VARCHAR",  # sha256 of the text
+        "name": "VARCHAR",
+        "path": "VARCHAR",  # where it was read from (first run)
+        "text": "VARCHAR",  # the YAML as written
+        "resolved": "VARCHAR",  # JSON: the steps with variables filled in
+        "created_at": "TIMESTAMPTZ",
+    },
+    "recipe_steps": {
+        "identity": "VARCHAR",  # hash of the step's verb, config and its inputs' identities
+        "recipe": "VARCHAR",  # recipes.digest
+        "step": "VARCHAR",  # the step's name in the recipe
+        "verb": "VARCHAR",
+        "config": "VARCHAR",  # JSON, as resolved
+        "inputs": "VARCHAR",  # JSON: input name -> identity (file digest, snapshot digest, step identity)
+        "created_at": "TIMESTAMPTZ",
     },
 }
 

@@ -16,7 +16,7 @@ from typing import TYPE_CHECKING, Any
 import polars as pl
 
 from factory.errors import FactoryError
-from factory.store import lake, sql_guard
+from factory.store import lake, provenance, sql_guard
 
 if TYPE_CHECKING:
     from factory.store.warehouse import Warehouse
@@ -139,7 +139,7 @@ def create(
         query = _replay_query(lk, version, parent_record, condition, rejecting, stats["row_count"])
         lk.execute(
             "INSERT INTO snapshots VALUES ($name, $parent, $message, $where, $honour, $runs, $count, $digest, "
-            "$author, now(), $version, $query)",
+            "$author, now(), $version, $query, $step)",
             {
                 "name": name,
                 "parent": parent,
@@ -152,6 +152,7 @@ def create(
                 "author": lake.default_author(),
                 "version": version,
                 "query": query,
+                "step": provenance.step(),
             },
         )
         return {
@@ -220,7 +221,19 @@ def show(wh: Warehouse, name: str) -> dict[str, Any]:
         "max(n) AS max FROM (SELECT UNNEST(['instruction', 'output']) AS field, "
         f"UNNEST([length(instruction), length(output)]) AS n FROM snapshot('{name}')) GROUP BY field ORDER BY field",
     )
-    return {"snapshot": record, "counts": counts, "lengths_chars": lengths}
+    return {"snapshot": record, "counts": counts, "lengths_chars": lengths, "recipe": made_by(wh, record)}
+
+
+def made_by(wh: Warehouse, record: dict[str, Any]) -> dict[str, Any] | None:
+    """The recipe and step that made a snapshot (name, path, step, resolved config), or None."""
+    if not record.get("recipe_step"):
+        return None
+    found = wh.sql(
+        "SELECT r.name AS recipe, r.path, r.digest, s.step, s.config FROM recipe_steps s "
+        "JOIN recipes r ON r.digest = s.recipe WHERE s.identity = ? ORDER BY s.created_at LIMIT 1",
+        [record["recipe_step"]],
+    )
+    return found.row(0, named=True) if found.height else None
 
 
 def diff(wh: Warehouse, a: str, b: str, sample: int = 5) -> dict[str, Any]:

@@ -32,7 +32,7 @@ import polars as pl
 import pyarrow.parquet as pq
 
 from factory import errors
-from factory.store import lake, outputs, schema, snapshots, sql_guard
+from factory.store import crash, lake, outputs, schema, snapshots, sql_guard
 
 SNAPSHOT_CALL = re.compile(r"\bsnapshot\(\s*'([A-Za-z0-9][A-Za-z0-9_.\-]*)'\s*\)", re.IGNORECASE)
 CONFIG_FILE = "factory.json"
@@ -431,6 +431,7 @@ class Warehouse:
                     if stored.height:
                         stager.write(stored, staging / f"{k:06d}.parquet")
             files = sorted(staging.glob("*.parquet"))
+            crash.point("import.staged")
             target = self.lake.table_folder("rows")
 
             registered = [False]

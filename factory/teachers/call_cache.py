@@ -27,7 +27,7 @@ from typing import Any
 import polars as pl
 
 from factory import errors
-from factory.store import schema
+from factory.store import crash, schema
 from factory.store.warehouse import Warehouse
 
 JOURNALS = ".calls"
@@ -104,6 +104,7 @@ class CallCache:
         row["created_at"] = row["created_at"] or now()
         self._journal.write(json.dumps(row, default=str, ensure_ascii=False) + "\n")
         self._journal.flush()  # in the kernel's hands: a killed process loses nothing
+        crash.point("teacher.call")
         if not self._pending:
             self._oldest = time.monotonic()
         self._pending.append(row)

@@ -309,7 +309,9 @@ def test_config_errors_name_the_flag(tmp_path):
 
 def _numbered(n: int, width: int) -> list[str]:
     """n alpaca lines, each padded to about `width` bytes, numbered in their instruction."""
-    return [json.dumps({"instruction": f"task {k} " + "x" * width, "output": str(k)}) for k in range(1, n + 1)]
+    return [
+        json.dumps({"instruction": f"task {k} " + "x" * width, "output": str(k)}) for k in range(1, n + 1)
+    ]
 
 
 def test_lines_across_many_read_buffers_keep_their_numbers(wh, tmp_path, monkeypatch):
@@ -325,7 +327,9 @@ def test_lines_across_many_read_buffers_keep_their_numbers(wh, tmp_path, monkeyp
 
 
 @pytest.mark.parametrize("buffer", [256, 1 << 20])
-def test_a_line_over_max_row_bytes_is_named_and_the_next_keep_their_numbers(wh, tmp_path, monkeypatch, buffer):
+def test_a_line_over_max_row_bytes_is_named_and_the_next_keep_their_numbers(
+    wh, tmp_path, monkeypatch, buffer
+):
     # With a small buffer the long line is cut off and the rest of it skipped; with a large
     # one the whole line is in the chunk. Either way one problem, and line 4 stays line 4.
     monkeypatch.setattr(readers, "CHUNK_BYTES", buffer)

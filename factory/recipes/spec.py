@@ -1,0 +1,257 @@
+"""Reading a recipe: YAML with every key's line, variables filled in, each step checked.
+
+A recipe is a YAML file:
+
+    name: alpaca-style                  # optional; the file's name otherwise
+    vars: {teacher: "hf:embedded"}      # referenced as ${vars.teacher}; --set vars.teacher=...
+    steps:
+      - name: seeds                     # unique; letters, digits, '_', '-', '.'
+        import: {path: ../data/seed_tasks.jsonl, source: seeds}
+      - name: seed-set
+        snapshot: {where: "source = 'seeds'"}   # the snapshot is named after the step
+      - name: self-instruct
+        generate: self_instruct
+        with: {on: seed-set, rounds: 2, teacher.teacher: "${vars.teacher}"}
+
+Every step has a `name` and exactly one verb (import, generate, filter, snapshot,
+export, train, eval). What a verb takes is the same validated config the CLI and
+the Python API use; relative paths are read from the recipe's folder. A string that is
+exactly `${vars.x}` keeps the variable's type (a number stays a number); inside a
+longer string it is pasted as text. `${steps.NAME.run}` is the run id of an earlier
+train or eval step, filled in when the recipe runs.
+
+Every error names the file, the line and the key, before anything runs.
+"""
+
+from __future__ import annotations
+
+import re
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+from factory import config as settings
+from factory.errors import ConfigError
+
+VERBS = ("import", "generate", "filter", "snapshot", "export", "train", "eval")
+NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.\-]{0,63}$")
+TOP_KEYS = {"name", "description", "warehouse", "vars", "steps"}
+# The keys a step may have besides `name` and its verb, by verb.
+STEP_KEYS = {
+    "import": set(),
+    "generate": {"with"},
+    "filter": {"with", "on", "where"},
+    "snapshot": set(),
+    "export": set(),
+    "train": {"with", "snapshot"},
+    "eval": set(),
+}
+VARIABLE = re.compile(r"\$\{([^}]*)\}")
+Path_ = tuple[Any, ...]
+
+
+class RecipeError(ConfigError):
+    """A recipe that cannot run as written; the message names the file, line and key."""
+
+
+@dataclass
+class Step:
+    """One step as written (variables filled in): its verb, plugin and settings, and where it is."""
+
+    name: str
+    verb: str
+    plugin: str | None  # generate / filter / train: the plugin's name
+    settings: dict[str, Any]  # the verb's settings (import/snapshot/export/eval) or the plugin's `with`
+    options: dict[str, Any] = field(default_factory=dict)  # filter: on, where; train: snapshot
+    line: int = 0
+    where: Path_ = ()  # the step's place in the YAML, for error lines
+
+
+@dataclass
+class Recipe:
+    path: Path
+    text: str
+    name: str
+    steps: list[Step]
+    warehouse: str | None
+    variables: dict[str, Any]
+    lines: dict[Path_, int]  # YAML place -> line number (1-based)
+
+    def error(self, place: Path_, message: str) -> RecipeError:
+        """An error naming the file, the line of `place` (or of its nearest parent) and the key."""
+        key = ".".join(str(p) for p in place[2:]) if place[:1] == ("steps",) else ".".join(map(str, place))
+        return RecipeError(f"{self.path}:{self.line(place)}: {key + ': ' if key else ''}{message}")
+
+    def line(self, place: Path_) -> int:
+        while place and place not in self.lines:
+            place = place[:-1]
+        return self.lines.get(place, 1)
+
+
+def _lines(node: yaml.Node, place: Path_, out: dict[Path_, int], source: Path) -> None:
+    """Record the line of every key and list item under `node`; refuse a key given twice."""
+    if isinstance(node, yaml.MappingNode):
+        seen: dict[Any, int] = {}
+        for key_node, value_node in node.value:
+            key = key_node.value
+            line = key_node.start_mark.line + 1
+            if key in seen:
+                raise RecipeError(
+                    f"{source}:{line}: '{key}' is given twice (first on line {seen[key]}); give it once"
+                )
+            seen[key] = line
+            out[(*place, key)] = line
+            _lines(value_node, (*place, key), out, source)
+    elif isinstance(node, yaml.SequenceNode):
+        for k, item in enumerate(node.value):
+            out[(*place, k)] = item.start_mark.line + 1
+            _lines(item, (*place, k), out, source)
+
+
+def read_yaml(path: Path) -> tuple[str, Any, dict[Path_, int]]:
+    """The text, the value and the line of every key of a YAML file; errors name the file and line."""
+    try:
+        text = path.read_text(encoding="utf-8")
+    except OSError as exc:
+        raise RecipeError(f"{path}: cannot read the recipe ({exc.strerror or exc})") from exc
+    except UnicodeDecodeError as exc:
+        raise RecipeError(f"{path}: not a UTF-8 text file (byte {exc.start})") from exc
+    try:
+        node = yaml.compose(text, Loader=settings.YamlLoader)
+        value = settings.yaml_load(text)
+    except yaml.MarkedYAMLError as exc:
+        mark = exc.problem_mark or exc.context_mark
+        line = mark.line + 1 if mark else 1
+        raise RecipeError(f"{path}:{line}: not valid YAML ({exc.problem or exc})") from exc
+    except yaml.YAMLError as exc:
+        raise RecipeError(f"{path}: not valid YAML ({exc})") from exc
+    lines: dict[Path_, int] = {}
+    if node is not None:
+        _lines(node, (), lines, path)
+    return text, value, lines
+
+
+def load(path: str | Path, overrides: dict[str, Any] | None = None) -> Recipe:
+    """Read and check a recipe: its keys, its variables (with `--set vars.x=...` overrides) and the
+    shape of every step. What the steps' settings mean is checked by `plan.check`."""
+    path = Path(path)
+    text, value, lines = read_yaml(path)
+    recipe = Recipe(path, text, path.stem, [], None, {}, lines)
+    if not isinstance(value, dict):
+        raise recipe.error((), f"a recipe is a mapping with 'steps' (and 'vars', 'name'), not {_kind(value)}")
+    for key in value:
+        if key not in TOP_KEYS:
+            raise recipe.error((key,), f"unknown key; a recipe has {', '.join(sorted(TOP_KEYS))}")
+    recipe.name = str(value.get("name") or path.stem)
+    variables = value.get("vars") or {}
+    if not isinstance(variables, dict):
+        raise recipe.error(("vars",), f"expected a mapping of names to values, not {_kind(variables)}")
+    for key, given in (overrides or {}).items():
+        head, _, name = key.partition(".")
+        if head != "vars" or not name or "." in name:
+            raise RecipeError(f"--set {key}: only variables can be set (--set vars.NAME=VALUE)")
+        if name not in variables:
+            known = ", ".join(sorted(variables)) or "none"
+            raise RecipeError(f"--set {key}: {path} has no variable '{name}' (its variables: {known})")
+        variables[name] = given
+    recipe.variables = variables
+    recipe.warehouse = value.get("warehouse")
+    steps = value.get("steps")
+    if not isinstance(steps, list) or not steps:
+        raise recipe.error(("steps",) if "steps" in value else (), "expected 'steps': a list of steps")
+    names: dict[str, int] = {}
+    for k, raw in enumerate(steps):
+        step = _step(recipe, k, raw)
+        if step.name in names:
+            raise recipe.error(
+                ("steps", k, "name"), f"a step named '{step.name}' is already on line {names[step.name]}"
+            )
+        names[step.name] = step.line
+        recipe.steps.append(step)
+    return recipe
+
+
+def _kind(value: Any) -> str:
+    return "nothing" if value is None else f"a {type(value).__name__}"
+
+
+def _step(recipe: Recipe, k: int, raw: Any) -> Step:
+    place: Path_ = ("steps", k)
+    if not isinstance(raw, dict):
+        raise recipe.error(place, f"a step is a mapping with a name and one verb ({', '.join(VERBS)})")
+    name = raw.get("name")
+    if not isinstance(name, str) or not NAME.match(name):
+        raise recipe.error(
+            (*place, "name"),
+            "each step needs a name: letters, digits, '_', '-' and '.', starting with a letter or digit",
+        )
+    verbs = [v for v in VERBS if v in raw]
+    if not verbs:
+        other = [key for key in raw if key != "name"]
+        if other:
+            raise recipe.error(
+                (*place, other[0]), f"unknown key; a step has a name and one verb of {', '.join(VERBS)}"
+            )
+    if len(verbs) != 1:
+        found = f"has {', '.join(verbs)}" if verbs else "has none"
+        raise recipe.error(place, f"step '{name}' needs exactly one verb of {', '.join(VERBS)}; it {found}")
+    verb = verbs[0]
+    allowed = STEP_KEYS[verb] | {"name", verb}
+    for key in raw:
+        if key not in allowed:
+            raise recipe.error(
+                (*place, key), f"unknown key for a {verb} step; it takes {', '.join(sorted(allowed))}"
+            )
+    filled = _fill(recipe, place, raw)
+    body = filled[verb]
+    plugin = None
+    if verb in ("generate", "filter", "train"):
+        if not isinstance(body, str) or not body:
+            raise recipe.error((*place, verb), f"name the {verb} plugin (e.g. {verb}: {_example(verb)})")
+        plugin, body = body, filled.get("with") or {}
+        where = (*place, "with")
+    else:
+        where = (*place, verb)
+        body = {} if body is None else body
+    if not isinstance(body, dict):
+        raise recipe.error(where, f"expected a mapping of settings, not {_kind(body)}")
+    try:
+        body = settings.nest(body)  # dotted keys (teacher.teacher) as nested settings
+    except ConfigError as exc:
+        raise recipe.error(where, str(exc)) from exc
+    options = {key: filled[key] for key in STEP_KEYS[verb] - {"with"} if key in filled}
+    return Step(name, verb, plugin, body, options, recipe.line(place), where)
+
+
+def _example(verb: str) -> str:
+    return {"generate": "distill", "filter": "minhash", "train": "sft"}[verb]
+
+
+def _fill(recipe: Recipe, place: Path_, value: Any) -> Any:
+    """`value` with ${vars.x} filled in; ${steps.NAME.run} is left for the run to fill."""
+    if isinstance(value, dict):
+        return {k: _fill(recipe, (*place, k), v) for k, v in value.items()}
+    if isinstance(value, list):
+        return [_fill(recipe, (*place, k), v) for k, v in enumerate(value)]
+    if not isinstance(value, str) or "${" not in value:
+        return value
+    whole = VARIABLE.fullmatch(value)
+    if whole:
+        return _variable(recipe, place, whole.group(1), value)
+    return VARIABLE.sub(lambda m: str(_variable(recipe, place, m.group(1), m.group(0))), value)
+
+
+def _variable(recipe: Recipe, place: Path_, ref: str, text: str) -> Any:
+    head, _, rest = ref.strip().partition(".")
+    if head == "vars":
+        if rest not in recipe.variables:
+            known = ", ".join(sorted(recipe.variables)) or "none"
+            raise recipe.error(place, f"{text}: no such variable (the recipe's vars: {known})")
+        return recipe.variables[rest]
+    if head == "steps" and re.fullmatch(r"[^.]+\.(run|snapshot)", rest):
+        return text  # filled in when the recipe runs (plan.Resolver)
+    raise recipe.error(
+        place, f"{text}: write ${{vars.NAME}}, ${{steps.NAME.run}} or ${{steps.NAME.snapshot}}"
+    )
