@@ -48,4 +48,4 @@ lint: install
 	$(BIN)/ruff format --check .
 
 clean:
-	rm -rf $(VENV) $(VLLM_VENV) warehouse demo-out bench-out
+	rm -rf $(VENV) $(VLLM_VENV) warehouse demo-out bench-out recipes-out

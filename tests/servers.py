@@ -45,8 +45,10 @@ class ScriptedServer:
         slow_s: float = 1.5,
         seed: int = 0,
         echo_headers: bool = False,
+        vary_choices: bool = False,
     ) -> None:
         self.answer = answer
+        self.vary_choices = vary_choices  # choice k of n > 1 gets " (take k)" appended, as sampling would differ
         self.echo_headers = echo_headers  # a refusal's body quotes the request's headers, key included
         self.fault_rate = fault_rate
         self.slow_s = slow_s
@@ -88,18 +90,19 @@ class ScriptedServer:
                         message += f"; you sent Authorization: {auth} (key {auth.removeprefix('Bearer ')})"
                     return self._send(text, json.dumps({"error": {"message": message}}).encode())
                 n = body.get("n", 1)
+                texts = [text + (f" (take {k + 1})" if server.vary_choices and k else "") for k in range(n)]
                 if chat:
                     choices = [
                         {
                             "index": k,
-                            "message": {"role": "assistant", "content": text},
+                            "message": {"role": "assistant", "content": texts[k]},
                             "finish_reason": "stop",
                         }
                         for k in range(n)
                     ]
                 else:
                     choices = [
-                        {"index": k, "text": text, "finish_reason": "stop", "logprobs": None}
+                        {"index": k, "text": texts[k], "finish_reason": "stop", "logprobs": None}
                         for k in range(n)
                     ]
                 payload = json.dumps(

@@ -14,6 +14,7 @@ only a batch that fails is re-read line by line.
 
 from __future__ import annotations
 
+import codecs
 import contextlib
 import csv
 import io
@@ -23,7 +24,7 @@ from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from queue import Empty, Queue
-from typing import Any
+from typing import Any, TypeVar
 
 import numpy as np
 import polars as pl
@@ -291,16 +292,27 @@ def _origins(label: str, numbers: np.ndarray, sep: str = ":") -> pl.Series:
     )
 
 
+def _codec(encoding: str) -> str:
+    """The codec's own name (utf8, UTF_8 and utf-8 are one codec); the name as given if unknown."""
+    try:
+        return codecs.lookup(encoding).name
+    except LookupError:
+        return encoding.lower()
+
+
 def _names_utf8(encoding: str) -> bool:
-    return encoding.replace("_", "-").lower() in ("utf-8", "utf8")
+    return _codec(encoding) == "utf-8"
 
 
-def _check_start(data: memoryview, label: str, encoding: str) -> tuple[memoryview, list[str]]:
+B = TypeVar("B", bytes, memoryview)
+
+
+def _check_start(data: B, label: str, encoding: str) -> tuple[B, list[str]]:
     """Strip a UTF-8 byte-order mark (with a warning); refuse a UTF-16 one unless asked for."""
     head = bytes(data[:3])
     if head.startswith(UTF8_BOM) and _names_utf8(encoding):
         return data[len(UTF8_BOM) :], [f"{label}:1: removed a UTF-8 byte-order mark at the start of the file"]
-    if head.startswith(UTF16_BOMS) and not encoding.lower().startswith("utf-16"):
+    if head.startswith(UTF16_BOMS) and not _codec(encoding).startswith("utf-16"):
         raise ReadError(f"{label}:1: the file is UTF-16 encoded (byte-order mark); pass --encoding utf-16")
     return data, []
 
@@ -315,39 +327,37 @@ def read_jsonl(path: Path, options: ReadOptions) -> Iterator[Raw]:
             text = bytes(view).decode(options.encoding)
         except UnicodeDecodeError as exc:
             raise ReadError(f"{label}: not valid {options.encoding} at byte {exc.start}") from exc
-        for batch in _jsonl_stream(io.BytesIO(text.lstrip("\ufeff").encode()), label, options):
-            batch.warnings = warnings + batch.warnings
-            warnings = []
-            yield batch
+        yield from _jsonl_stream(io.BytesIO(text.lstrip("\ufeff").encode()), label, options, warnings)
         return
     with path.open("rb") as handle:
-        yield from _jsonl_stream(handle, label, options)
+        # A byte-order mark is dealt with before the lines are cut, so it counts toward no line's size.
+        _, warnings = _check_start(handle.read(3), label, options.encoding)
+        handle.seek(len(UTF8_BOM) if warnings else 0)
+        yield from _jsonl_stream(handle, label, options, warnings)
 
 
-def _jsonl_stream(handle: io.BufferedIOBase, label: str, options: ReadOptions) -> Iterator[Raw]:
+def _jsonl_stream(
+    handle: io.BufferedIOBase, label: str, options: ReadOptions, warnings: list[str]
+) -> Iterator[Raw]:
     line = 1
-    first = True
-    for chunk in _line_chunks(handle, options.max_row_bytes):
-        body, warnings = _check_start(chunk, label, options.encoding) if first else (chunk, [])
-        first = False
+    for chunk, cut in _line_chunks(handle, options.max_row_bytes):
         lines = 0
-        for raw in _parse_chunk(body, label, line, options):
+        for raw in _parse_chunk(chunk, label, line, options, cut):
             raw.warnings = warnings + raw.warnings
             warnings = []
             lines = raw.lines_in_chunk or lines
             yield raw
-        body.release()  # the buffer is reused for the next chunk
         line += lines
 
 
-def _line_chunks(handle: io.BufferedIOBase, max_row_bytes: int) -> Iterator[memoryview]:
+def _line_chunks(handle: io.BufferedIOBase, max_row_bytes: int) -> Iterator[tuple[memoryview, bool]]:
     """The stream in chunks of whole lines (about CHUNK_BYTES each), as views of one reused buffer.
 
     Reading into one buffer spares a fresh allocation and two copies of every chunk (a
     third of the reader's time on a large file). A view is valid only until the next
     one is asked for: the parsers copy what they keep. A line that does not fit in
-    `max_row_bytes` is handed over as one cut-off chunk (the line-by-line parse names it)
-    and the rest of it is skipped, so the lines after it keep their numbers.
+    `max_row_bytes` is handed over as one cut-off chunk, flagged (the line-by-line parse
+    names it), and the rest of it is skipped, so the lines after it keep their numbers.
     """
     buf = bytearray(CHUNK_BYTES)
     fill = 0  # bytes held: the unfinished last line of the previous chunk, then new ones
@@ -376,16 +386,26 @@ def _line_chunks(handle: io.BufferedIOBase, max_row_bytes: int) -> Iterator[memo
         if cut == 0:
             cut, skipping = fill, True
         with memoryview(buf) as view, view[:cut] as chunk:
-            yield chunk
+            yield chunk, skipping
         buf[: fill - cut] = buf[cut:fill]
         fill -= cut
 
 
-def _parse_chunk(chunk: bytes, label: str, first_line: int, options: ReadOptions) -> Iterator[Raw]:
+def _parse_chunk(
+    chunk: memoryview, label: str, first_line: int, options: ReadOptions, cut: bool = False
+) -> Iterator[Raw]:
+    """The records of a chunk of whole lines (or of one line cut off at `max_row_bytes`: `cut`)."""
     starts, ends, blank = _lines(chunk)
     lengths = ends - starts
     numbers = np.arange(first_line, first_line + len(starts))
-    if not (lengths > options.max_row_bytes).any() and _is_utf8(chunk):
+    # Arrow skips a byte-order mark at the start of its input: one there was not the file's
+    # first bytes (those are gone), so the line-by-line parse reports it.
+    if (
+        not cut
+        and not (lengths > options.max_row_bytes).any()
+        and bytes(chunk[:3]) != UTF8_BOM
+        and _is_utf8(chunk)
+    ):
         try:
             block = max(4 << 20, int(lengths.max(initial=0)) + 2)
             table = pj.read_json(
@@ -394,6 +414,9 @@ def _parse_chunk(chunk: bytes, label: str, first_line: int, options: ReadOptions
             )
         except (pa.ArrowInvalid, UnicodeDecodeError):
             table = None
+        if table is not None and table.num_rows == 0 and not (~blank).any():  # blank lines only
+            yield Raw(origins=_origins(label, numbers[:0]), records=[], lines_in_chunk=len(starts))
+            return
         if table is not None and table.num_rows == int((~blank).sum()):
             kept = numbers[~blank]
             for start in range(0, table.num_rows, options.batch_rows):
@@ -405,7 +428,7 @@ def _parse_chunk(chunk: bytes, label: str, first_line: int, options: ReadOptions
                     lines_in_chunk=len(starts),
                 )
             return
-    yield _parse_lines_slowly(bytes(chunk), starts, ends, blank, numbers, label, options)
+    yield _parse_lines_slowly(bytes(chunk), starts, ends, blank, numbers, label, options, cut)
 
 
 def _is_utf8(chunk: memoryview) -> bool:
@@ -431,8 +454,10 @@ def _parse_lines_slowly(
     numbers: np.ndarray,
     label: str,
     options: ReadOptions,
+    cut: bool = False,
 ) -> Raw:
-    """Line-by-line parse of a chunk the fast path refused, naming each bad line."""
+    """Line-by-line parse of a chunk the fast path refused, naming each bad line (`cut`: the
+    chunk is the start of one line longer than the limit, the rest of which was skipped)."""
     records: list[dict] = []
     kept: list[int] = []
     problems: list[Problem] = []
@@ -449,7 +474,7 @@ def _parse_lines_slowly(
                     origin,
                     None,
                     "row_too_large",
-                    f"the line is {size:.1f} MiB, over the limit of "
+                    f"the line is {'more than ' if cut else ''}{size:.1f} MiB, over the limit of "
                     f"{options.max_row_bytes / (1 << 20):.1f} MiB (raise it with --max-row-bytes)",
                 )
             )

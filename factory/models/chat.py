@@ -90,6 +90,8 @@ def encode(
 ) -> list[Example]:
     """Token ids and labels of each conversation (assistant tokens only; with `last_only`, only the last
     assistant turn's), cut at `max_length`."""
+    if not conversations:  # a fast tokenizer fails on an empty batch
+        return []
     rendered = [assistant_spans(tokenizer, c) for c in conversations]
     if last_only:
         rendered = [(text, spans[-1:]) for text, spans in rendered]

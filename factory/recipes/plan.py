@@ -154,10 +154,11 @@ def check(recipe: Recipe, wh: Warehouse | None) -> list[Planned]:
                     f"snapshot '{name}' is made by no earlier step (the recipe's so far: {known}) "
                     "and is not in the warehouse",
                 )
-        for ref in _step_refs(step):
+        for ref, what in _step_refs(step):
             earlier = by_name.get(ref)
-            if earlier is None or earlier.step.verb not in ("train", "eval"):
-                raise recipe.error(step.where, f"${{steps.{ref}.run}}: no earlier train or eval step '{ref}'")
+            if earlier is None or earlier.step.verb not in OUTPUTS[what]:
+                verbs = " or ".join(OUTPUTS[what])
+                raise recipe.error(step.where, f"${{steps.{ref}.{what}}}: no earlier {verbs} step '{ref}'")
             inputs[f"step:{ref}"] = earlier.identity
         if reads_all:
             for earlier in planned:
@@ -213,9 +214,20 @@ def _config(recipe: Recipe, step: Step) -> tuple[dict[str, Any], dict[str, str],
             values["out"] = _absolute(recipe, values["out"])
         out = values.pop("out", None)
         cfg = _plugin(recipe, step, "trainer", step.plugin, values)
-        if not step.options.get("snapshot"):
-            raise recipe.error(step.where[:-1], "a train step needs `snapshot:` (the snapshot to train on)")
-        refs["snapshot"] = str(step.options["snapshot"])
+        if not step.options.get("on"):
+            raise recipe.error(step.where[:-1], "a train step needs `on:` (the snapshot to train on)")
+        refs["on"] = str(step.options["on"])
+        evaluation = step.options.get("evaluate")
+        if evaluation is not None:
+            if not isinstance(evaluation, dict):
+                raise recipe.error(
+                    (*step.where[:-1], "evaluate"), "expected a mapping of evaluation settings"
+                )
+            where = (*step.where[:-1], "evaluate")
+            checked = _validated(
+                Step(step.name, step.verb, None, evaluation, where=where), recipe, EvalSettings, evaluation
+            )
+            step.options["evaluate"] = checked.model_dump(mode="json")
         return {**cfg.model_dump(mode="json"), "out": out}, refs, False, files
     cfg = _validated(step, recipe, EvalStepSettings, values)  # eval
     refs["snapshot"] = cfg.snapshot
@@ -234,8 +246,17 @@ def _plugin(
     return _validated(step, recipe, plugin.config, values)
 
 
-def _step_refs(step: Step) -> list[str]:
-    found: list[str] = []
+# What `${steps.NAME.WHAT}` may name, by the verbs whose steps have it.
+OUTPUTS = {
+    "job": ("import", "generate", "filter"),
+    "run": ("train", "eval"),
+    "snapshot": ("snapshot",),
+}
+
+
+def _step_refs(step: Step) -> list[tuple[str, str]]:
+    """(step name, job|run|snapshot) of every ${steps.NAME.WHAT} in a step's settings."""
+    found: list[tuple[str, str]] = []
 
     def walk(value: Any) -> None:
         if isinstance(value, dict):
@@ -248,7 +269,8 @@ def _step_refs(step: Step) -> list[str]:
             for match in VARIABLE.finditer(value):
                 head, _, rest = match.group(1).strip().partition(".")
                 if head == "steps":
-                    found.append(rest.rsplit(".", 1)[0])
+                    name, _, what = rest.rpartition(".")
+                    found.append((name, what))
 
     walk(step.settings)
     walk(step.options)

@@ -164,7 +164,7 @@ def _record(wh: Warehouse, recipe: spec.Recipe, planned: list[Planned]) -> None:
 
 
 def _fill_runs(value: Any, outputs: dict[str, dict[str, Any]]) -> Any:
-    """${steps.NAME.run} / ${steps.NAME.snapshot} filled in from the outputs of earlier steps."""
+    """${steps.NAME.job} (.run, .snapshot) filled in from the outputs of earlier steps."""
     if isinstance(value, dict):
         return {k: _fill_runs(v, outputs) for k, v in value.items()}
     if isinstance(value, list):
@@ -251,10 +251,12 @@ def _run_step(
         from factory.runners import training
 
         out = config.pop("out", None)
-        snapshot = snap(str(step.options["snapshot"]))
+        snapshot = snap(str(step.options["on"]))
+        evaluation = step.options.get("evaluate")
         run = training.train(
-            wh, snapshot, str(step.plugin), config, out=Path(out) if out else None, progress=progress
-        )
+            wh, snapshot, str(step.plugin), config, out=Path(out) if out else None,
+            evaluation=training.EvalSettings(**evaluation) if evaluation else None, progress=progress,
+        )  # fmt: skip
         rows = snapshots.get(wh, snapshot)["row_count"]
         return {"run": run["id"]}, f"run {run['id']} on {snapshot}" + _losses(run["metrics"]), rows
     model, snapshot = config.pop("model"), snap(config.pop("snapshot"))  # eval

@@ -17,8 +17,11 @@ Every step has a `name` and exactly one verb (import, generate, filter, snapshot
 export, train, eval). What a verb takes is the same validated config the CLI and
 the Python API use; relative paths are read from the recipe's folder. A string that is
 exactly `${vars.x}` keeps the variable's type (a number stays a number); inside a
-longer string it is pasted as text. `${steps.NAME.run}` is the run id of an earlier
-train or eval step, filled in when the recipe runs.
+longer string it is pasted as text. `${steps.NAME.job}` is the job id of an earlier
+import, generate or filter step, `${steps.NAME.run}` the run id of an earlier train or
+eval step and `${steps.NAME.snapshot}` the snapshot an earlier snapshot step made (NAME,
+or NAME.2 after its inputs changed), filled in when the recipe runs. A train step may
+add `evaluate:` (the evaluation settings of `factory eval`) for its before/after runs.
 
 Every error names the file, the line and the key, before anything runs.
 """
@@ -45,7 +48,7 @@ STEP_KEYS = {
     "filter": {"with", "on", "where"},
     "snapshot": set(),
     "export": set(),
-    "train": {"with", "snapshot"},
+    "train": {"with", "on", "evaluate"},
     "eval": set(),
 }
 VARIABLE = re.compile(r"\$\{([^}]*)\}")
@@ -64,7 +67,7 @@ class Step:
     verb: str
     plugin: str | None  # generate / filter / train: the plugin's name
     settings: dict[str, Any]  # the verb's settings (import/snapshot/export/eval) or the plugin's `with`
-    options: dict[str, Any] = field(default_factory=dict)  # filter: on, where; train: snapshot
+    options: dict[str, Any] = field(default_factory=dict)  # filter: on, where; train: on, evaluate
     line: int = 0
     where: Path_ = ()  # the step's place in the YAML, for error lines
 
@@ -157,7 +160,7 @@ def load(path: str | Path, overrides: dict[str, Any] | None = None) -> Recipe:
             raise RecipeError(f"--set {key}: {path} has no variable '{name}' (its variables: {known})")
         variables[name] = given
     recipe.variables = variables
-    recipe.warehouse = value.get("warehouse")
+    recipe.warehouse = _fill(recipe, ("warehouse",), value.get("warehouse"))
     steps = value.get("steps")
     if not isinstance(steps, list) or not steps:
         raise recipe.error(("steps",) if "steps" in value else (), "expected 'steps': a list of steps")
@@ -250,8 +253,6 @@ def _variable(recipe: Recipe, place: Path_, ref: str, text: str) -> Any:
             known = ", ".join(sorted(recipe.variables)) or "none"
             raise recipe.error(place, f"{text}: no such variable (the recipe's vars: {known})")
         return recipe.variables[rest]
-    if head == "steps" and re.fullmatch(r"[^.]+\.(run|snapshot)", rest):
-        return text  # filled in when the recipe runs (plan.Resolver)
-    raise recipe.error(
-        place, f"{text}: write ${{vars.NAME}}, ${{steps.NAME.run}} or ${{steps.NAME.snapshot}}"
-    )
+    if head == "steps" and re.fullmatch(r"[^.]+\.(job|run|snapshot)", rest):
+        return text  # filled in when the recipe runs (runner._fill_runs)
+    raise recipe.error(place, f"{text}: write ${{vars.NAME}} or ${{steps.NAME.job}} (or .run, .snapshot)")

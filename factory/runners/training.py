@@ -19,7 +19,7 @@ from typing import Any
 import polars as pl
 
 from factory import plugins
-from factory.errors import NotFound
+from factory.errors import InputError, NotFound
 from factory.evaluation.metrics import EvalSettings, evaluate
 from factory.formats import export
 from factory.plugins import TrainJob
@@ -51,6 +51,8 @@ def train(
     """Train `trainer` on `snapshot` with config `values`, evaluate before and after, record the run."""
     plugin, cfg = plugins.configured("trainer", trainer, values)
     record = snapshots.get(wh, snapshot)
+    if not record["row_count"]:
+        raise InputError(f"snapshot '{snapshot}' has no rows: nothing to train {trainer} on")
     run_id = new_id("run")
     folder = Path(out) if out else wh.folder / "runs" / run_id
     settings = evaluation or EvalSettings(eval_split=cfg.eval_split, seed=cfg.seed)

@@ -13,6 +13,7 @@ import pytest
 import torch
 
 import factory
+from factory.errors import InputError
 from factory.models import chat
 from factory.models import loss as losses
 from factory.runners import training
@@ -385,3 +386,11 @@ def test_llamafactory_and_axolotl_configs(wh, snapshot, tmp_path, tiny_model):
         external.write_config(wh, "axolotl", snapshot, tmp_path / "x", {**values, "method": "ia3"})
     with pytest.raises(ValueError, match="DPO needs preference pairs"):
         external.write_config(wh, "llamafactory", snapshot, tmp_path / "y", {**values, "stage": "dpo"})
+
+
+def test_training_on_an_empty_snapshot_says_so(wh, tmp_path, tiny_model):
+    factory.import_file(wh, str(write_jsonl(tmp_path / "a.jsonl", [{"instruction": "Say hi", "output": "Hi"}])))
+    wh.create_snapshot("none", where="length(output) > 1000")
+    with pytest.raises(InputError, match="snapshot 'none' has no rows: nothing to train dpo on"):
+        training.train(wh, "none", "dpo", {"model": str(tiny_model), "method": "lora"})
+    assert wh.sql("SELECT count(*) AS n FROM runs")["n"][0] == 0

@@ -343,3 +343,57 @@ def test_a_line_over_max_row_bytes_is_named_and_the_next_keep_their_numbers(
         found = {r["origin"]: r["code"] for r in csv.DictReader(handle)}
     assert found == {f"{path}:2": "row_too_large", f"{path}:3": "bad_encoding"}
     assert wh.sql("SELECT origin_line FROM rows ORDER BY 1")["origin_line"].to_list() == [1, 4]
+
+
+def test_a_stretch_of_blank_lines_longer_than_the_buffer_keeps_later_numbers(wh, tmp_path, monkeypatch):
+    monkeypatch.setattr(readers, "CHUNK_BYTES", 64)
+    data = _jsonl([json.dumps(GOOD), *[""] * 200, *["   "] * 100, json.dumps(GOOD2)])
+    factory.import_file(wh, str(_write(tmp_path, "a.jsonl", data)))
+    assert wh.sql("SELECT origin_line FROM rows ORDER BY 1")["origin_line"].to_list() == [1, 302]
+
+
+@pytest.mark.parametrize("buffer", [64, 1 << 20])
+def test_a_byte_order_mark_counts_toward_no_line(wh, tmp_path, monkeypatch, buffer):
+    # The first line is exactly --max-row-bytes long, after a BOM: it is read, not cut off.
+    monkeypatch.setattr(readers, "CHUNK_BYTES", buffer)
+    first = json.dumps({"instruction": "z" * 100, "output": "o"})
+    path = _write(tmp_path, "a.jsonl", b"\xef\xbb\xbf" + _jsonl([first, json.dumps(GOOD)]))
+    summary = factory.import_file(wh, str(path), max_row_bytes=len(first))
+    assert summary.inserted == 2 and summary.warnings == [
+        f"{path}:1: removed a UTF-8 byte-order mark at the start of the file"
+    ]
+    rejects = tmp_path / "r.csv"
+    too_long = factory.import_file(
+        factory.init(tmp_path / "wh2"),
+        str(path),
+        max_row_bytes=len(first) - 1,
+        on_error="skip",
+        rejects=str(rejects),
+    )
+    assert too_long.inserted == 1 and "row_too_large" in rejects.read_text()
+
+
+@pytest.mark.parametrize("buffer", [len(json.dumps(GOOD)) + 1, 1 << 20])
+def test_a_byte_order_mark_inside_the_file_is_reported_wherever_the_buffer_starts(
+    wh, tmp_path, monkeypatch, buffer
+):
+    # With the smaller buffer the second line starts a chunk, where Arrow would skip the BOM.
+    monkeypatch.setattr(readers, "CHUNK_BYTES", buffer)
+    path = _write(
+        tmp_path, "a.jsonl", _jsonl([json.dumps(GOOD), b"\xef\xbb\xbf" + json.dumps(GOOD2).encode()])
+    )
+    rejects = tmp_path / "r.csv"
+    summary = factory.import_file(wh, str(path), on_error="skip", rejects=str(rejects))
+    assert summary.inserted == 1 and f"{path}:2,,bom," in rejects.read_text()
+
+
+def test_encoding_names_are_read_as_codecs(wh, tmp_path):
+    path = tmp_path / "u16.jsonl"
+    path.write_bytes(_jsonl([json.dumps(GOOD, ensure_ascii=False)]).decode().encode("utf-16"))
+    assert factory.import_file(wh, str(path), encoding="UTF16").inserted == 1
+    assert (
+        factory.import_file(
+            wh, str(_write(tmp_path, "b.jsonl", _jsonl([json.dumps(GOOD2)]))), encoding="UTF_8"
+        ).inserted
+        == 1
+    )

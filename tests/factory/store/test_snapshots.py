@@ -6,7 +6,7 @@ import polars as pl
 import pytest
 
 import factory
-from factory.store import lake
+from factory.store import lake, schema
 from factory.store.snapshots import SnapshotError
 from factory.store.warehouse import WarehouseError
 from tests.conftest import alpaca, write_jsonl
@@ -146,7 +146,7 @@ def test_schema_version_checked_on_open(wh):
     )
     folder = wh.folder
     wh.close()
-    with pytest.raises(WarehouseError, match="schema version 999, this instruction-factory expects 6"):
+    with pytest.raises(WarehouseError, match=f"schema version 999, this instruction-factory expects {schema.SCHEMA_VERSION}"):
         factory.open(str(folder))
 
 
@@ -166,7 +166,7 @@ def test_a_schema_2_warehouse_gains_the_new_tables_on_open(wh):
     upgraded = factory.open(str(folder))
     assert upgraded.count("sketches") == 0 and upgraded.count("embeddings") == 0
     assert upgraded.count("mcts_nodes") == 0
-    assert upgraded.sql("SELECT value FROM meta WHERE key = 'schema_version'")["value"][0] == "6"
+    assert upgraded.sql("SELECT value FROM meta WHERE key = 'schema_version'")["value"][0] == str(schema.SCHEMA_VERSION)
     assert "lock_key" in upgraded.sql("DESCRIBE jobs")["column_name"].to_list()
     upgraded.close()
 
@@ -185,7 +185,7 @@ def test_a_schema_4_warehouse_gains_the_jobs_lock_key_on_open(wh):
     with factory.open(str(folder)) as upgraded:
         jobs = upgraded.jobs()
         assert jobs.height == 1 and jobs["lock_key"].to_list() == [None]
-        assert upgraded.sql("SELECT value FROM meta WHERE key = 'schema_version'").item() == "6"
+        assert upgraded.sql("SELECT value FROM meta WHERE key = 'schema_version'").item() == str(schema.SCHEMA_VERSION)
 
 
 def test_a_schema_5_warehouse_gains_meta_and_split_origins_and_imports_into_them(wh, tmp_path):
@@ -201,11 +201,35 @@ def test_a_schema_5_warehouse_gains_meta_and_split_origins_and_imports_into_them
     with factory.open(str(folder), read_only=True) as reader:
         assert "meta" not in reader.sql("SELECT * FROM rows").columns
     with factory.open(str(folder)) as upgraded:
-        assert upgraded.sql("SELECT value FROM meta WHERE key = 'schema_version'").item() == "6"
+        assert upgraded.sql("SELECT value FROM meta WHERE key = 'schema_version'").item() == str(schema.SCHEMA_VERSION)
         records = [{**r, "category": "x"} for r in alpaca(3, prefix="new")]
         factory.import_file(upgraded, str(write_jsonl(tmp_path / "b.jsonl", records)))
         rows = upgraded.sql("SELECT meta->>'category' AS c, origin_line FROM rows ORDER BY rowid")
         assert rows.rows() == [(None, None)] * 3 + [("x", 1), ("x", 2), ("x", 3)]
+
+
+def test_a_schema_6_warehouse_gains_the_recipe_tables_and_columns_on_open(wh, tmp_path):
+    def downgrade(lk) -> None:
+        lk.execute("DROP TABLE recipes")
+        lk.execute("DROP TABLE recipe_steps")
+        for table in ("jobs", "snapshots", "runs"):
+            lk.execute(f"ALTER TABLE {table} DROP COLUMN recipe_step")
+        lk.execute("UPDATE meta SET value = '6' WHERE key = 'schema_version'")
+
+    factory.import_file(wh, str(write_jsonl(tmp_path / "a.jsonl", alpaca(3))))
+    wh.create_snapshot("old")
+    wh.lake.write("test: a schema 6 warehouse", downgrade)
+    folder = wh.folder
+    wh.close()
+    with factory.open(str(folder), read_only=True) as reader:  # readers open it as it is
+        assert reader.show_snapshot("old")["recipe"] is None
+    with factory.open(str(folder)) as upgraded:
+        assert upgraded.sql("SELECT value FROM meta WHERE key = 'schema_version'").item() == "7"
+        assert upgraded.count("recipes") == 0 and upgraded.count("recipe_steps") == 0
+        assert upgraded.jobs()["recipe_step"].to_list() == [None]
+        assert upgraded.show_snapshot("old")["recipe"] is None
+        upgraded.create_snapshot("new")  # the snapshots insert fits the migrated column order
+        assert upgraded.snapshots().height == 2
 
 
 def test_missing_warehouse_says_how_to_create_one(tmp_path):
