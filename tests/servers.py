@@ -48,7 +48,9 @@ class ScriptedServer:
         vary_choices: bool = False,
     ) -> None:
         self.answer = answer
-        self.vary_choices = vary_choices  # choice k of n > 1 gets " (take k)" appended, as sampling would differ
+        self.vary_choices = (
+            vary_choices  # choice k of n > 1 gets " (take k)" appended, as sampling would differ
+        )
         self.echo_headers = echo_headers  # a refusal's body quotes the request's headers, key included
         self.fault_rate = fault_rate
         self.slow_s = slow_s

@@ -389,7 +389,9 @@ def test_llamafactory_and_axolotl_configs(wh, snapshot, tmp_path, tiny_model):
 
 
 def test_training_on_an_empty_snapshot_says_so(wh, tmp_path, tiny_model):
-    factory.import_file(wh, str(write_jsonl(tmp_path / "a.jsonl", [{"instruction": "Say hi", "output": "Hi"}])))
+    factory.import_file(
+        wh, str(write_jsonl(tmp_path / "a.jsonl", [{"instruction": "Say hi", "output": "Hi"}]))
+    )
     wh.create_snapshot("none", where="length(output) > 1000")
     with pytest.raises(InputError, match="snapshot 'none' has no rows: nothing to train dpo on"):
         training.train(wh, "none", "dpo", {"model": str(tiny_model), "method": "lora"})

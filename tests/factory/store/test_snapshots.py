@@ -146,7 +146,9 @@ def test_schema_version_checked_on_open(wh):
     )
     folder = wh.folder
     wh.close()
-    with pytest.raises(WarehouseError, match=f"schema version 999, this instruction-factory expects {schema.SCHEMA_VERSION}"):
+    with pytest.raises(
+        WarehouseError, match=f"schema version 999, this instruction-factory expects {schema.SCHEMA_VERSION}"
+    ):
         factory.open(str(folder))
 
 
@@ -166,7 +168,9 @@ def test_a_schema_2_warehouse_gains_the_new_tables_on_open(wh):
     upgraded = factory.open(str(folder))
     assert upgraded.count("sketches") == 0 and upgraded.count("embeddings") == 0
     assert upgraded.count("mcts_nodes") == 0
-    assert upgraded.sql("SELECT value FROM meta WHERE key = 'schema_version'")["value"][0] == str(schema.SCHEMA_VERSION)
+    assert upgraded.sql("SELECT value FROM meta WHERE key = 'schema_version'")["value"][0] == str(
+        schema.SCHEMA_VERSION
+    )
     assert "lock_key" in upgraded.sql("DESCRIBE jobs")["column_name"].to_list()
     upgraded.close()
 
@@ -185,7 +189,9 @@ def test_a_schema_4_warehouse_gains_the_jobs_lock_key_on_open(wh):
     with factory.open(str(folder)) as upgraded:
         jobs = upgraded.jobs()
         assert jobs.height == 1 and jobs["lock_key"].to_list() == [None]
-        assert upgraded.sql("SELECT value FROM meta WHERE key = 'schema_version'").item() == str(schema.SCHEMA_VERSION)
+        assert upgraded.sql("SELECT value FROM meta WHERE key = 'schema_version'").item() == str(
+            schema.SCHEMA_VERSION
+        )
 
 
 def test_a_schema_5_warehouse_gains_meta_and_split_origins_and_imports_into_them(wh, tmp_path):
@@ -201,7 +207,9 @@ def test_a_schema_5_warehouse_gains_meta_and_split_origins_and_imports_into_them
     with factory.open(str(folder), read_only=True) as reader:
         assert "meta" not in reader.sql("SELECT * FROM rows").columns
     with factory.open(str(folder)) as upgraded:
-        assert upgraded.sql("SELECT value FROM meta WHERE key = 'schema_version'").item() == str(schema.SCHEMA_VERSION)
+        assert upgraded.sql("SELECT value FROM meta WHERE key = 'schema_version'").item() == str(
+            schema.SCHEMA_VERSION
+        )
         records = [{**r, "category": "x"} for r in alpaca(3, prefix="new")]
         factory.import_file(upgraded, str(write_jsonl(tmp_path / "b.jsonl", records)))
         rows = upgraded.sql("SELECT meta->>'category' AS c, origin_line FROM rows ORDER BY rowid")
