@@ -7,7 +7,7 @@ STAMP := $(VENV)/.installed
 VLLM_VENV := .venv-vllm
 VLLM_STAMP := $(VLLM_VENV)/.installed
 
-.PHONY: install vllm-env demo test test-fast bench lint clean
+.PHONY: install vllm-env browser demo test test-fast bench lint clean
 
 install: $(STAMP)
 
@@ -34,7 +34,13 @@ $(STAMP): pyproject.toml
 demo: install
 	$(BIN)/python -m factory.demo
 
-test: install vllm-env
+# Debian's Chromium and its driver, for the report test (headless; nothing is downloaded at run time).
+browser:
+	@command -v chromium > /dev/null && command -v chromedriver > /dev/null || \
+	  { [ "$$(id -u)" = 0 ] || { echo "the report test needs Debian's chromium and chromium-driver: apt-get install them as root"; exit 1; }; \
+	    apt-get update -qq > /dev/null && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq chromium chromium-driver > /dev/null; }
+
+test: install vllm-env browser
 	$(BIN)/python -m pytest -q
 
 test-fast: install

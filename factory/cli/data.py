@@ -228,6 +228,13 @@ def export(
             "(tokenizer=PATH,max_tokens=N,max_k=N,passes=N,strategies=[format,permute]); '' for the defaults"
         ),
     ] = None,
+    license: Annotated[
+        str | None,
+        typer.Option(
+            help="hf: the dataset card's license (an SPDX id); without it, the one the sources' rows state, "
+            "never a default"
+        ),
+    ] = None,
     warehouse: Warehouse = None,
 ) -> None:
     """Write a snapshot in a trainer's format, with a deterministic train/eval split.
@@ -255,6 +262,7 @@ def export(
         name=name,
         mosaic=composition,
         force=force,
+        license=license,
     )
     counts = ", ".join(f"{split} {n:,}" for split, n in result["counts"].items())
     files = ", ".join(shown(out / f) for f in result["files"].values())

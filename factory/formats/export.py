@@ -195,6 +195,7 @@ def _file_name(kind: str, split: str) -> str:
 EXPORT_FILES = {_file_name(kind, split) for _, kind in FORMATS.values() for split in ("train", "eval")} | {
     "dataset_info.json",
     "export.json",
+    "README.md",
 }
 
 
@@ -265,6 +266,7 @@ def export(
     mosaic: MosaicConfig | None = None,
     force: bool = False,
     inside_warehouse: bool = False,
+    license: str | None = None,
 ) -> dict[str, Any]:
     """Write a snapshot in `fmt` under `out`; returns the files written and the counts.
 
@@ -281,6 +283,7 @@ def export(
     splits = [("train", ~pl.col("_eval"))] + ([("eval", pl.col("_eval"))] if eval_split > 0 else [])
     planned = [_file_name(kind, split) for split, _ in splits] + ["export.json"]
     planned += ["dataset_info.json"] if fmt == "llamafactory" else []
+    planned += ["README.md"] if fmt == "hf" else []
     places = [] if inside_warehouse else wh.protected_paths()
     outputs.check_folder(out, planned, places, force)
     record = snapshots.get(wh, snapshot)
@@ -320,6 +323,11 @@ def export(
             "dataset_info.json", json.dumps(_dataset_info(dataset, files, preference), indent=2) + "\n"
         )
         files["dataset_info"] = "dataset_info.json"
+    if fmt == "hf":  # the dataset card, from the facts the snapshot's report shows
+        from factory.reports import card, facts
+
+        write_text("README.md", card.render(facts.gather(wh, snapshot, tokenizer=None), files, preference, license))
+        files["card"] = "README.md"
     manifest = {
         "snapshot": snapshot,
         "digest": record["digest"],

@@ -55,6 +55,7 @@ class ExportSettings(BaseModel):
     seed: int = 0
     name: str | None = None
     mosaic: MosaicConfig | None = None
+    license: str | None = None  # hf: the dataset card's license
 
 
 class EvalStepSettings(EvalSettings):

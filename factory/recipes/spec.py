@@ -93,8 +93,16 @@ class Recipe:
         return self.lines.get(place, 1)
 
 
-def _lines(node: yaml.Node, place: Path_, out: dict[Path_, int], source: Path) -> None:
-    """Record the line of every key and list item under `node`; refuse a key given twice."""
+def _lines(node: yaml.Node, place: Path_, out: dict[Path_, int], source: Path, seen_nodes: set[int]) -> None:
+    """Record the line of every key and list item under `node`; refuse a key given twice, and
+    aliases (`*name`): a few nested ones expand to billions of values, and vars do their job."""
+    if isinstance(node, yaml.CollectionNode):
+        if id(node) in seen_nodes:
+            raise RecipeError(
+                f"{source}:{node.start_mark.line + 1}: YAML aliases (*name) are not read in recipes; "
+                "use a variable (vars: and ${vars.NAME}) for a value used twice"
+            )
+        seen_nodes.add(id(node))
     if isinstance(node, yaml.MappingNode):
         seen: dict[Any, int] = {}
         for key_node, value_node in node.value:
@@ -106,11 +114,11 @@ def _lines(node: yaml.Node, place: Path_, out: dict[Path_, int], source: Path) -
                 )
             seen[key] = line
             out[(*place, key)] = line
-            _lines(value_node, (*place, key), out, source)
+            _lines(value_node, (*place, key), out, source, seen_nodes)
     elif isinstance(node, yaml.SequenceNode):
         for k, item in enumerate(node.value):
             out[(*place, k)] = item.start_mark.line + 1
-            _lines(item, (*place, k), out, source)
+            _lines(item, (*place, k), out, source, seen_nodes)
 
 
 def read_yaml(path: Path) -> tuple[str, Any, dict[Path_, int]]:
@@ -123,7 +131,6 @@ def read_yaml(path: Path) -> tuple[str, Any, dict[Path_, int]]:
         raise RecipeError(f"{path}: not a UTF-8 text file (byte {exc.start})") from exc
     try:
         node = yaml.compose(text, Loader=settings.YamlLoader)
-        value = settings.yaml_load(text)
     except yaml.MarkedYAMLError as exc:
         mark = exc.problem_mark or exc.context_mark
         line = mark.line + 1 if mark else 1
@@ -132,8 +139,8 @@ def read_yaml(path: Path) -> tuple[str, Any, dict[Path_, int]]:
         raise RecipeError(f"{path}: not valid YAML ({exc})") from exc
     lines: dict[Path_, int] = {}
     if node is not None:
-        _lines(node, (), lines, path)
-    return text, value, lines
+        _lines(node, (), lines, path, set())
+    return text, settings.yaml_load(text), lines
 
 
 def load(path: str | Path, overrides: dict[str, Any] | None = None) -> Recipe:

@@ -257,3 +257,13 @@ def test_killed_anywhere_a_rerun_ends_as_an_uninterrupted_run(tmp_path, server):
         assert server.requests == asked
         with factory.open(str(warehouse), read_only=True) as wh:
             assert wh.lake.version() == version
+
+
+def test_yaml_aliases_are_refused_before_they_expand(tmp_path):
+    levels = ["  a0: &a0 [x, x, x, x, x, x, x, x, x, x]"] + [
+        f"  a{k}: &a{k} [{', '.join([f'*a{k - 1}'] * 10)}]" for k in range(1, 9)
+    ]  # 10**9 values once expanded
+    path = tmp_path / "bomb.yaml"
+    path.write_text("vars:\n" + "\n".join(levels) + "\nsteps:\n  - {name: x, import: {path: '${vars.a8}'}}\n")
+    with pytest.raises(RecipeError, match=r"bomb\.yaml:\d+: YAML aliases \(\*name\) are not read in recipes"):
+        runner.dry_run(path, warehouse=str(tmp_path / "wh"))
