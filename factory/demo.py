@@ -35,6 +35,7 @@ PARTS = {  # the seconds printed at the end, by verb
     "export": "export",
     "train": "train, two evaluations",
     "eval": "train, two evaluations",
+    "report": "report",
 }
 
 
@@ -81,6 +82,8 @@ def main(recipe: Path = RECIPE) -> None:
             f"{len(outcome.steps)} steps ran; done in {time.time() - started:.1f} s"
         )
     console.print("   seconds per part: " + ", ".join(f"{name} {s:.0f}" for name, s in seconds.items()))
+    page = next(s.output["out"] for s in outcome.steps if s.name == "report")
+    console.print(f"Open the report: [bold]{page}[/] (charts included, no network needed)")
     console.print(
         f"Explore it: [bold]factory sql --warehouse {outcome.warehouse} \"SELECT * FROM snapshot('short') "
         'LIMIT 3"[/]; run it again: every step is up to date'

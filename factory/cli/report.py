@@ -13,9 +13,13 @@ from factory.cli.common import Force, Warehouse, console, open_warehouse, shown
 def report(
     snapshot: Annotated[str, typer.Argument(help="snapshot to report on")],
     out: Annotated[Path, typer.Option("--out", "-o", help="file to write (outside the warehouse)")],
-    format: Annotated[str, typer.Option("--format", "-f", help="html (a page that opens offline) or json")] = "html",
+    format: Annotated[
+        str, typer.Option("--format", "-f", help="html (a page that opens offline) or json")
+    ] = "html",
     compare: Annotated[str | None, typer.Option(help="another snapshot: add what changed from it")] = None,
-    tokenizer: Annotated[str, typer.Option(help="tokenizer that measures lengths: embedded or a model path")] = "embedded",
+    tokenizer: Annotated[
+        str, typer.Option(help="tokenizer that measures lengths: embedded or a model path")
+    ] = "embedded",
     force: Force = False,
     warehouse: Warehouse = None,
 ) -> None:

@@ -326,7 +326,9 @@ def export(
     if fmt == "hf":  # the dataset card, from the facts the snapshot's report shows
         from factory.reports import card, facts
 
-        write_text("README.md", card.render(facts.gather(wh, snapshot, tokenizer=None), files, preference, license))
+        write_text(
+            "README.md", card.render(facts.gather(wh, snapshot, tokenizer=None), files, preference, license)
+        )
         files["card"] = "README.md"
     manifest = {
         "snapshot": snapshot,

@@ -1,7 +1,8 @@
 """Planning a recipe: each step's settings checked, its identity, and whether it must run.
 
-A step's identity is a hash of its verb, plugin and settings (paths made absolute) and
-of its inputs' identities: the digests of the files it imports, the identity of the
+A step's identity is a hash of its verb, plugin and the settings the recipe gives it
+(paths made absolute; defaults left out, so an upgrade that adds a setting or changes a
+default does not rerun finished steps) and of its inputs' identities: the digests of the files it imports, the identity of the
 step that makes each snapshot it reads (or the digest of a snapshot the recipe does not
 make), and, for a step that reads the warehouse at large (a filter, a snapshot, a
 generator without `on`), the identities of every step before it. Identities are known
@@ -11,7 +12,8 @@ imports and generators before it keep theirs.
 
 A step is up to date when the warehouse holds what it made under its identity: a
 succeeded job (import, generate, filter), a snapshot (snapshot), a succeeded run
-(train, eval), or, for an export, an export.json in its folder that matches.
+(train, eval), or, for an export or a report, a file written with its identity (the
+export's export.json, the report's first lines).
 These land in the same commits as the work (factory/store/provenance.py), so a step
 killed half-way is simply not up to date.
 """
@@ -22,7 +24,7 @@ import hashlib
 import json
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, Literal
 
 from pydantic import BaseModel, Field
 
@@ -56,6 +58,14 @@ class ExportSettings(BaseModel):
     name: str | None = None
     mosaic: MosaicConfig | None = None
     license: str | None = None  # hf: the dataset card's license
+
+
+class ReportSettings(BaseModel):
+    snapshot: str
+    out: Path
+    format: Literal["html", "json"] = "html"
+    compare: str | None = None
+    tokenizer: str = "embedded"
 
 
 class EvalStepSettings(EvalSettings):
@@ -164,7 +174,7 @@ def check(recipe: Recipe, wh: Warehouse | None) -> list[Planned]:
         if reads_all:
             for earlier in planned:
                 inputs[f"after:{earlier.step.name}"] = earlier.identity
-        identity = _hash([step.verb, step.plugin, config, step.options, inputs])
+        identity = _hash([step.verb, step.plugin, given_settings(recipe, step), step.options, inputs])
         item = Planned(step, identity, config, inputs, refs)
         if step.verb == "snapshot":
             made[step.settings.get("name") or step.name] = item
@@ -173,15 +183,30 @@ def check(recipe: Recipe, wh: Warehouse | None) -> list[Planned]:
     return planned
 
 
+PATHS = {
+    "import": ("path", "templates", "rejects"),
+    "export": ("out",),
+    "train": ("out",),
+    "report": ("out",),
+}
+
+
+def given_settings(recipe: Recipe, step: Step) -> dict[str, Any]:
+    """The settings the recipe gives a step, paths read from the recipe's folder: what its identity
+    hashes. Defaults are left out, so an upgrade that adds a setting keeps every identity."""
+    values = dict(step.settings)
+    for key in PATHS.get(step.verb, ()):
+        if key in values:
+            values[key] = _absolute(recipe, values[key])
+    return values
+
+
 def _config(recipe: Recipe, step: Step) -> tuple[dict[str, Any], dict[str, str], bool, list[Path]]:
     """(settings as stored, setting -> snapshot read, reads the whole warehouse, files read)."""
-    values = dict(step.settings)
+    values = given_settings(recipe, step)
     refs: dict[str, str] = {}
     files: list[Path] = []
     if step.verb == "import":
-        for key in ("path", "templates", "rejects"):
-            if key in values:
-                values[key] = _absolute(recipe, values[key])
         if not values.get("path"):
             raise recipe.error(step.where, "an import step needs a path (a file or folder)")
         cfg = _plugin(recipe, step, "generator", "human", values)
@@ -205,14 +230,10 @@ def _config(recipe: Recipe, step: Step) -> tuple[dict[str, Any], dict[str, str],
             refs["parent"] = cfg.parent
         return cfg.model_dump(mode="json"), refs, True, files
     if step.verb == "export":
-        if "out" in values:
-            values["out"] = _absolute(recipe, values["out"])
         cfg = _validated(step, recipe, ExportSettings, values)
         refs["snapshot"] = cfg.snapshot
         return cfg.model_dump(mode="json"), refs, False, files
     if step.verb == "train":
-        if "out" in values:
-            values["out"] = _absolute(recipe, values["out"])
         out = values.pop("out", None)
         cfg = _plugin(recipe, step, "trainer", step.plugin, values)
         if not step.options.get("on"):
@@ -225,11 +246,16 @@ def _config(recipe: Recipe, step: Step) -> tuple[dict[str, Any], dict[str, str],
                     (*step.where[:-1], "evaluate"), "expected a mapping of evaluation settings"
                 )
             where = (*step.where[:-1], "evaluate")
-            checked = _validated(
+            _validated(
                 Step(step.name, step.verb, None, evaluation, where=where), recipe, EvalSettings, evaluation
             )
-            step.options["evaluate"] = checked.model_dump(mode="json")
         return {**cfg.model_dump(mode="json"), "out": out}, refs, False, files
+    if step.verb == "report":
+        cfg = _validated(step, recipe, ReportSettings, values)
+        refs["snapshot"] = cfg.snapshot
+        if cfg.compare:
+            refs["compare"] = cfg.compare
+        return cfg.model_dump(mode="json"), refs, False, files
     cfg = _validated(step, recipe, EvalStepSettings, values)  # eval
     refs["snapshot"] = cfg.snapshot
     return cfg.model_dump(mode="json"), refs, False, files
@@ -318,7 +344,20 @@ def _done(wh: Warehouse, item: Planned) -> dict[str, Any] | None:
             [identity],
         )
         return {"run": found["id"][0]} if found.height else None
+    if verb == "report":
+        return _report_done(item)
     return _export_done(item)
+
+
+def _report_done(item: Planned) -> dict[str, Any] | None:
+    """A report is done when its file names this step's identity (the page's meta tag, the JSON's key)."""
+    out = Path(item.config["out"])
+    try:
+        with out.open(encoding="utf-8", errors="replace") as handle:
+            head = handle.read(4096)
+    except OSError:
+        return None
+    return {"out": str(out)} if item.identity in head else None
 
 
 def _export_done(item: Planned) -> dict[str, Any] | None:
@@ -343,7 +382,7 @@ def _done_why(verb: str, found: dict[str, Any]) -> str:
         return f"up to date: snapshot {found['snapshot']} was made with this identity"
     if "run" in found:
         return f"up to date: run {found['run']} succeeded with this identity"
-    return f"up to date: {found['out']}/export.json matches this identity"
+    return f"up to date: {found['out']} was written with this identity"
 
 
 def _why_run(wh: Warehouse | None, recipe: Recipe, item: Planned, will_run: set[str]) -> str:

@@ -259,11 +259,32 @@ def _run_step(
         )  # fmt: skip
         rows = snapshots.get(wh, snapshot)["row_count"]
         return {"run": run["id"]}, f"run {run['id']} on {snapshot}" + _losses(run["metrics"]), rows
+    if step.verb == "report":
+        from factory.reports import report
+
+        snapshot, out = snap(config.pop("snapshot")), Path(config.pop("out"))
+        compare = config.pop("compare")
+        facts = report.write(
+            wh, snapshot, out, config.pop("format"), snap(compare) if compare else None, config.pop("tokenizer"),
+            force=_recipe_written(out),
+        )  # fmt: skip
+        said = f"report on {snapshot}: {facts['funnel']['start']:,} rows then, {len(facts['funnel']['filters'])} filters -> {out}"
+        return {"out": str(out)}, said, int(facts["snapshot"]["row_count"])
     model, snapshot = config.pop("model"), snap(config.pop("snapshot"))  # eval
     run = factory.evaluate(wh, model, snapshot, **config)
     loss = (run["metrics"].get("eval") or {}).get("loss")
     said = f"run {run['id']} on {snapshot}" + (f": eval loss {loss:.3f}" if loss else "")
     return {"run": run["id"]}, said, int(snapshots.get(wh, snapshot)["row_count"])
+
+
+def _recipe_written(report: Path) -> bool:
+    """Whether a report file there was written by a recipe step (so a step may replace it)."""
+    try:
+        with report.open(encoding="utf-8", errors="replace") as handle:
+            head = handle.read(4096)
+    except OSError:
+        return False
+    return "factory-recipe-step" in head or '"recipe_step"' in head
 
 
 def _manifest(out: Path) -> dict[str, Any]:

@@ -14,7 +14,7 @@ A recipe is a YAML file:
         with: {on: seed-set, rounds: 2, teacher.teacher: "${vars.teacher}"}
 
 Every step has a `name` and exactly one verb (import, generate, filter, snapshot,
-export, train, eval). What a verb takes is the same validated config the CLI and
+export, train, eval, report). What a verb takes is the same validated config the CLI and
 the Python API use; relative paths are read from the recipe's folder. A string that is
 exactly `${vars.x}` keeps the variable's type (a number stays a number); inside a
 longer string it is pasted as text. `${steps.NAME.job}` is the job id of an earlier
@@ -38,7 +38,7 @@ import yaml
 from factory import config as settings
 from factory.errors import ConfigError
 
-VERBS = ("import", "generate", "filter", "snapshot", "export", "train", "eval")
+VERBS = ("import", "generate", "filter", "snapshot", "export", "train", "eval", "report")
 NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.\-]{0,63}$")
 TOP_KEYS = {"name", "description", "warehouse", "vars", "steps"}
 # The keys a step may have besides `name` and its verb, by verb.
@@ -50,6 +50,7 @@ STEP_KEYS = {
     "export": set(),
     "train": {"with", "on", "evaluate"},
     "eval": set(),
+    "report": set(),
 }
 VARIABLE = re.compile(r"\$\{([^}]*)\}")
 Path_ = tuple[Any, ...]

@@ -104,7 +104,12 @@ def render(facts: dict[str, Any]) -> str:
         parts.append(_compare(facts))
     return (
         "<!DOCTYPE html><html lang='en'><head><meta charset='utf-8'>"
-        f"<title>Snapshot {_e(snap['name'])}: instruction-factory report</title>"
+        + (
+            f"<meta name='factory-recipe-step' content='{_e(facts['recipe_step'])}'>"
+            if facts.get("recipe_step")
+            else ""
+        )
+        + f"<title>Snapshot {_e(snap['name'])}: instruction-factory report</title>"
         f"<style>{STYLE}</style><script>{get_plotlyjs()}</script></head><body>"
         + "".join(parts)
         + "</main></body></html>"

@@ -8,7 +8,7 @@ from typing import TYPE_CHECKING, Any, Literal
 
 from factory.errors import ConfigError
 from factory.reports import facts as gathering
-from factory.store import outputs
+from factory.store import outputs, provenance
 
 if TYPE_CHECKING:
     from factory.store.warehouse import Warehouse
@@ -31,6 +31,8 @@ def write(
     places = wh.protected_paths()
     outputs.check_file(out, places, force)
     facts = gathering.gather(wh, snapshot, compare=compare, tokenizer=tokenizer)
+    if provenance.step() is not None:  # written by a recipe step: `factory run` finds it done
+        facts = {"recipe_step": provenance.step(), **facts}
     if fmt == "json":
         text = json.dumps(facts, indent=2, default=str, ensure_ascii=False) + "\n"
     else:
