@@ -80,7 +80,7 @@ class Planned:
     step: Step
     identity: str
     config: dict[str, Any]  # the validated settings, as stored (paths absolute)
-    inputs: dict[str, str]  # input name -> identity
+    inputs: dict[str, Any]  # input -> identity; "after": the identities of every step before it
     snapshot_refs: dict[str, str] = field(default_factory=dict)  # setting -> logical snapshot name
     up_to_date: bool = False
     output: dict[str, Any] = field(default_factory=dict)  # snapshot / run / job / out of a done step
@@ -147,7 +147,7 @@ def check(recipe: Recipe, wh: Warehouse | None) -> list[Planned]:
     planned: list[Planned] = []
     for step in recipe.steps:
         config, refs, reads_all, files = _config(recipe, step)
-        inputs: dict[str, str] = {}
+        inputs: dict[str, Any] = {}
         for path in files:
             if not path.exists():
                 raise recipe.error(step.where, f"{path}: no such file or folder")
@@ -160,20 +160,27 @@ def check(recipe: Recipe, wh: Warehouse | None) -> list[Planned]:
                 inputs[f"snapshot:{name}"] = "digest:" + _digest(wh, name)
             else:
                 known = ", ".join(made) or "none"
+                later = (
+                    " (a later step makes it: a step reads only what steps before it made)"
+                    if name in _snapshots_made(recipe)
+                    else ""
+                )
                 raise recipe.error(
-                    (*step.where, setting) if setting in _flat_keys(step.settings) else step.where,
+                    _place_of(step, setting),
                     f"snapshot '{name}' is made by no earlier step (the recipe's so far: {known}) "
-                    "and is not in the warehouse",
+                    f"and is not in the warehouse{later}",
                 )
         for ref, what in _step_refs(step):
             earlier = by_name.get(ref)
             if earlier is None or earlier.step.verb not in OUTPUTS[what]:
                 verbs = " or ".join(OUTPUTS[what])
-                raise recipe.error(step.where, f"${{steps.{ref}.{what}}}: no earlier {verbs} step '{ref}'")
+                raise recipe.error(
+                    _place_of(step, _where_written(step, f"steps.{ref}.{what}")),
+                    f"${{steps.{ref}.{what}}}: no earlier {verbs} step '{ref}'",
+                )
             inputs[f"step:{ref}"] = earlier.identity
-        if reads_all:
-            for earlier in planned:
-                inputs[f"after:{earlier.step.name}"] = earlier.identity
+        if reads_all:  # by identity, not name: renaming a step changes nothing after it
+            inputs["after"] = [earlier.identity for earlier in planned]
         identity = _hash([step.verb, step.plugin, given_settings(recipe, step), step.options, inputs])
         item = Planned(step, identity, config, inputs, refs)
         if step.verb == "snapshot":
@@ -304,6 +311,37 @@ def _step_refs(step: Step) -> list[tuple[str, str]]:
     return found
 
 
+def _place_of(step: Step, key: str | None) -> tuple[Any, ...]:
+    """Where a step's setting or option is written, for an error's line: the key's own line
+    when it is there, else the step's settings."""
+    if key and key in step.options:
+        return (*step.where[:2], key)
+    if key and key in _flat_keys(step.settings):
+        return (*step.where, *key.split("."))
+    return step.where
+
+
+def _where_written(step: Step, reference: str) -> str | None:
+    """The option or setting (dotted) whose text holds `${reference}`."""
+    for key, value in [*step.options.items(), *_flat_items(step.settings)]:
+        if isinstance(value, str) and "${" + reference in value.replace("${ ", "${"):
+            return key
+    return None
+
+
+def _flat_items(values: dict[str, Any], prefix: str = "") -> list[tuple[str, Any]]:
+    out: list[tuple[str, Any]] = []
+    for key, value in values.items():
+        out += (
+            _flat_items(value, f"{prefix}{key}.") if isinstance(value, dict) else [(prefix + str(key), value)]
+        )
+    return out
+
+
+def _snapshots_made(recipe: Recipe) -> set[str]:
+    return {s.settings.get("name") or s.name for s in recipe.steps if s.verb == "snapshot"}
+
+
 def _exists(wh: Warehouse, name: str) -> bool:
     return bool(wh.lake.scalar("SELECT count(*) FROM snapshots WHERE name = ?", [name]))
 
@@ -315,7 +353,10 @@ def _digest(wh: Warehouse, name: str) -> str:
 # -- what is done ------------------------------------------------------------------------------------
 def mark(wh: Warehouse | None, recipe: Recipe, planned: list[Planned]) -> None:
     """Set each step's `up_to_date`, `output` and `why` from what the warehouse holds."""
+    if wh is not None and "recipe_step" not in wh.lake.frame("DESCRIBE jobs")["column_name"].to_list():
+        wh = None  # a warehouse from before recipes, opened read-only by a dry run: nothing is done yet
     will_run: set[str] = set()
+    names = {item.identity: item.step.name for item in planned}
     for item in planned:
         found = _done(wh, item) if wh is not None else None
         if found is not None:
@@ -323,7 +364,7 @@ def mark(wh: Warehouse | None, recipe: Recipe, planned: list[Planned]) -> None:
             item.why = _done_why(item.step.verb, found)
             continue
         will_run.add(item.step.name)
-        item.why = _why_run(wh, recipe, item, will_run)
+        item.why = _why_run(wh, recipe, item, will_run, names)
 
 
 def _done(wh: Warehouse, item: Planned) -> dict[str, Any] | None:
@@ -385,10 +426,12 @@ def _done_why(verb: str, found: dict[str, Any]) -> str:
     return f"up to date: {found['out']} was written with this identity"
 
 
-def _why_run(wh: Warehouse | None, recipe: Recipe, item: Planned, will_run: set[str]) -> str:
+def _why_run(
+    wh: Warehouse | None, recipe: Recipe, item: Planned, will_run: set[str], names: dict[str, str]
+) -> str:
     """Why a step runs: first time, what changed since its last identity, or a run that did not end."""
     if wh is None:
-        return "runs: new warehouse"
+        return "runs: first time in this warehouse"
     last = wh.lake.frame(
         "SELECT s.identity, s.config, s.inputs FROM recipe_steps s JOIN recipes r ON r.digest = s.recipe "
         "WHERE r.name = ? AND s.step = ? ORDER BY s.created_at DESC LIMIT 1",
@@ -397,7 +440,9 @@ def _why_run(wh: Warehouse | None, recipe: Recipe, item: Planned, will_run: set[
     if last.height == 0:
         return "runs: first time"
     if last["identity"][0] == item.identity:
-        return "runs again: its last run did not finish (failed or interrupted)"
+        if item.step.verb in ("export", "report"):
+            return f"runs again: {item.config['out']} is missing, changed, or was not finished"
+        return "runs again: its last run did not finish (failed, interrupted, or never started)"
     changes = _changes(json.loads(last["config"][0]), item.config)
     before_inputs = json.loads(last["inputs"][0])
     again: list[str] = []
@@ -407,10 +452,11 @@ def _why_run(wh: Warehouse | None, recipe: Recipe, item: Planned, will_run: set[
         kind, _, name = key.partition(":")
         if kind == "file":
             changes.append(f"{name} changed")
-        elif kind == "snapshot":
-            again.append(f"snapshot {name}")
-        elif kind in ("after", "step") and (kind == "step" or name in will_run):
+        elif kind in ("snapshot", "step"):
             again.append(name)
+        elif key == "after":
+            before = set(before_inputs.get("after") or [])
+            again += [names[i] for i in value if i not in before]
     if again:
         changes.append(f"{', '.join(dict.fromkeys(again))} changed or run(s) again")
     return "runs: " + ("; ".join(changes) or "its settings changed")

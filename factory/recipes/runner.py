@@ -28,7 +28,7 @@ from factory.formats.mosaic import MosaicConfig
 from factory.recipes import plan, spec
 from factory.recipes.plan import Planned
 from factory.store import crash, provenance, snapshots
-from factory.store.warehouse import Warehouse
+from factory.store.warehouse import CONFIG_FILE, Warehouse, resolve_path
 
 Echo = Callable[[str], None]
 
@@ -59,12 +59,14 @@ class Outcome:
 def prepare(
     path: str | Path, overrides: dict[str, Any] | None = None, warehouse: str | None = None
 ) -> tuple[spec.Recipe, Warehouse, list[Planned]]:
-    """Read, check and plan a recipe against its warehouse (created if it does not exist)."""
+    """Read, check and plan a recipe against its warehouse (created if it does not exist, once the
+    recipe is known to be sound)."""
     recipe = spec.load(path, overrides)
-    folder = warehouse or (plan._absolute(recipe, recipe.warehouse) if recipe.warehouse else None)
-    wh = factory.init(folder)
+    folder = _folder(recipe, warehouse)
+    planned = None if _exists(folder) else plan.check(recipe, None)  # a bad recipe creates nothing
+    wh = factory.init(str(folder))
     try:
-        planned = plan.check(recipe, wh)
+        planned = plan.check(recipe, wh) if planned is None else planned
         plan.mark(wh, recipe, planned)
     except BaseException:
         wh.close()
@@ -72,16 +74,33 @@ def prepare(
     return recipe, wh, planned
 
 
+def _folder(recipe: spec.Recipe, warehouse: str | None) -> Path:
+    given = warehouse or (plan._absolute(recipe, recipe.warehouse) if recipe.warehouse else None)
+    return resolve_path(given)
+
+
+def _exists(folder: Path) -> bool:
+    return (folder / CONFIG_FILE).is_file()
+
+
 def dry_run(
     path: str | Path, overrides: dict[str, Any] | None = None, warehouse: str | None = None
 ) -> Outcome:
-    """What `run` would do, step by step, and why; nothing is written (the warehouse may be created)."""
-    recipe, wh, planned = prepare(path, overrides, warehouse)
-    with wh:
-        steps = [
-            StepOutcome(p.step.name, p.step.verb, not p.up_to_date, p.why, output=p.output) for p in planned
-        ]
-        return Outcome(recipe.name, str(wh.folder), steps)
+    """What `run` would do, step by step, and why; nothing is written, not even a new warehouse."""
+    recipe = spec.load(path, overrides)
+    folder = _folder(recipe, warehouse)
+    if not _exists(folder):
+        planned = plan.check(recipe, None)
+        plan.mark(None, recipe, planned)
+        return Outcome(recipe.name, f"{folder} (to be created)", _steps(planned))
+    with factory.open(str(folder), read_only=True) as wh:
+        planned = plan.check(recipe, wh)
+        plan.mark(wh, recipe, planned)
+        return Outcome(recipe.name, str(wh.folder), _steps(planned))
+
+
+def _steps(planned: list[Planned]) -> list[StepOutcome]:
+    return [StepOutcome(p.step.name, p.step.verb, not p.up_to_date, p.why, output=p.output) for p in planned]
 
 
 def run(
@@ -217,6 +236,8 @@ def _run_step(
         said = f"{summary.inserted:,} new rows of {summary.offered:,} read ({summary.format})"
         if summary.rejected:
             said += f", {summary.rejected:,} rejected"
+        if " changed" in item.why and summary.inserted:  # an edited file: its old rows are still there
+            said += "; the rows of the file's earlier version stay in the warehouse (rows are never deleted)"
         return {"job": summary.job_id}, said, summary.offered
     if step.verb == "generate":
         if isinstance(config.get("on"), str):
