@@ -79,6 +79,14 @@ def _figure(fig: go.Figure, chart_id: str, height: int = 320) -> str:
     )
 
 
+def _section(title: str, *parts: str) -> str:
+    return f"<section><h2>{_e(title)}</h2>" + "".join(parts) + "</section>"
+
+
+def _empty(title: str, text: str) -> str:
+    return _section(title, f"<p class='muted'>{_e(text)}</p>")
+
+
 def _bars(rows: list[dict[str, Any]], title: str, chart_id: str) -> str:
     top = rows[:20]
     fig = go.Figure(
@@ -218,7 +226,7 @@ def _funnel(facts: dict[str, Any]) -> str:
 def _clusters(facts: dict[str, Any]) -> str:
     clusters = facts["clusters"]
     if not clusters:
-        return "<section><h2>Near-duplicate clusters</h2><p class='muted'>No dedup filter dropped a row.</p></section>"
+        return _empty("Near-duplicate clusters", "No dedup filter dropped a row.")
     fig = go.Figure(
         [
             go.Bar(name=c["filter"], x=[s["size"] for s in c["sizes"]], y=[s["clusters"] for s in c["sizes"]])
@@ -229,18 +237,16 @@ def _clusters(facts: dict[str, Any]) -> str:
                       yaxis_title="clusters", barmode="group")  # fmt: skip
     fig.update_xaxes(type="category")
     rows = [{k: c[k] for k in ("filter", "clusters", "rows_in_clusters")} for c in clusters]
-    return (
-        "<section><h2>Near-duplicate clusters</h2>"
-        + _figure(fig, "clusters")
-        + _table(rows, ["filter", "clusters", "rows_in_clusters"], table_id="table-clusters")
-        + "</section>"
+    columns = ["filter", "clusters", "rows_in_clusters"]
+    return _section(
+        "Near-duplicate clusters", _figure(fig, "clusters"), _table(rows, columns, table_id="table-clusters")
     )
 
 
 def _lineage(facts: dict[str, Any]) -> str:
     edges = facts["lineage"]
     if not edges:
-        return "<section><h2>Lineage</h2><p class='muted'>No row of the snapshot was made from another row.</p></section>"
+        return _empty("Lineage", "No row of the snapshot was made from another row.")
     names = sorted({e["parent_generator"] for e in edges} | {e["generator"] for e in edges})
     index = {n: k for k, n in enumerate(names)}
     fig = go.Figure(
@@ -254,18 +260,14 @@ def _lineage(facts: dict[str, Any]) -> str:
         )
     )
     fig.update_layout(title="which generator made rows from rows of which")
-    return (
-        "<section><h2>Lineage</h2>"
-        + _figure(fig, "lineage")
-        + _table(edges, ["parent_generator", "generator", "rows"], table_id="table-lineage")
-        + "</section>"
-    )
+    columns = ["parent_generator", "generator", "rows"]
+    return _section("Lineage", _figure(fig, "lineage"), _table(edges, columns, table_id="table-lineage"))
 
 
 def _teacher(facts: dict[str, Any]) -> str:
     calls = facts["teacher"]
     if not calls:
-        return "<section><h2>Teacher cost</h2><p class='muted'>No teacher call made or judged these rows.</p></section>"
+        return _empty("Teacher cost", "No teacher call made or judged these rows.")
     by_model: dict[str, dict[str, int]] = {}
     for c in calls:
         m = by_model.setdefault(str(c["model"]), {"prompt": 0, "completion": 0})
@@ -280,18 +282,13 @@ def _teacher(facts: dict[str, Any]) -> str:
     )
     fig.update_layout(title="tokens by model", barmode="stack")
     columns = ["model", "plugin", "job_id", "calls", "prompt_tokens", "completion_tokens", "failures"]
-    return (
-        "<section><h2>Teacher cost</h2>"
-        + _figure(fig, "teacher")
-        + _table(calls, columns, table_id="table-teacher")
-        + "</section>"
-    )
+    return _section("Teacher cost", _figure(fig, "teacher"), _table(calls, columns, table_id="table-teacher"))
 
 
 def _runs(facts: dict[str, Any]) -> str:
     runs = facts["runs"]
     if not runs:
-        return "<section><h2>Training and evaluation</h2><p class='muted'>No run on this snapshot yet.</p></section>"
+        return _empty("Training and evaluation", "No run on this snapshot yet.")
     out = ["<section><h2>Training and evaluation</h2>"]
     for run in runs:
         rows = [
