@@ -346,5 +346,6 @@ def export(
         manifest["mosaic"] = {"config": mosaic.model_dump(mode="json"), "composed_rows": composed}
     if provenance.step() is not None:  # written by a recipe step: `factory run` finds it done
         manifest["recipe_step"] = provenance.step()
+        manifest["bytes"] = {name: (out / name).stat().st_size for name in files.values()}
     write_text("export.json", json.dumps(manifest, indent=2) + "\n")
     return {**manifest, "out": str(out), "removed": removed}

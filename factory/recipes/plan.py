@@ -33,7 +33,7 @@ from factory import plugins
 from factory.errors import FactoryError
 from factory.evaluation.metrics import EvalSettings
 from factory.formats.mosaic import MosaicConfig
-from factory.recipes.spec import VARIABLE, Recipe, Step
+from factory.recipes.spec import VARIABLE, Recipe, RecipeError, Step
 
 if TYPE_CHECKING:
     from factory.store.warehouse import Warehouse
@@ -53,7 +53,7 @@ class ExportSettings(BaseModel):
     snapshot: str
     out: Path
     format: str
-    eval_split: float = 0.0
+    eval_split: float = Field(0.0, ge=0, lt=1)
     seed: int = 0
     name: str | None = None
     mosaic: MosaicConfig | None = None
@@ -113,7 +113,9 @@ def _absolute(recipe: Recipe, value: Any) -> Any:
         return None
     if isinstance(value, list):
         return [_absolute(recipe, v) for v in value]
-    path = Path(str(value)).expanduser()
+    if not isinstance(value, str) or not value.strip() or "\x00" in value:
+        raise RecipeError(f"{recipe.path}: {value!r} is not a path (empty, not text, or holding a NUL byte)")
+    path = Path(value).expanduser()
     return str(path if path.is_absolute() else (recipe.path.parent / path).resolve())
 
 
@@ -145,13 +147,25 @@ def check(recipe: Recipe, wh: Warehouse | None) -> list[Planned]:
     made: dict[str, Planned] = {}  # logical snapshot name -> the step that makes it
     by_name: dict[str, Planned] = {}
     planned: list[Planned] = []
+    chain = ""
+    outs: dict[str, str] = {}  # an output path -> the step that writes it
     for step in recipe.steps:
         config, refs, reads_all, files = _config(recipe, step)
+        out = config.get("out") if step.verb in ("export", "report", "train") else None
+        if out:
+            if out in outs:
+                raise recipe.error(
+                    _place_of(step, "out"),
+                    f"{out} is written by step '{outs[out]}' too; give each step its own",
+                )
+            outs[out] = step.name
         inputs: dict[str, Any] = {}
         for path in files:
             if not path.exists():
                 raise recipe.error(step.where, f"{path}: no such file or folder")
             for file in _files([path]):
+                if not file.is_file():  # a FIFO, a device: hashing it would never end
+                    raise recipe.error(step.where, f"{file}: not a regular file or folder")
                 inputs[f"file:{file}"] = file_digest(file)
         for setting, name in refs.items():
             if name in made:
@@ -180,13 +194,14 @@ def check(recipe: Recipe, wh: Warehouse | None) -> list[Planned]:
                 )
             inputs[f"step:{ref}"] = earlier.identity
         if reads_all:  # by identity, not name: renaming a step changes nothing after it
-            inputs["after"] = [earlier.identity for earlier in planned]
+            inputs["after"] = chain
         identity = _hash([step.verb, step.plugin, given_settings(recipe, step), step.options, inputs])
         item = Planned(step, identity, config, inputs, refs)
         if step.verb == "snapshot":
             made[step.settings.get("name") or step.name] = item
         by_name[step.name] = item
         planned.append(item)
+        chain = _hash([chain, identity])  # every step so far, in order, in one hash (a list grows as n^2)
     return planned
 
 
@@ -356,15 +371,14 @@ def mark(wh: Warehouse | None, recipe: Recipe, planned: list[Planned]) -> None:
     if wh is not None and "recipe_step" not in wh.lake.frame("DESCRIBE jobs")["column_name"].to_list():
         wh = None  # a warehouse from before recipes, opened read-only by a dry run: nothing is done yet
     will_run: set[str] = set()
-    names = {item.identity: item.step.name for item in planned}
-    for item in planned:
+    for k, item in enumerate(planned):
         found = _done(wh, item) if wh is not None else None
         if found is not None:
             item.up_to_date, item.output = True, found
             item.why = _done_why(item.step.verb, found)
             continue
         will_run.add(item.step.name)
-        item.why = _why_run(wh, recipe, item, will_run, names)
+        item.why = _why_run(wh, recipe, item, will_run, [p.step.name for p in planned[:k]])
 
 
 def _done(wh: Warehouse, item: Planned) -> dict[str, Any] | None:
@@ -410,9 +424,11 @@ def _export_done(item: Planned) -> dict[str, Any] | None:
         return None
     if not isinstance(manifest, dict) or manifest.get("recipe_step") != item.identity:
         return None
-    files = manifest.get("files") or {}
-    if not all((out / str(name)).is_file() for name in files.values()):
-        return None
+    files, sizes = manifest.get("files") or {}, manifest.get("bytes") or {}
+    for name in files.values():  # each file there, as long as it was written (a cheap check of each)
+        path = out / str(name)
+        if not path.is_file() or (name in sizes and path.stat().st_size != sizes[name]):
+            return None
     return {"out": str(out)}
 
 
@@ -427,7 +443,7 @@ def _done_why(verb: str, found: dict[str, Any]) -> str:
 
 
 def _why_run(
-    wh: Warehouse | None, recipe: Recipe, item: Planned, will_run: set[str], names: dict[str, str]
+    wh: Warehouse | None, recipe: Recipe, item: Planned, will_run: set[str], earlier: list[str]
 ) -> str:
     """Why a step runs: first time, what changed since its last identity, or a run that did not end."""
     if wh is None:
@@ -455,8 +471,7 @@ def _why_run(
         elif kind in ("snapshot", "step"):
             again.append(name)
         elif key == "after":
-            before = set(before_inputs.get("after") or [])
-            again += [names[i] for i in value if i not in before]
+            again += [n for n in earlier if n in will_run] or ["a step before it"]
     if again:
         changes.append(f"{', '.join(dict.fromkeys(again))} changed or run(s) again")
     return "runs: " + ("; ".join(changes) or "its settings changed")

@@ -16,9 +16,13 @@ NAME read the new one.
 
 from __future__ import annotations
 
+import contextlib
+import fcntl
+import hashlib
 import json
+import sys
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -110,8 +114,40 @@ def run(
     echo: Echo | None = None,
     progress: bool = False,
 ) -> Outcome:
-    """Run every step of a recipe that is not up to date; `echo` is told each step as it ends."""
-    recipe, wh, planned = prepare(path, overrides, warehouse)
+    """Run every step of a recipe that is not up to date; `echo` is told each step as it ends.
+
+    Two runs of one recipe on one warehouse take turns (a lock file beside its catalog): the
+    second plans once the first is done, and finds its steps up to date."""
+    recipe = spec.load(path, overrides)
+    folder = _folder(recipe, warehouse)
+    if not _exists(folder):
+        plan.check(recipe, None)  # a bad recipe creates no warehouse
+    factory.init(str(folder)).close()
+    with _one_run(folder, recipe.name, echo):
+        recipe, wh, planned = prepare(path, overrides, warehouse)
+        return _run(recipe, wh, planned, echo, progress)
+
+
+@contextlib.contextmanager
+def _one_run(folder: Path, name: str, echo: Echo | None) -> Iterator[None]:
+    """Hold the recipe's lock on this warehouse (this machine's processes take turns)."""
+    lock = folder / f".recipe-{hashlib.sha256(name.encode()).hexdigest()[:16]}.lock"
+    with open(lock, "a+") as handle:
+        try:
+            fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            say = echo or (lambda line: sys.stderr.write(line + "\n"))
+            say(f"waiting for another run of recipe {name} on {folder} to finish")
+            fcntl.flock(handle, fcntl.LOCK_EX)
+        try:
+            yield
+        finally:
+            fcntl.flock(handle, fcntl.LOCK_UN)
+
+
+def _run(
+    recipe: spec.Recipe, wh: Warehouse, planned: list[Planned], echo: Echo | None, progress: bool
+) -> Outcome:
     with wh:
         outcome = Outcome(recipe.name, str(wh.folder), [])
         if any(not p.up_to_date for p in planned):

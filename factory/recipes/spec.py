@@ -107,8 +107,10 @@ def _lines(node: yaml.Node, place: Path_, out: dict[Path_, int], source: Path, s
     if isinstance(node, yaml.MappingNode):
         seen: dict[Any, int] = {}
         for key_node, value_node in node.value:
-            key = key_node.value
             line = key_node.start_mark.line + 1
+            if not isinstance(key_node, yaml.ScalarNode):
+                raise RecipeError(f"{source}:{line}: a key must be plain text, not a list or a mapping")
+            key = key_node.value
             if key in seen:
                 raise RecipeError(
                     f"{source}:{line}: '{key}' is given twice (first on line {seen[key]}); give it once"
@@ -130,18 +132,21 @@ def read_yaml(path: Path) -> tuple[str, Any, dict[Path_, int]]:
         raise RecipeError(f"{path}: cannot read the recipe ({exc.strerror or exc})") from exc
     except UnicodeDecodeError as exc:
         raise RecipeError(f"{path}: not a UTF-8 text file (byte {exc.start})") from exc
+    lines: dict[Path_, int] = {}
     try:
         node = yaml.compose(text, Loader=settings.YamlLoader)
+        if node is not None:
+            _lines(node, (), lines, path, set())  # before building the value: aliases are refused here
+        value = settings.yaml_load(text)
     except yaml.MarkedYAMLError as exc:
         mark = exc.problem_mark or exc.context_mark
         line = mark.line + 1 if mark else 1
         raise RecipeError(f"{path}:{line}: not valid YAML ({exc.problem or exc})") from exc
     except yaml.YAMLError as exc:
         raise RecipeError(f"{path}: not valid YAML ({exc})") from exc
-    lines: dict[Path_, int] = {}
-    if node is not None:
-        _lines(node, (), lines, path, set())
-    return text, settings.yaml_load(text), lines
+    except RecursionError as exc:
+        raise RecipeError(f"{path}: the YAML nests too deep to read; flatten it") from exc
+    return text, value, lines
 
 
 def load(path: str | Path, overrides: dict[str, Any] | None = None) -> Recipe:
@@ -155,7 +160,10 @@ def load(path: str | Path, overrides: dict[str, Any] | None = None) -> Recipe:
     for key in value:
         if key not in TOP_KEYS:
             raise recipe.error((key,), f"unknown key; a recipe has {', '.join(sorted(TOP_KEYS))}")
-    recipe.name = str(value.get("name") or path.stem)
+    name = value.get("name")
+    if name is not None and (not isinstance(name, str) or not name.strip()):
+        raise recipe.error(("name",), "expected the recipe's name (text)")
+    recipe.name = name or path.stem
     variables = value.get("vars") or {}
     if not isinstance(variables, dict):
         raise recipe.error(("vars",), f"expected a mapping of names to values, not {_kind(variables)}")
@@ -169,6 +177,10 @@ def load(path: str | Path, overrides: dict[str, Any] | None = None) -> Recipe:
         variables[name] = given
     recipe.variables = variables
     recipe.warehouse = _fill(recipe, ("warehouse",), value.get("warehouse"))
+    if recipe.warehouse is not None and (
+        not isinstance(recipe.warehouse, str) or not recipe.warehouse.strip()
+    ):
+        raise recipe.error(("warehouse",), "expected the warehouse folder's path (text)")
     steps = value.get("steps")
     if not isinstance(steps, list) or not steps:
         raise recipe.error(("steps",) if "steps" in value else (), "expected 'steps': a list of steps")
@@ -251,7 +263,18 @@ def _fill(recipe: Recipe, place: Path_, value: Any) -> Any:
     whole = VARIABLE.fullmatch(value)
     if whole:
         return _variable(recipe, place, whole.group(1), value)
-    return VARIABLE.sub(lambda m: str(_variable(recipe, place, m.group(1), m.group(0))), value)
+    if "${" in VARIABLE.sub("", value):
+        raise recipe.error(place, f"{value!r}: a '${{' without its '}}'; write ${{vars.NAME}}")
+
+    def text(match: re.Match[str]) -> str:
+        found = _variable(recipe, place, match.group(1), match.group(0))
+        if isinstance(found, dict | list):
+            raise recipe.error(
+                place, f"{match.group(0)} is a {type(found).__name__}: it cannot be pasted into text"
+            )
+        return str(found)
+
+    return VARIABLE.sub(text, value)
 
 
 def _variable(recipe: Recipe, place: Path_, ref: str, text: str) -> Any:

@@ -283,3 +283,36 @@ def test_renaming_a_step_reruns_nothing_and_an_edited_file_says_its_old_rows_sta
     assert "earlier version stay in the warehouse" in outcome.steps[0].said
     assert outcome.ran[0] == "tasks" and "questions" not in outcome.ran
     assert server.requests == asked  # the steps after it ran again, the teacher's answers came from the cache
+
+
+def test_two_steps_may_not_write_one_place_and_a_truncated_export_is_written_again(tmp_path, server):
+    twice = RECIPE + "  - name: again\n    export: {{snapshot: base, out: out/sharegpt, format: alpaca}}\n"
+    with pytest.raises(
+        RecipeError, match=r"recipe\.yaml:30: export\.out: .*out/sharegpt is written by step 'sharegpt' too"
+    ):
+        runner.dry_run(_recipe(tmp_path, server, twice), warehouse=str(tmp_path / "wh"))
+    path = _recipe(tmp_path, server)
+    runner.run(path, warehouse=str(tmp_path / "wh"))
+    (tmp_path / "out" / "sharegpt" / "train.json").write_text("[]")
+    assert runner.run(path, warehouse=str(tmp_path / "wh")).ran == ["sharegpt"]
+
+
+@pytest.mark.slow
+def test_two_processes_running_one_recipe_take_turns(tmp_path, server):
+    path = _recipe(tmp_path, server)
+    warehouse = tmp_path / "wh"
+    command = [sys.executable, "-m", "factory.cli", "run", str(path), "--warehouse", str(warehouse)]
+    racers = [
+        subprocess.Popen(command, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True) for _ in range(2)
+    ]
+    outputs = [r.communicate(timeout=300) for r in racers]
+    assert [r.returncode for r in racers] == [0, 0], outputs
+    assert any("nothing was written" in out for out, _ in outputs)  # the second found it all done
+    with factory.open(str(warehouse), read_only=True) as wh:
+        assert wh.sql("SELECT name FROM snapshots ORDER BY name")["name"].to_list() == [
+            "base",
+            "question-set",
+            "short",
+        ]
+        assert wh.sql("SELECT count(*) AS n FROM jobs WHERE kind = 'import'")["n"][0] == 2
+    assert server.requests == len(PRODUCTS)
