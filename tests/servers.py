@@ -33,6 +33,10 @@ def free_port() -> int:
 
 
 class _QuietServer(ThreadingHTTPServer):
+    # socketserver's default listen backlog is 5: a client opening 32 connections at once had
+    # some refused under load, and a test counting teacher calls saw a retried connection error.
+    request_queue_size = 256
+
     def handle_error(self, request: object, client_address: object) -> None:
         pass  # a client that timed out closed its end: expected here
 
