@@ -24,7 +24,7 @@ from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from queue import Empty, Queue
-from typing import Any, TypeVar
+from typing import Any
 
 import numpy as np
 import polars as pl
@@ -304,15 +304,11 @@ def _names_utf8(encoding: str) -> bool:
     return _codec(encoding) == "utf-8"
 
 
-B = TypeVar("B", bytes, memoryview)
-
-
-def _check_start(data: B, label: str, encoding: str) -> tuple[B, list[str]]:
+def _check_start(data: bytes, label: str, encoding: str) -> tuple[bytes, list[str]]:
     """Strip a UTF-8 byte-order mark (with a warning); refuse a UTF-16 one unless asked for."""
-    head = bytes(data[:3])
-    if head.startswith(UTF8_BOM) and _names_utf8(encoding):
+    if data.startswith(UTF8_BOM) and _names_utf8(encoding):
         return data[len(UTF8_BOM) :], [f"{label}:1: removed a UTF-8 byte-order mark at the start of the file"]
-    if head.startswith(UTF16_BOMS) and not _codec(encoding).startswith("utf-16"):
+    if data.startswith(UTF16_BOMS) and not _codec(encoding).startswith("utf-16"):
         raise ReadError(f"{label}:1: the file is UTF-16 encoded (byte-order mark); pass --encoding utf-16")
     return data, []
 
@@ -322,9 +318,9 @@ def read_jsonl(path: Path, options: ReadOptions) -> Iterator[Raw]:
     if not _names_utf8(options.encoding):
         # Other encodings are decoded whole, then read as UTF-8 from memory.
         raw = path.read_bytes()
-        view, warnings = _check_start(memoryview(raw), label, options.encoding)
+        raw, warnings = _check_start(raw, label, options.encoding)
         try:
-            text = bytes(view).decode(options.encoding)
+            text = raw.decode(options.encoding)
         except UnicodeDecodeError as exc:
             raise ReadError(f"{label}: not valid {options.encoding} at byte {exc.start}") from exc
         yield from _jsonl_stream(io.BytesIO(text.lstrip("\ufeff").encode()), label, options, warnings)

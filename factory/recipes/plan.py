@@ -107,12 +107,12 @@ def _files(paths: list[Path]) -> list[Path]:
     return out
 
 
-def _absolute(recipe: Recipe, value: Any) -> Any:
+def absolute(recipe: Recipe, value: Any) -> Any:
     """A path setting read from the recipe's folder (a list of them, each)."""
     if value is None:
         return None
     if isinstance(value, list):
-        return [_absolute(recipe, v) for v in value]
+        return [absolute(recipe, v) for v in value]
     if not isinstance(value, str) or not value.strip() or "\x00" in value:
         raise RecipeError(f"{recipe.path}: {value!r} is not a path (empty, not text, or holding a NUL byte)")
     path = Path(value).expanduser()
@@ -198,7 +198,7 @@ def check(recipe: Recipe, wh: Warehouse | None) -> list[Planned]:
         identity = _hash([step.verb, step.plugin, given_settings(recipe, step), step.options, inputs])
         item = Planned(step, identity, config, inputs, refs)
         if step.verb == "snapshot":
-            made[step.settings.get("name") or step.name] = item
+            made[step.snapshot_name] = item
         by_name[step.name] = item
         planned.append(item)
         chain = _hash([chain, identity])  # every step so far, in order, in one hash (a list grows as n^2)
@@ -219,7 +219,7 @@ def given_settings(recipe: Recipe, step: Step) -> dict[str, Any]:
     values = dict(step.settings)
     for key in PATHS.get(step.verb, ()):
         if key in values:
-            values[key] = _absolute(recipe, values[key])
+            values[key] = absolute(recipe, values[key])
     return values
 
 
@@ -354,7 +354,7 @@ def _flat_items(values: dict[str, Any], prefix: str = "") -> list[tuple[str, Any
 
 
 def _snapshots_made(recipe: Recipe) -> set[str]:
-    return {s.settings.get("name") or s.name for s in recipe.steps if s.verb == "snapshot"}
+    return {s.snapshot_name for s in recipe.steps if s.verb == "snapshot"}
 
 
 def _exists(wh: Warehouse, name: str) -> bool:
@@ -404,25 +404,35 @@ def _done(wh: Warehouse, item: Planned) -> dict[str, Any] | None:
     return _export_done(item)
 
 
+def report_head(path: Path) -> str:
+    """The first 4 KiB of a report file, where a recipe step's identity is written ("" if unreadable)."""
+    try:
+        with path.open(encoding="utf-8", errors="replace") as handle:
+            return handle.read(4096)
+    except OSError:
+        return ""
+
+
+def export_manifest(out: Path) -> dict[str, Any]:
+    """An export folder's export.json ({} if there is none or it is not an object)."""
+    try:
+        found = json.loads((out / "export.json").read_text(encoding="utf-8"))
+    except (OSError, ValueError):
+        return {}
+    return found if isinstance(found, dict) else {}
+
+
 def _report_done(item: Planned) -> dict[str, Any] | None:
     """A report is done when its file names this step's identity (the page's meta tag, the JSON's key)."""
     out = Path(item.config["out"])
-    try:
-        with out.open(encoding="utf-8", errors="replace") as handle:
-            head = handle.read(4096)
-    except OSError:
-        return None
-    return {"out": str(out)} if item.identity in head else None
+    return {"out": str(out)} if item.identity in report_head(out) else None
 
 
 def _export_done(item: Planned) -> dict[str, Any] | None:
     """An export is done when its export.json records this step's identity and its files are there."""
     out = Path(item.config["out"])
-    try:
-        manifest = json.loads((out / "export.json").read_text(encoding="utf-8"))
-    except (OSError, ValueError):
-        return None
-    if not isinstance(manifest, dict) or manifest.get("recipe_step") != item.identity:
+    manifest = export_manifest(out)
+    if manifest.get("recipe_step") != item.identity:
         return None
     files, sizes = manifest.get("files") or {}, manifest.get("bytes") or {}
     for name in files.values():  # each file there, as long as it was written (a cheap check of each)

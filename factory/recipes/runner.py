@@ -60,26 +60,8 @@ class Outcome:
         return [s.name for s in self.steps if s.ran]
 
 
-def prepare(
-    path: str | Path, overrides: dict[str, Any] | None = None, warehouse: str | None = None
-) -> tuple[spec.Recipe, Warehouse, list[Planned]]:
-    """Read, check and plan a recipe against its warehouse (created if it does not exist, once the
-    recipe is known to be sound)."""
-    recipe = spec.load(path, overrides)
-    folder = _folder(recipe, warehouse)
-    planned = None if _exists(folder) else plan.check(recipe, None)  # a bad recipe creates nothing
-    wh = factory.init(str(folder))
-    try:
-        planned = plan.check(recipe, wh) if planned is None else planned
-        plan.mark(wh, recipe, planned)
-    except BaseException:
-        wh.close()
-        raise
-    return recipe, wh, planned
-
-
 def _folder(recipe: spec.Recipe, warehouse: str | None) -> Path:
-    given = warehouse or (plan._absolute(recipe, recipe.warehouse) if recipe.warehouse else None)
+    given = warehouse or (plan.absolute(recipe, recipe.warehouse) if recipe.warehouse else None)
     return resolve_path(given)
 
 
@@ -122,9 +104,9 @@ def run(
     folder = _folder(recipe, warehouse)
     if not _exists(folder):
         plan.check(recipe, None)  # a bad recipe creates no warehouse
-    factory.init(str(folder)).close()
-    with _one_run(folder, recipe.name, echo):
-        recipe, wh, planned = prepare(path, overrides, warehouse)
+    with factory.init(str(folder)) as wh, _one_run(folder, recipe.name, echo):
+        planned = plan.check(recipe, wh)  # after the lock: another run may have made snapshots it reads
+        plan.mark(wh, recipe, planned)
         return _run(recipe, wh, planned, echo, progress)
 
 
@@ -148,32 +130,31 @@ def _one_run(folder: Path, name: str, echo: Echo | None) -> Iterator[None]:
 def _run(
     recipe: spec.Recipe, wh: Warehouse, planned: list[Planned], echo: Echo | None, progress: bool
 ) -> Outcome:
-    with wh:
-        outcome = Outcome(recipe.name, str(wh.folder), [])
-        if any(not p.up_to_date for p in planned):
-            _record(wh, recipe, planned)
-        outputs: dict[str, dict[str, Any]] = {}  # step name -> its outputs
-        physical: dict[str, str] = {}  # logical snapshot name -> the snapshot it is now
-        for item in planned:
-            step = item.step
-            started = time.time()
-            if item.up_to_date:
-                done = StepOutcome(step.name, step.verb, False, item.why, output=item.output)
-            else:
-                with provenance.in_step(item.identity):
-                    output, said, rows = _run_step(wh, recipe, item, outputs, physical, progress)
-                done = StepOutcome(
-                    step.name, step.verb, True, item.why, time.time() - started, said, output, rows
-                )
-            outputs[step.name] = done.output
-            if step.verb == "snapshot":
-                physical[step.settings.get("name") or step.name] = done.output["snapshot"]
-            outcome.steps.append(done)
-            if echo is not None:
-                echo_step(echo, done)
-            if done.ran:
-                crash.point("recipe.step")
-        return outcome
+    outcome = Outcome(recipe.name, str(wh.folder), [])
+    if any(not p.up_to_date for p in planned):
+        _record(wh, recipe, planned)
+    outputs: dict[str, dict[str, Any]] = {}  # step name -> its outputs
+    physical: dict[str, str] = {}  # logical snapshot name -> the snapshot it is now
+    for item in planned:
+        step = item.step
+        started = time.time()
+        if item.up_to_date:
+            done = StepOutcome(step.name, step.verb, False, item.why, output=item.output)
+        else:
+            with provenance.in_step(item.identity):
+                output, said, rows = _run_step(wh, recipe, item, outputs, physical, progress)
+            done = StepOutcome(
+                step.name, step.verb, True, item.why, time.time() - started, said, output, rows
+            )
+        outputs[step.name] = done.output
+        if step.verb == "snapshot":
+            physical[step.snapshot_name] = done.output["snapshot"]
+        outcome.steps.append(done)
+        if echo is not None:
+            echo_step(echo, done)
+        if done.ran:
+            crash.point("recipe.step")
+    return outcome
 
 
 def echo_step(echo: Echo, done: StepOutcome) -> None:
@@ -185,7 +166,7 @@ def echo_step(echo: Echo, done: StepOutcome) -> None:
 
 def _record(wh: Warehouse, recipe: spec.Recipe, planned: list[Planned]) -> None:
     """One commit: the recipe's text and resolved steps, and the identities about to run."""
-    digest = plan.file_digest(recipe.path) if recipe.path.is_file() else plan._hash(recipe.text)
+    digest = hashlib.sha256(recipe.text.encode()).hexdigest()  # of the text read, not the file as it is now
     resolved = [
         {"name": p.step.name, "verb": p.step.verb, "plugin": p.step.plugin, "config": p.config,
          "options": p.step.options, "identity": p.identity}
@@ -298,7 +279,7 @@ def _run_step(
     if step.verb == "export":
         mosaic = config.pop("mosaic")
         snapshot, out, fmt = snap(config.pop("snapshot")), Path(config.pop("out")), config.pop("format")
-        earlier = (out / "export.json").is_file() and "recipe_step" in _manifest(out)
+        earlier = "recipe_step" in plan.export_manifest(out)  # a recipe's own export may be replaced
         result = factory.export(
             wh, snapshot, out, fmt, mosaic=MosaicConfig(**mosaic) if mosaic else None, force=earlier, **config
         )
@@ -323,7 +304,7 @@ def _run_step(
         compare = config.pop("compare")
         facts = report.write(
             wh, snapshot, out, config.pop("format"), snap(compare) if compare else None, config.pop("tokenizer"),
-            force=_recipe_written(out),
+            force=_recipe_written(out),  # a recipe's own report may be replaced
         )  # fmt: skip
         said = f"report on {snapshot}: {facts['funnel']['start']:,} rows then, {len(facts['funnel']['filters'])} filters -> {out}"
         return {"out": str(out)}, said, int(facts["snapshot"]["row_count"])
@@ -336,20 +317,8 @@ def _run_step(
 
 def _recipe_written(report: Path) -> bool:
     """Whether a report file there was written by a recipe step (so a step may replace it)."""
-    try:
-        with report.open(encoding="utf-8", errors="replace") as handle:
-            head = handle.read(4096)
-    except OSError:
-        return False
+    head = plan.report_head(report)
     return "factory-recipe-step" in head or '"recipe_step"' in head
-
-
-def _manifest(out: Path) -> dict[str, Any]:
-    try:
-        found = json.loads((out / "export.json").read_text(encoding="utf-8"))
-    except (OSError, ValueError):
-        return {}
-    return found if isinstance(found, dict) else {}
 
 
 def _generated(summary: Any) -> str:

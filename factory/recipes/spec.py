@@ -72,6 +72,11 @@ class Step:
     line: int = 0
     where: Path_ = ()  # the step's place in the YAML, for error lines
 
+    @property
+    def snapshot_name(self) -> str:
+        """A snapshot step's snapshot, as the recipe names it: its `name:` setting, else the step's."""
+        return self.settings.get("name") or self.name
+
 
 @dataclass
 class Recipe:

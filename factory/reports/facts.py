@@ -47,6 +47,7 @@ def gather(
     record = snapshots.get(wh, name)
     rel = f"snapshot('{record['name']}')"
     version = int(record["lake_version"])
+    latest = _latest(wh, version, list(record["filter_runs"] or []))
     facts: dict[str, Any] = {
         "snapshot": _record(record),
         "recipe": snapshots.made_by(wh, record),
@@ -66,8 +67,8 @@ def gather(
                 "WHERE json_extract_string(meta, '$.license') IS NOT NULL GROUP BY ALL ORDER BY rows DESC, license"
             )
         ),
-        "funnel": _funnel(wh, record, version),
-        "clusters": _clusters(wh, record, version),
+        "funnel": _funnel(wh, record, version, latest),
+        "clusters": _clusters(latest),
         "lineage": _rows(
             wh.sql(
                 f"SELECT p.generator AS parent_generator, c.generator AS generator, count(*) AS rows FROM "
@@ -140,26 +141,23 @@ def _distribution(counts: np.ndarray) -> dict[str, Any]:
     }
 
 
-def _latest(version: int, runs: list[str]) -> str:
-    """Each (row, filter)'s latest verdict among the honoured runs, at the snapshot's version."""
-    return (
+def _latest(wh: Warehouse, version: int, runs: list[str]) -> pl.DataFrame:
+    """Each (row, filter)'s latest verdict among the honoured runs, at the snapshot's version (read
+    once: the funnel and the clusters both use it)."""
+    if not runs:
+        return pl.DataFrame(schema={"id": pl.String, "filter": pl.String, "keep": pl.Boolean,
+                                    "reason": pl.String, "first_at": pl.Datetime("us", "UTC")})  # fmt: skip
+    return wh.sql(
         f"SELECT id, filter, arg_max(keep, (created_at, run_id)) AS keep, arg_max(reason, (created_at, run_id)) "
         f"AS reason, min(created_at) AS first_at FROM verdicts AT (VERSION => {version}) "
-        f"WHERE list_contains({_list(runs)}, run_id) GROUP BY id, filter"
+        "WHERE list_contains(?, run_id) GROUP BY id, filter",
+        [runs],
     )
 
 
-def _list(values: list[str]) -> str:
-    return "[" + ", ".join("'" + v.replace("'", "''") + "'" for v in values) + "]"
-
-
-def _funnel(wh: Warehouse, record: dict[str, Any], version: int) -> dict[str, Any]:
-    runs = list(record["filter_runs"] or [])
+def _funnel(wh: Warehouse, record: dict[str, Any], version: int, latest: pl.DataFrame) -> dict[str, Any]:
     everything = int(wh.sql(f"SELECT count(DISTINCT id) AS n FROM rows AT (VERSION => {version})")["n"][0])
     out: dict[str, Any] = {"start": everything, "filters": [], "selected": int(record["row_count"])}
-    if not runs:
-        return out
-    latest = wh.sql(_latest(version, runs) + " ORDER BY first_at")
     order = latest.group_by("filter").agg(pl.col("first_at").min()).sort("first_at")["filter"].to_list()
     dropped_so_far: set[str] = set()
     remaining = everything
@@ -195,14 +193,10 @@ def _funnel(wh: Warehouse, record: dict[str, Any], version: int) -> dict[str, An
     return out
 
 
-def _clusters(wh: Warehouse, record: dict[str, Any], version: int) -> list[dict[str, Any]]:
+def _clusters(latest: pl.DataFrame) -> list[dict[str, Any]]:
     """Sizes of near-duplicate clusters: a kept row with the rows each dedup filter dropped as its copies."""
-    runs = list(record["filter_runs"] or [])
-    if not runs:
-        return []
-    copies = wh.sql(
-        f"SELECT filter, regexp_extract(reason, '{DEDUP_REASON}', 2) AS kept FROM ({_latest(version, runs)}) "
-        f"WHERE NOT keep AND regexp_matches(reason, '{DEDUP_REASON}')"
+    copies = latest.filter(~pl.col("keep") & pl.col("reason").str.contains(DEDUP_REASON)).select(
+        "filter", pl.col("reason").str.extract(DEDUP_REASON, 2).alias("kept")
     )
     out = []
     for name in sorted(set(copies["filter"].to_list())):
