@@ -7,7 +7,13 @@ STAMP := $(VENV)/.installed
 VLLM_VENV := .venv-vllm
 VLLM_STAMP := $(VLLM_VENV)/.installed
 
-.PHONY: install vllm-env browser demo test test-fast bench lint clean
+LF_VENV := .venv-llamafactory
+LF_STAMP := $(LF_VENV)/.installed
+
+AX_VENV := .venv-axolotl
+AX_STAMP := $(AX_VENV)/.installed
+
+.PHONY: install vllm-env llamafactory-env axolotl-env browser demo test test-fast bench lint clean
 
 install: $(STAMP)
 
@@ -23,6 +29,33 @@ $(VLLM_STAMP): pyproject.toml
 	$(VLLM_VENV)/bin/python -m pip uninstall --yes torchvision torchaudio torchcodec >> $(VLLM_VENV)/install.log 2>&1 || true
 	$(VLLM_VENV)/bin/python -m pip install --quiet -e . >> $(VLLM_VENV)/install.log 2>&1 || (cat $(VLLM_VENV)/install.log; exit 1)
 	touch $(VLLM_STAMP)
+
+# LLaMA-Factory, run by the tests on our exports as a user would. Its own environment: it pins its
+# own transformers, trl, peft and datasets. torch stays the CPU build; torchvision (a CUDA build here)
+# breaks transformers' import and is removed; torchaudio, which LLaMA-Factory imports for audio
+# inputs, keeps its Python part without its CUDA-built library (torchaudio loads without it).
+llamafactory-env: $(LF_STAMP)
+
+$(LF_STAMP): Makefile
+	test -x $(LF_VENV)/bin/python || $(PY) -m venv $(LF_VENV)
+	$(LF_VENV)/bin/python -m pip install --quiet --upgrade pip > $(LF_VENV)/install.log 2>&1 || (cat $(LF_VENV)/install.log; exit 1)
+	$(LF_VENV)/bin/python -m pip install --quiet llamafactory==0.9.5 torch==2.13.0 >> $(LF_VENV)/install.log 2>&1 || (cat $(LF_VENV)/install.log; exit 1)
+	$(LF_VENV)/bin/python -m pip uninstall --yes torchvision >> $(LF_VENV)/install.log 2>&1 || true
+	rm -f $(LF_VENV)/lib/python3*/site-packages/torchaudio/lib/*.so
+	$(LF_VENV)/bin/llamafactory-cli version >> $(LF_VENV)/install.log 2>&1 || (cat $(LF_VENV)/install.log; exit 1)
+	touch $(LF_STAMP)
+
+# axolotl 0.19 (the last for Python 3.11), run by the tests on our exports. Its own environment: it
+# pins transformers, trl and datasets of its own and pulls triton, xformers and bitsandbytes, which
+# install and import on the CPU; torch stays the CPU build.
+axolotl-env: $(AX_STAMP)
+
+$(AX_STAMP): Makefile
+	test -x $(AX_VENV)/bin/python || $(PY) -m venv $(AX_VENV)
+	$(AX_VENV)/bin/python -m pip install --quiet --upgrade pip > $(AX_VENV)/install.log 2>&1 || (cat $(AX_VENV)/install.log; exit 1)
+	$(AX_VENV)/bin/python -m pip install --quiet axolotl==0.19.0 torch==2.13.0 transformers==5.16.1 >> $(AX_VENV)/install.log 2>&1 || (cat $(AX_VENV)/install.log; exit 1)
+	$(AX_VENV)/bin/axolotl --help >> $(AX_VENV)/install.log 2>&1 || (cat $(AX_VENV)/install.log; exit 1)
+	touch $(AX_STAMP)
 
 $(STAMP): pyproject.toml
 	test -x $(BIN)/python || $(PY) -m venv $(VENV)
@@ -40,11 +73,11 @@ browser:
 	  { [ "$$(id -u)" = 0 ] || { echo "the report test needs Debian's chromium and chromium-driver: apt-get install them as root"; exit 1; }; \
 	    apt-get update -qq > /dev/null && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq chromium chromium-driver > /dev/null; }
 
-test: install vllm-env browser
+test: install vllm-env llamafactory-env axolotl-env browser
 	$(BIN)/python -m pytest -q
 
 test-fast: install
-	$(BIN)/python -m pytest -q -m 'not slow and not server'
+	$(BIN)/python -m pytest -q -m 'not slow and not server and not ecosystem'
 
 bench: install vllm-env
 	$(BIN)/python -m bench.run_all
@@ -54,4 +87,4 @@ lint: install
 	$(BIN)/ruff format --check .
 
 clean:
-	rm -rf $(VENV) $(VLLM_VENV) warehouse demo-out bench-out recipes-out
+	rm -rf $(VENV) $(VLLM_VENV) $(LF_VENV) $(AX_VENV) warehouse demo-out bench-out recipes-out

@@ -34,6 +34,10 @@ def train_config(
     written = external.write_config(wh, tool, snapshot, out, values(config, set_), force=force)
     counts = ", ".join(f"{split} {n:,}" for split, n in written["counts"].items())
     console().print(f"{tool}: data in {shown(written['data'])} ({counts}); config {shown(written['config'])}")
+    for reason, n in written["skipped"].items():
+        console().print(
+            f"[yellow]skipped {n:,} row(s): {reason.removeprefix('skipped_').replace('_', ' ')}[/]"
+        )
     console().print(f"  run it: {shown(written['command'])}")
 
 

@@ -16,6 +16,7 @@ choice. Field names follow the tools' documented configs: LLaMA-Factory's
 
 from __future__ import annotations
 
+import copy
 import json
 from pathlib import Path
 from typing import Any, Literal
@@ -26,7 +27,7 @@ from pydantic import Field
 from factory import config
 from factory.errors import ConfigError
 from factory.formats import export
-from factory.models.chat import read_jsonl
+from factory.models import chat
 from factory.store import outputs, snapshots
 from factory.store.warehouse import Warehouse
 from trainers.sft import SftConfig
@@ -38,7 +39,32 @@ class ExternalConfig(SftConfig):
     stage: Literal["sft", "dpo"] = Field("sft", description="supervised fine-tuning or DPO")
     beta: float = Field(0.1, gt=0, description="DPO beta")
     template: str | None = Field(
-        None, description="the tool's chat template name (LLaMA-Factory: e.g. llama3, qwen, gemma3, alpaca)"
+        None,
+        description="the tool's chat template name (LLaMA-Factory: e.g. llama3, qwen, gemma3, alpaca) "
+        "[default: the model's own template, as our trainer uses]",
+    )
+    form: Literal["sharegpt", "alpaca"] = Field(
+        "sharegpt", description="LLaMA-Factory: the dataset form written (alpaca: single turns plus history)"
+    )
+
+
+# Our named templates (factory.models.chat.TEMPLATES) and LLaMA-Factory's of the same layout.
+LLAMAFACTORY_TEMPLATES = {"chatml": "chatml", "alpaca": "alpaca"}
+
+
+def _llamafactory_template(cfg: ExternalConfig) -> str | None:
+    """LLaMA-Factory's template: the one named, else ours by name, else none (LLaMA-Factory then reads
+    the tokenizer's chat template, as our trainer does; its `default` is a Human:/Assistant: layout
+    the model was never trained on)."""
+    if cfg.template:
+        return cfg.template
+    if cfg.chat_template is None:
+        return None
+    if cfg.chat_template in LLAMAFACTORY_TEMPLATES:
+        return LLAMAFACTORY_TEMPLATES[cfg.chat_template]
+    raise ConfigError(
+        "LLaMA-Factory takes a template by name, not a Jinja text: set template=NAME (one of its templates), "
+        "or chat_template=chatml or alpaca"
     )
 
 
@@ -61,16 +87,19 @@ def llamafactory(wh: Warehouse, snapshot: str, out: Path, cfg: ExternalConfig, f
     method = _method("llamafactory", cfg.method)
     places = wh.protected_paths()
     path = outputs.check_file(out / "llamafactory.yaml", places, force)
-    exported = export.export(
-        wh,
-        snapshot,
-        out / "data",
-        "llamafactory",
-        eval_split=cfg.eval_split,
-        seed=cfg.seed,
-        name=snapshot,
-        force=force,
-    )
+    if cfg.form == "alpaca" and cfg.stage == "dpo":
+        raise ConfigError("LLaMA-Factory DPO: use form=sharegpt (our alpaca files hold no rejected answer)")
+    fmt = "llamafactory" if cfg.form == "sharegpt" else "alpaca"
+    if fmt == "alpaca":
+        outputs.check_folder(out / "data", ["dataset_info.json"], places, force)
+    exported = export.export(wh, snapshot, out / "data", fmt, eval_split=cfg.eval_split, seed=cfg.seed,
+                             name=snapshot, force=force)  # fmt: skip
+    if fmt == "alpaca":  # the sharegpt export registers itself; the alpaca files are registered here
+        info = export.dataset_info(snapshot, exported["files"], False, "alpaca")
+        text = json.dumps(info, indent=2) + "\n"
+        outputs.write_file(
+            out / "data" / "dataset_info.json", lambda target: target.write_text(text), places, force
+        )
     config: dict[str, Any] = {
         "model_name_or_path": _model_path(cfg.model),
         "stage": cfg.stage,
@@ -78,7 +107,6 @@ def llamafactory(wh: Warehouse, snapshot: str, out: Path, cfg: ExternalConfig, f
         "finetuning_type": "full" if method == "full" else "lora",
         "dataset": snapshot,
         "dataset_dir": str((out / "data").resolve()),
-        "template": cfg.template or "default",
         "cutoff_len": cfg.max_length,
         "packing": cfg.packing,
         "output_dir": str((out / "llamafactory-out").resolve()),
@@ -93,6 +121,9 @@ def llamafactory(wh: Warehouse, snapshot: str, out: Path, cfg: ExternalConfig, f
         "logging_steps": 10,
         "report_to": "none",
     }
+    template = _llamafactory_template(cfg)
+    if template:
+        config["template"] = template
     if cfg.max_steps:
         config["max_steps"] = cfg.max_steps
     if method != "full":
@@ -109,7 +140,32 @@ def llamafactory(wh: Warehouse, snapshot: str, out: Path, cfg: ExternalConfig, f
         path, lambda target: target.write_text(yaml.safe_dump(config, sort_keys=False)), places, force
     )
     return {"tool": "llamafactory", "config": str(path), "data": str(out / "data"), "counts": exported["counts"],
-            "command": f"llamafactory-cli train {path}"}  # fmt: skip
+            "skipped": exported["skipped"], "command": f"llamafactory-cli train {path}"}  # fmt: skip
+
+
+def _axolotl_template(cfg: ExternalConfig) -> dict[str, Any]:
+    """axolotl's chat template settings for the template our trainer would use, and the turn-end marker
+    as an `eot_tokens` entry when it is one token (axolotl otherwise trains only the EOS token, so a
+    model whose turns end in <|im_end|> would never learn to stop)."""
+    from factory.models import loader
+
+    if cfg.template:
+        settings: dict[str, Any] = {"chat_template": cfg.template}
+    elif cfg.chat_template is None:
+        settings = {"chat_template": "tokenizer_default"}
+    else:  # our template's text, so axolotl renders rows exactly as our trainer does
+        settings = {
+            "chat_template": "jinja",
+            "chat_template_jinja": chat.TEMPLATES.get(cfg.chat_template, cfg.chat_template),
+        }
+    if cfg.template:
+        return settings
+    tokenizer = loader.load_tokenizer(cfg.model)
+    chat.use_template(tokenizer, cfg.chat_template)
+    marker = chat.turn_end(tokenizer)
+    if marker and marker in tokenizer.get_vocab():
+        settings["eot_tokens"] = [marker]
+    return settings
 
 
 def axolotl(wh: Warehouse, snapshot: str, out: Path, cfg: ExternalConfig, force: bool) -> dict[str, Any]:
@@ -120,10 +176,12 @@ def axolotl(wh: Warehouse, snapshot: str, out: Path, cfg: ExternalConfig, force:
     fmt = "preference" if cfg.stage == "dpo" else "openai"
     pairs = [f"axolotl-{split}.jsonl" for split in ("train", "eval")] if cfg.stage == "dpo" else []
     outputs.check_folder(data, pairs, places, force)
-    exported = export.export(wh, snapshot, data, fmt, eval_split=cfg.eval_split, seed=cfg.seed, force=force)
+    exported = export.export(
+        wh, snapshot, data, fmt, eval_split=cfg.eval_split, seed=cfg.seed, force=force, openai_check=False
+    )
     if cfg.stage == "dpo":  # axolotl's chat_template.default: messages (prompt), chosen and rejected messages
         for split, file in exported["files"].items():
-            records = read_jsonl(data / file)
+            records = chat.read_jsonl(data / file)
             lines = [
                 {"messages": r["prompt"], "chosen": r["chosen"][0], "rejected": r["rejected"][0]}
                 for r in records
@@ -144,9 +202,10 @@ def axolotl(wh: Warehouse, snapshot: str, out: Path, cfg: ExternalConfig, force:
         files = dict(exported["files"])
     config: dict[str, Any] = {
         "base_model": _model_path(cfg.model),
-        "chat_template": cfg.template
-        or ("tokenizer_default" if cfg.chat_template is None else cfg.chat_template),
-        "datasets": [{"path": str((data / files["train"]).resolve()), "ds_type": "json", **dataset}],
+        **_axolotl_template(cfg),
+        "datasets": [
+            {"path": str((data / files["train"]).resolve()), "ds_type": "json", **copy.deepcopy(dataset)}
+        ],
         "dataset_prepared_path": str((out / "axolotl-prepared").resolve()),
         "output_dir": str((out / "axolotl-out").resolve()),
         "sequence_len": cfg.max_length,
@@ -164,7 +223,7 @@ def axolotl(wh: Warehouse, snapshot: str, out: Path, cfg: ExternalConfig, force:
     }
     if "eval" in files:
         config["test_datasets"] = [{"path": str((data / files["eval"]).resolve()), "ds_type": "json", "split": "train",
-                                    **dataset}]  # fmt: skip
+                                    **copy.deepcopy(dataset)}]  # fmt: skip
     if cfg.max_steps:
         config["max_steps"] = cfg.max_steps
     if method != "full":
@@ -182,7 +241,7 @@ def axolotl(wh: Warehouse, snapshot: str, out: Path, cfg: ExternalConfig, force:
         path, lambda target: target.write_text(yaml.safe_dump(config, sort_keys=False)), places, force
     )
     return {"tool": "axolotl", "config": str(path), "data": str(data), "counts": exported["counts"],
-            "command": f"axolotl train {path}"}  # fmt: skip
+            "skipped": exported["skipped"], "command": f"axolotl train {path}"}  # fmt: skip
 
 
 def write_config(

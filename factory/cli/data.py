@@ -235,6 +235,13 @@ def export(
             "never a default"
         ),
     ] = None,
+    openai_model: Annotated[
+        str | None,
+        typer.Option(
+            help="openai: the model whose per-example token limit the file is checked against "
+            "[default: gpt-4o-mini-2024-07-18]"
+        ),
+    ] = None,
     warehouse: Warehouse = None,
 ) -> None:
     """Write a snapshot in a trainer's format, with a deterministic train/eval split.
@@ -263,6 +270,7 @@ def export(
         mosaic=composition,
         force=force,
         license=license,
+        openai_model=openai_model,
     )
     counts = ", ".join(f"{split} {n:,}" for split, n in result["counts"].items())
     files = ", ".join(shown(out / f) for f in result["files"].values())
@@ -279,8 +287,29 @@ def export(
             f"[yellow]{result['left_out']['rejected_answer']:,} preference row(s) exported as their chosen "
             "answer only; --format preference (or sharegpt / hf for a snapshot of pairs) keeps both[/]"
         )
+    for split, found in result.get("openai_check", {}).items():
+        printer.print(_openai_verdict(split, found))
     if result.get("removed"):
         printer.print(f"removed the earlier export's {', '.join(result['removed'])} (--force)")
+
+
+def _openai_verdict(split: str, found: dict) -> str:
+    """One line per split: whether OpenAI's fine-tuning rules accept the file, and what breaks them."""
+    from rich.markup import escape
+
+    from factory.formats.openai_rules import ERRORS, WARNINGS
+
+    head = (
+        f"  openai check ({split}): {found['examples']:,} examples, longest {found['tokens_max']:,} "
+        f"{found['encoding']} tokens of {found['token_limit']:,} allowed for {found['model']}"
+    )
+    lines = [head + (": passes OpenAI's rules" if not found["errors"] else ": OpenAI would refuse this file")]
+    for rule, n in list(found["errors"].items()) + list(found["warnings"].items()):
+        where = found["lines"].get(rule) or []
+        at = f" (lines {', '.join(map(str, where))})" if where else ""
+        color = "red" if rule in ERRORS else "yellow"
+        lines.append(f"  [{color}]{n:,} x {rule}: {escape((ERRORS | WARNINGS)[rule])}{at}[/]")
+    return "\n".join(lines)
 
 
 KINDS = ("generator", "filter", "trainer")

@@ -31,6 +31,7 @@ from typing import Any
 import polars as pl
 
 from factory.errors import ConfigError
+from factory.formats import openai_rules
 from factory.formats.mosaic import MosaicConfig, load_tokenizer, mosaic_frame
 from factory.store import outputs, provenance, schema, snapshots
 from factory.store.warehouse import Warehouse
@@ -214,9 +215,19 @@ def _remove_earlier_export(out: Path, keep: set[str]) -> list[str]:
     return removed
 
 
-def _dataset_info(name: str, files: dict[str, str], preference: bool) -> dict[str, Any]:
-    """LLaMA-Factory's dataset registration for the sharegpt files just written."""
-    columns = {"messages": "conversations", "system": "system"}
+LLAMAFACTORY_COLUMNS = {  # LLaMA-Factory's names for our files' fields, per form
+    "sharegpt": {"messages": "conversations", "system": "system"},
+    "alpaca": {"prompt": "instruction", "query": "input", "response": "output", "system": "system",
+               "history": "history"},
+}  # fmt: skip
+
+
+def dataset_info(
+    name: str, files: dict[str, str], preference: bool, form: str = "sharegpt"
+) -> dict[str, Any]:
+    """LLaMA-Factory's dataset registration (its data/dataset_info.json entries) of the files just
+    written in `form` (sharegpt or alpaca), the eval split as NAME_eval."""
+    columns = dict(LLAMAFACTORY_COLUMNS[form])
     if preference:
         columns |= {"chosen": "chosen", "rejected": "rejected"}
     tags = {
@@ -229,12 +240,9 @@ def _dataset_info(name: str, files: dict[str, str], preference: bool) -> dict[st
     }
     info = {}
     for split, file in files.items():
-        entry: dict[str, Any] = {
-            "file_name": file,
-            "formatting": "sharegpt",
-            "columns": columns,
-            "tags": tags,
-        }
+        entry: dict[str, Any] = {"file_name": file, "formatting": form, "columns": columns}
+        if form == "sharegpt":
+            entry["tags"] = tags
         if preference:
             entry["ranking"] = True
         info[name if split == "train" else f"{name}_{split}"] = entry
@@ -267,8 +275,14 @@ def export(
     force: bool = False,
     inside_warehouse: bool = False,
     license: str | None = None,
+    openai_model: str | None = None,
+    openai_check: bool = True,
 ) -> dict[str, Any]:
     """Write a snapshot in `fmt` under `out`; returns the files written and the counts.
+
+    An `openai` export (unless `openai_check` is off, as for our trainers' own input) is checked against OpenAI's rules for chat
+    fine-tuning files (`openai_rules`, token limit of `openai_model`); the manifest's `openai_check`
+    says per split which rules its examples break.
 
     With `mosaic`, the train split's single-exchange rows are composed Mosaic-IT style
     (the eval split stays as it is), so the trainer's tokenizer and length set the budget.
@@ -280,6 +294,13 @@ def export(
     if not 0.0 <= eval_split < 1.0:
         raise ConfigError(f"--eval-split must be in [0, 1), got {eval_split}")
     builder, kind = FORMATS[fmt]
+    check_openai = fmt == "openai" and openai_check
+    if check_openai:
+        openai_model = openai_model or openai_rules.DEFAULT_MODEL
+        if openai_model not in openai_rules.LIMITS:
+            raise ConfigError(
+                f"unknown OpenAI model '{openai_model}': choose one of {', '.join(openai_rules.LIMITS)}"
+            )
     splits = [("train", ~pl.col("_eval"))] + ([("eval", pl.col("_eval"))] if eval_split > 0 else [])
     planned = [_file_name(kind, split) for split, _ in splits] + ["export.json"]
     planned += ["dataset_info.json"] if fmt == "llamafactory" else []
@@ -319,9 +340,7 @@ def export(
         counts[split] = records.height
     if fmt == "llamafactory":
         dataset = name or snapshot
-        write_text(
-            "dataset_info.json", json.dumps(_dataset_info(dataset, files, preference), indent=2) + "\n"
-        )
+        write_text("dataset_info.json", json.dumps(dataset_info(dataset, files, preference), indent=2) + "\n")
         files["dataset_info"] = "dataset_info.json"
     if fmt == "hf":  # the dataset card, from the facts the snapshot's report shows
         from factory.reports import card, facts
@@ -342,6 +361,11 @@ def export(
         "skipped": {k: v for k, v in skipped.items() if v},
         "left_out": {k: v for k, v in left_out.items() if v},
     }
+    if check_openai:
+        manifest["openai_check"] = {
+            split: openai_rules.check_file(out / file, openai_model, training=split == "train").summary()
+            for split, file in files.items()
+        }
     if mosaic is not None:
         manifest["mosaic"] = {"config": mosaic.model_dump(mode="json"), "composed_rows": composed}
     if provenance.step() is not None:  # written by a recipe step: `factory run` finds it done

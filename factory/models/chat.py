@@ -28,15 +28,20 @@ from factory.formats.readers import jsonl_records
 
 IGNORE = -100
 MODEL_INPUTS = ("input_ids", "attention_mask", "position_ids")  # what a batch hands the model
+# Named templates, with {% generation %} around what an assistant turn trains on, so tools that read
+# the markers (transformers' assistant mask, TRL's assistant_only_loss) supervise what we do.
 TEMPLATES = {
     "chatml": (
-        "{% for m in messages %}<|im_start|>{{ m['role'] }}\n{{ m['content'] }}<|im_end|>\n{% endfor %}"
+        "{% for m in messages %}<|im_start|>{{ m['role'] }}\n"
+        "{% if m['role'] == 'assistant' %}{% generation %}{{ m['content'] }}<|im_end|>{% endgeneration %}"
+        "{% else %}{{ m['content'] }}<|im_end|>{% endif %}\n{% endfor %}"
         "{% if add_generation_prompt %}<|im_start|>assistant\n{% endif %}"
     ),
     "alpaca": (
         "{% for m in messages %}{% if m['role'] == 'system' %}{{ m['content'] }}\n\n"
         "{% elif m['role'] == 'user' %}### Instruction:\n{{ m['content'] }}\n\n"
-        "{% else %}### Response:\n{{ m['content'] }}{{ eos_token }}\n\n{% endif %}{% endfor %}"
+        "{% else %}### Response:\n{% generation %}{{ m['content'] }}{{ eos_token }}{% endgeneration %}\n\n"
+        "{% endif %}{% endfor %}"
         "{% if add_generation_prompt %}### Response:\n{% endif %}"
     ),
 }
@@ -72,6 +77,16 @@ def use_template(tokenizer: Any, name: str | None) -> None:
 
 def _render(tokenizer: Any, messages: list[dict[str, str]], generation_prompt: bool) -> str:
     return tokenizer.apply_chat_template(messages, tokenize=False, add_generation_prompt=generation_prompt)
+
+
+def turn_end(tokenizer: Any) -> str:
+    """The marker the template closes an assistant turn with (`<|im_end|>`, `<end_of_turn>`, the EOS
+    token...), whitespace after it left out; '' when the template writes none."""
+    probe = "Answer-0f3a9c"
+    rendered = _render(
+        tokenizer, [{"role": "user", "content": "Q"}, {"role": "assistant", "content": probe}], False
+    )
+    return rendered[rendered.rfind(probe) + len(probe) :].strip() if probe in rendered else ""
 
 
 def assistant_spans(tokenizer: Any, messages: list[dict[str, str]]) -> tuple[str, list[tuple[int, int]]]:

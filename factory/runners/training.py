@@ -69,6 +69,7 @@ def train(
             eval_split=cfg.eval_split,
             seed=cfg.seed,
             inside_warehouse=out is None,  # the default run folder is the warehouse's own runs/
+            openai_check=False,  # our trainer's input, not an upload
         )
         before = (
             evaluate(wh, cfg.model, snapshot, settings, run_id)

@@ -71,6 +71,29 @@ def test_assistant_targets_match_the_templates_generation_mask(tokenizer):
     assert 0 < last.targets < examples[1].targets  # only the final "Rain." turn
 
 
+@pytest.mark.parametrize("name", sorted(chat.TEMPLATES))
+def test_named_templates_mark_what_we_train_on(name, tiny_model):
+    """Our named templates carry {% generation %} markers around exactly what we supervise, so TRL's
+    assistant_only_loss and transformers' assistant mask agree with our trainer on them too."""
+    from transformers import AutoTokenizer
+
+    tokenizer = AutoTokenizer.from_pretrained(tiny_model)
+    chat.use_template(tokenizer, name)
+    for conversation, example in zip(CONVERSATIONS, chat.encode(tokenizer, CONVERSATIONS, 512), strict=True):
+        reference = tokenizer.apply_chat_template(
+            conversation, tokenize=True, return_dict=True, return_assistant_tokens_mask=True
+        )
+        assert example.ids == reference["input_ids"]
+        assert [label != chat.IGNORE for label in example.labels] == [
+            bool(m) for m in reference["assistant_masks"]
+        ]
+    assert chat.turn_end(tokenizer) == {"chatml": "<|im_end|>", "alpaca": tokenizer.eos_token}[name]
+
+
+def test_turn_end_is_the_templates_end_of_turn_marker(tokenizer):
+    assert chat.turn_end(tokenizer) == "<|end|>"  # the tiny template: <|assistant|>\n...<|end|>\n
+
+
 def test_loss_is_normalised_over_all_target_tokens_of_the_accumulated_batch(tiny_model, tokenizer):
     """Survey eq. 6 by hand: sum of per-token NLL over every row of the step / total target tokens."""
     examples = chat.encode(tokenizer, CONVERSATIONS, 512)
