@@ -13,7 +13,7 @@ LF_STAMP := $(LF_VENV)/.installed
 AX_VENV := .venv-axolotl
 AX_STAMP := $(AX_VENV)/.installed
 
-.PHONY: install vllm-env llamafactory-env axolotl-env browser demo test test-fast bench lint clean
+.PHONY: install vllm-env llamafactory-env axolotl-env ecosystem-env browser demo test test-fast bench lint clean
 
 install: $(STAMP)
 
@@ -73,8 +73,16 @@ browser:
 	  { [ "$$(id -u)" = 0 ] || { echo "the report test needs Debian's chromium and chromium-driver: apt-get install them as root"; exit 1; }; \
 	    apt-get update -qq > /dev/null && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq chromium chromium-driver > /dev/null; }
 
-test: install vllm-env llamafactory-env axolotl-env browser
-	$(BIN)/python -m pytest -q
+# The tools' environments install in the background while the other tests run; the ecosystem
+# tests run last and wait for them (tests/ecosystem/conftest.py reads ecosystem-install.*).
+test: install vllm-env browser
+	@rm -f ecosystem-install.rc; \
+	( $(MAKE) --no-print-directory llamafactory-env axolotl-env > ecosystem-install.log 2>&1; \
+	  echo $$? > ecosystem-install.rc.tmp; mv ecosystem-install.rc.tmp ecosystem-install.rc ) & \
+	echo $$! > ecosystem-install.pid; \
+	$(BIN)/python -m pytest -q; status=$$?; wait; exit $$status
+
+ecosystem-env: llamafactory-env axolotl-env
 
 test-fast: install
 	$(BIN)/python -m pytest -q -m 'not slow and not server and not ecosystem'
@@ -87,4 +95,4 @@ lint: install
 	$(BIN)/ruff format --check .
 
 clean:
-	rm -rf $(VENV) $(VLLM_VENV) $(LF_VENV) $(AX_VENV) warehouse demo-out bench-out recipes-out
+	rm -rf $(VENV) $(VLLM_VENV) $(LF_VENV) $(AX_VENV) ecosystem-install.* warehouse demo-out bench-out recipes-out

@@ -12,6 +12,11 @@ import pytest
 import factory
 
 
+def pytest_collection_modifyitems(config, items):
+    """The ecosystem tests last: `make test` installs their tools in the background meanwhile."""
+    items.sort(key=lambda item: item.get_closest_marker("ecosystem") is not None)
+
+
 @pytest.fixture
 def wh(tmp_path: Path):
     warehouse = factory.init(tmp_path / "wh")

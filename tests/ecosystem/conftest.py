@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import os
 import random
+import time
 from pathlib import Path
 
 import pytest
@@ -77,18 +78,36 @@ def ecosystem(tmp_path_factory):
     wh.close()
 
 
+def _running(pid_file: Path) -> bool:
+    try:
+        os.kill(int(pid_file.read_text()), 0)
+    except (OSError, ValueError):
+        return False
+    return True
+
+
+def installed(bin_folder: Path, target: str) -> Path:
+    """The tool's environment, once `make test`'s background install of it has finished (these tests
+    run last so that it overlaps with the others); fails with the install's log if it failed."""
+    stamp = bin_folder.parent / ".installed"
+    log, rc = ROOT / "ecosystem-install.log", ROOT / "ecosystem-install.rc"
+    while not rc.exists() and _running(ROOT / "ecosystem-install.pid"):
+        time.sleep(2)
+    failed = rc.exists() and rc.read_text().strip() != "0"
+    if failed or not stamp.exists():
+        shown = log.read_text()[-3000:] if log.exists() else ""
+        pytest.fail(f"{bin_folder.parent.name} is not installed: run `make {target}` (make test does)\n{shown}")
+    return bin_folder
+
+
 @pytest.fixture(scope="session")
 def llamafactory_cli() -> Path:
-    if not (LLAMAFACTORY / "llamafactory-cli").exists():
-        pytest.fail("LLaMA-Factory lives in .venv-llamafactory: run `make llamafactory-env` (make test does)")
-    return LLAMAFACTORY
+    return installed(LLAMAFACTORY, "llamafactory-env")
 
 
 @pytest.fixture(scope="session")
 def axolotl_cli() -> Path:
-    if not (AXOLOTL / "axolotl").exists():
-        pytest.fail("axolotl lives in .venv-axolotl: run `make axolotl-env` (make test does)")
-    return AXOLOTL
+    return installed(AXOLOTL, "axolotl-env")
 
 
 def tool_env(bin_folder: Path) -> dict[str, str]:
