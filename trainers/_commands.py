@@ -28,6 +28,8 @@ def train_config(
       factory train-config llamafactory base --out lf/ --set method=lora --set template=llama3 --set model=/models/llama
       factory train-config axolotl prefs --out ax/ --set stage=dpo --set method=qlora --set model=/models/qwen
     """
+    from rich.markup import escape
+
     from trainers import _external as external
 
     wh = open_warehouse(warehouse, read_only=True)
@@ -38,6 +40,8 @@ def train_config(
         console().print(
             f"[yellow]skipped {n:,} row(s): {reason.removeprefix('skipped_').replace('_', ' ')}[/]"
         )
+    for note in written["notes"]:
+        console().print(f"[yellow]note: {escape(note)}[/]")
     console().print(f"  run it: {shown(written['command'])}")
 
 

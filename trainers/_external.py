@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import copy
 import json
+import re
 from pathlib import Path
 from typing import Any, Literal
 
@@ -50,6 +51,21 @@ class ExternalConfig(SftConfig):
 
 # Our named templates (factory.models.chat.TEMPLATES) and LLaMA-Factory's of the same layout.
 LLAMAFACTORY_TEMPLATES = {"chatml": "chatml", "alpaca": "alpaca"}
+TOOL_TEMPLATE = re.compile(r"[A-Za-z0-9_.\-]{1,64}")
+
+
+def _check(tool: str, cfg: ExternalConfig) -> None:
+    """Settings that would be ignored or are not what they claim, refused before anything is written."""
+    if cfg.template is not None and not TOOL_TEMPLATE.fullmatch(cfg.template):
+        raise ConfigError(
+            f"template must be one of {tool}'s template names (letters, digits, _ . -), got {cfg.template!r}"
+        )
+    if cfg.template and cfg.chat_template:
+        raise ConfigError(
+            "give template (the tool's template name) or chat_template (ours: chatml, alpaca or Jinja), not both"
+        )
+    if tool == "axolotl" and "form" in cfg.model_fields_set:
+        raise ConfigError("form applies to LLaMA-Factory; axolotl reads OpenAI messages")
 
 
 def _llamafactory_template(cfg: ExternalConfig) -> str | None:
@@ -83,7 +99,28 @@ def _model_path(name: str) -> str:
     return str(model_folder(name))
 
 
-def llamafactory(wh: Warehouse, snapshot: str, out: Path, cfg: ExternalConfig, force: bool) -> dict[str, Any]:
+def _llamafactory_settings(cfg: ExternalConfig, notes: list[str]) -> dict[str, Any]:
+    """LLaMA-Factory's template settings for the template our trainer would use."""
+    template = _llamafactory_template(cfg)
+    # without a template LLaMA-Factory falls back to an `empty` one: the model must have its own
+    vocab = _tokenizer(cfg).get_vocab() if not cfg.template else {}
+    settings: dict[str, Any] = {"template": template} if template else {}
+    if template == "chatml" and "<|im_end|>" not in vocab:
+        settings["resize_vocab"] = True  # LLaMA-Factory adds <|im_start|> / <|im_end|> as new tokens
+    if cfg.chat_template == "alpaca":  # ours writes no system prompt where a row has none; LLaMA-Factory's
+        settings["default_system"] = ""  # alpaca template would add "Below is an instruction..."
+    return settings
+
+
+def llamafactory(
+    wh: Warehouse,
+    snapshot: str,
+    out: Path,
+    cfg: ExternalConfig,
+    force: bool,
+    template: dict,
+    notes: list[str],
+) -> dict[str, Any]:
     method = _method("llamafactory", cfg.method)
     places = wh.protected_paths()
     path = outputs.check_file(out / "llamafactory.yaml", places, force)
@@ -118,12 +155,10 @@ def llamafactory(wh: Warehouse, snapshot: str, out: Path, cfg: ExternalConfig, f
         "warmup_ratio": cfg.warmup_ratio,
         "weight_decay": cfg.weight_decay,
         "seed": cfg.seed,
-        "logging_steps": 10,
+        "logging_steps": min(10, cfg.max_steps or 10),
         "report_to": "none",
     }
-    template = _llamafactory_template(cfg)
-    if template:
-        config["template"] = template
+    config |= template
     if cfg.max_steps:
         config["max_steps"] = cfg.max_steps
     if method != "full":
@@ -140,36 +175,61 @@ def llamafactory(wh: Warehouse, snapshot: str, out: Path, cfg: ExternalConfig, f
         path, lambda target: target.write_text(yaml.safe_dump(config, sort_keys=False)), places, force
     )
     return {"tool": "llamafactory", "config": str(path), "data": str(out / "data"), "counts": exported["counts"],
-            "skipped": exported["skipped"], "command": f"llamafactory-cli train {path}"}  # fmt: skip
+            "skipped": exported["skipped"], "notes": notes, "command": f"llamafactory-cli train {path}"}  # fmt: skip
 
 
-def _axolotl_template(cfg: ExternalConfig) -> dict[str, Any]:
-    """axolotl's chat template settings for the template our trainer would use, and the turn-end marker
-    as an `eot_tokens` entry when it is one token (axolotl otherwise trains only the EOS token, so a
-    model whose turns end in <|im_end|> would never learn to stop)."""
+def _tokenizer(cfg: ExternalConfig) -> Any:
     from factory.models import loader
 
+    tokenizer = loader.load_tokenizer(cfg.model)
+    chat.use_template(tokenizer, cfg.chat_template)
+    return tokenizer
+
+
+def _axolotl_template(cfg: ExternalConfig, notes: list[str]) -> dict[str, Any]:
+    """axolotl's chat template settings for the template our trainer would use, and the turn-end marker
+    as an `eot_tokens` entry when it is one token (axolotl otherwise trains only the EOS token, so a
+    model whose turns end in <|im_end|> would never learn to stop); `notes` says when it cannot be."""
     if cfg.template:
-        settings: dict[str, Any] = {"chat_template": cfg.template}
-    elif cfg.chat_template is None:
-        settings = {"chat_template": "tokenizer_default"}
+        notes.append(
+            f"with template={cfg.template} axolotl's template decides where a turn ends: add eot_tokens to the "
+            "config if its turns end with a marker other than the EOS token"
+        )
+        return {"chat_template": cfg.template}
+    if cfg.chat_template is None:
+        settings: dict[str, Any] = {"chat_template": "tokenizer_default"}
     else:  # our template's text, so axolotl renders rows exactly as our trainer does
         settings = {
             "chat_template": "jinja",
             "chat_template_jinja": chat.TEMPLATES.get(cfg.chat_template, cfg.chat_template),
         }
-    if cfg.template:
-        return settings
-    tokenizer = loader.load_tokenizer(cfg.model)
-    chat.use_template(tokenizer, cfg.chat_template)
+    tokenizer = _tokenizer(cfg)
     marker = chat.turn_end(tokenizer)
     if marker and marker in tokenizer.get_vocab():
         settings["eot_tokens"] = [marker]
+    elif marker and marker != tokenizer.eos_token:
+        notes.append(
+            f"axolotl will not train the turn-end marker {marker!r}: it is not one token of this tokenizer "
+            "(our trainer trains its pieces); use a model whose vocabulary has it"
+        )
     return settings
 
 
-def axolotl(wh: Warehouse, snapshot: str, out: Path, cfg: ExternalConfig, force: bool) -> dict[str, Any]:
+def axolotl(
+    wh: Warehouse,
+    snapshot: str,
+    out: Path,
+    cfg: ExternalConfig,
+    force: bool,
+    template: dict,
+    notes: list[str],
+) -> dict[str, Any]:
     method = _method("axolotl", cfg.method)
+    if method != "full":
+        notes.append(
+            "on a CPU add lora_mlp_kernel: false, lora_qkv_kernel: false and lora_o_kernel: false to the config "
+            "(axolotl's fused LoRA kernels need CUDA)"
+        )
     places = wh.protected_paths()
     path = outputs.check_file(out / "axolotl.yaml", places, force)
     data = out / "data"
@@ -202,7 +262,7 @@ def axolotl(wh: Warehouse, snapshot: str, out: Path, cfg: ExternalConfig, force:
         files = dict(exported["files"])
     config: dict[str, Any] = {
         "base_model": _model_path(cfg.model),
-        **_axolotl_template(cfg),
+        **template,
         "datasets": [
             {"path": str((data / files["train"]).resolve()), "ds_type": "json", **copy.deepcopy(dataset)}
         ],
@@ -241,7 +301,7 @@ def axolotl(wh: Warehouse, snapshot: str, out: Path, cfg: ExternalConfig, force:
         path, lambda target: target.write_text(yaml.safe_dump(config, sort_keys=False)), places, force
     )
     return {"tool": "axolotl", "config": str(path), "data": str(data), "counts": exported["counts"],
-            "skipped": exported["skipped"], "command": f"axolotl train {path}"}  # fmt: skip
+            "skipped": exported["skipped"], "notes": notes, "command": f"axolotl train {path}"}  # fmt: skip
 
 
 def write_config(
@@ -253,6 +313,7 @@ def write_config(
     if tool not in TOOLS:
         raise ConfigError(f"unknown tool '{tool}': choose {' or '.join(TOOLS)}")
     cfg = config.validate(ExternalConfig, values)
+    _check(tool, cfg)
     if cfg.stage == "dpo":  # before anything is written: a DPO config over rows without pairs trains nothing
         snapshots.get(wh, snapshot)
         rows, unpaired = wh.sql(
@@ -263,6 +324,11 @@ def write_config(
                 f"snapshot '{snapshot}' has {unpaired:,} row(s) without a rejected answer and {rows - unpaired:,} "
                 "pair(s): DPO needs preference pairs"
             )
+    _method(tool, cfg.method)
+    notes: list[str] = []  # the template is settled (the tokenizer read) before anything is written
+    template = (_llamafactory_settings if tool == "llamafactory" else _axolotl_template)(cfg, notes)
     outputs.check_folder(out, [], wh.protected_paths(), force)
     out.mkdir(parents=True, exist_ok=True)
-    return (llamafactory if tool == "llamafactory" else axolotl)(wh, snapshot, out, cfg, force)
+    return (llamafactory if tool == "llamafactory" else axolotl)(
+        wh, snapshot, out, cfg, force, template, notes
+    )

@@ -295,12 +295,14 @@ def export(
         raise ConfigError(f"--eval-split must be in [0, 1), got {eval_split}")
     builder, kind = FORMATS[fmt]
     check_openai = fmt == "openai" and openai_check
-    if check_openai:
-        openai_model = openai_model or openai_rules.DEFAULT_MODEL
-        if openai_model not in openai_rules.LIMITS:
-            raise ConfigError(
-                f"unknown OpenAI model '{openai_model}': choose one of {', '.join(openai_rules.LIMITS)}"
-            )
+    if openai_model is not None and fmt != "openai":
+        raise ConfigError(f"--openai-model applies to --format openai, not {fmt}")
+    if openai_model is None:
+        openai_model = openai_rules.DEFAULT_MODEL
+    if openai_model not in openai_rules.MODELS:
+        raise ConfigError(
+            f"unknown OpenAI model '{openai_model}': choose one of {', '.join(openai_rules.MODELS)}"
+        )
     splits = [("train", ~pl.col("_eval"))] + ([("eval", pl.col("_eval"))] if eval_split > 0 else [])
     planned = [_file_name(kind, split) for split, _ in splits] + ["export.json"]
     planned += ["dataset_info.json"] if fmt == "llamafactory" else []
@@ -310,6 +312,15 @@ def export(
     record = snapshots.get(wh, snapshot)
     frame = split_rows(wh, snapshot, eval_split, seed)
     preference = frame.height > 0 and frame["rejected"].is_not_null().all()
+    if fmt == "preference" and not frame["rejected"].is_not_null().any():
+        raise ConfigError(
+            f"snapshot '{snapshot}' has no preference pairs (no row has a rejected answer): the preference "
+            "format would be empty; export it as openai, trl or sharegpt"
+        )
+    # formats that hold both answers of a pair; the others export a pair's chosen answer
+    keeps_pairs = fmt in ("preference", "parquet") or (
+        preference and fmt in ("sharegpt", "llamafactory", "hf")
+    )
     out.mkdir(parents=True, exist_ok=True)
     removed = _remove_earlier_export(out, set(planned)) if force else []
 
@@ -328,16 +339,19 @@ def export(
         records, stats = builder(part, preference)
         for reason, n in stats.items():
             skipped[reason] = skipped.get(reason, 0) + n
-        if not preference and fmt not in ("preference", "rows"):  # pairs exported as their chosen answer
+        if not keeps_pairs:  # pairs exported as their chosen answer
             left_out["rejected_answer"] = left_out.get("rejected_answer", 0) + int(
                 part["rejected"].is_not_null().sum()
             )
         file = _file_name(kind, split)
+        counts[split] = records.height
+        if split == "eval" and records.height == 0:  # no empty split: tools fail on one (datasets,
+            (out / file).unlink(missing_ok=True)  # LLaMA-Factory); an earlier one is not left behind
+            continue
         outputs.write_file(
             out / file, lambda path, records=records: _write(records, path, kind), places, force
         )
         files[split] = file
-        counts[split] = records.height
     if fmt == "llamafactory":
         dataset = name or snapshot
         write_text("dataset_info.json", json.dumps(dataset_info(dataset, files, preference), indent=2) + "\n")

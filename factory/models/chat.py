@@ -29,19 +29,21 @@ from factory.formats.readers import jsonl_records
 IGNORE = -100
 MODEL_INPUTS = ("input_ids", "attention_mask", "position_ids")  # what a batch hands the model
 # Named templates, with {% generation %} around what an assistant turn trains on, so tools that read
-# the markers (transformers' assistant mask, TRL's assistant_only_loss) supervise what we do.
+# the markers (transformers' assistant mask, TRL's assistant_only_loss) supervise what we do. A newline
+# after a block tag is written {{ '\n' }}: chat templates render with trim_blocks, which drops a
+# literal newline that follows {% endif %} or {% endgeneration %}.
 TEMPLATES = {
     "chatml": (
         "{% for m in messages %}<|im_start|>{{ m['role'] }}\n"
         "{% if m['role'] == 'assistant' %}{% generation %}{{ m['content'] }}<|im_end|>{% endgeneration %}"
-        "{% else %}{{ m['content'] }}<|im_end|>{% endif %}\n{% endfor %}"
+        "{% else %}{{ m['content'] }}<|im_end|>{% endif %}{{ '\\n' }}{% endfor %}"
         "{% if add_generation_prompt %}<|im_start|>assistant\n{% endif %}"
     ),
     "alpaca": (
         "{% for m in messages %}{% if m['role'] == 'system' %}{{ m['content'] }}\n\n"
         "{% elif m['role'] == 'user' %}### Instruction:\n{{ m['content'] }}\n\n"
-        "{% else %}### Response:\n{% generation %}{{ m['content'] }}{{ eos_token }}{% endgeneration %}\n\n"
-        "{% endif %}{% endfor %}"
+        "{% else %}### Response:\n{% generation %}{{ m['content'] }}{{ eos_token }}{% endgeneration %}"
+        "{{ '\\n\\n' }}{% endif %}{% endfor %}"
         "{% if add_generation_prompt %}### Response:\n{% endif %}"
     ),
 }
@@ -67,6 +69,10 @@ def read_jsonl(path: Path) -> list[dict[str, Any]]:
 def use_template(tokenizer: Any, name: str | None) -> None:
     """Give the tokenizer a chat template: `name` (chatml, alpaca or a Jinja string), else its own."""
     if name:
+        if name not in TEMPLATES and "{{" not in name and "{%" not in name:
+            raise ConfigError(
+                f"unknown chat template '{name}': choose {', '.join(TEMPLATES)} or give a Jinja template"
+            )
         tokenizer.chat_template = TEMPLATES.get(name, name)
     elif not getattr(tokenizer, "chat_template", None):
         raise ConfigError(
@@ -76,7 +82,14 @@ def use_template(tokenizer: Any, name: str | None) -> None:
 
 
 def _render(tokenizer: Any, messages: list[dict[str, str]], generation_prompt: bool) -> str:
-    return tokenizer.apply_chat_template(messages, tokenize=False, add_generation_prompt=generation_prompt)
+    import jinja2
+
+    try:
+        return tokenizer.apply_chat_template(
+            messages, tokenize=False, add_generation_prompt=generation_prompt
+        )
+    except jinja2.TemplateError as exc:  # syntax, undefined names, raise_exception(), the sandbox's refusals
+        raise ConfigError(f"the chat template fails to render a conversation: {exc}") from exc
 
 
 def turn_end(tokenizer: Any) -> str:
@@ -86,7 +99,9 @@ def turn_end(tokenizer: Any) -> str:
     rendered = _render(
         tokenizer, [{"role": "user", "content": "Q"}, {"role": "assistant", "content": probe}], False
     )
-    return rendered[rendered.rfind(probe) + len(probe) :].strip() if probe in rendered else ""
+    if probe not in rendered:
+        raise ConfigError("the chat template does not write the assistant's answer: nothing would be trained")
+    return rendered[rendered.rfind(probe) + len(probe) :].strip()
 
 
 def assistant_spans(tokenizer: Any, messages: list[dict[str, str]]) -> tuple[str, list[tuple[int, int]]]:

@@ -96,7 +96,9 @@ def installed(bin_folder: Path, target: str) -> Path:
     failed = rc.exists() and rc.read_text().strip() != "0"
     if failed or not stamp.exists():
         shown = log.read_text()[-3000:] if log.exists() else ""
-        pytest.fail(f"{bin_folder.parent.name} is not installed: run `make {target}` (make test does)\n{shown}")
+        pytest.fail(
+            f"{bin_folder.parent.name} is not installed: run `make {target}` (make test does)\n{shown}"
+        )
     return bin_folder
 
 

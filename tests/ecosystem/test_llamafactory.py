@@ -30,17 +30,17 @@ def train(cli: Path, config: str) -> dict:
     return json.loads((out / "trainer_state.json").read_text())
 
 
-@pytest.mark.parametrize("form", ["sharegpt", "alpaca"])
-def test_llamafactory_trains_sft_on_our_export(form, ecosystem, llamafactory_cli, tiny_model, tmp_path):
-    written = external.write_config(
-        ecosystem,
-        "llamafactory",
-        "sft",
-        tmp_path / form,
-        {**SETTINGS, "model": str(tiny_model), "form": form},
-    )
+@pytest.mark.parametrize(("form", "template"), [("sharegpt", None), ("alpaca", None), ("sharegpt", "chatml")])
+def test_llamafactory_trains_sft_on_our_export(
+    form, template, ecosystem, llamafactory_cli, tiny_model, tmp_path
+):
+    values = {**SETTINGS, "model": str(tiny_model), "form": form, "chat_template": template}
+    written = external.write_config(ecosystem, "llamafactory", "sft", tmp_path / form, values)
     config = yaml.safe_load(Path(written["config"]).read_text())
-    assert "template" not in config  # LLaMA-Factory reads the model's own chat template, as we do
+    if template is None:
+        assert "template" not in config  # LLaMA-Factory reads the model's own chat template, as we do
+    else:  # its chatml adds <|im_start|> / <|im_end|> to a vocabulary without them
+        assert (config["template"], config["resize_vocab"]) == ("chatml", True)
     state = train(llamafactory_cli, written["config"])
     assert state["global_step"] == 3
     losses = [entry["train_loss"] for entry in state["log_history"] if "train_loss" in entry]

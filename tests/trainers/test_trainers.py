@@ -88,6 +88,16 @@ def test_named_templates_mark_what_we_train_on(name, tiny_model):
             bool(m) for m in reference["assistant_masks"]
         ]
     assert chat.turn_end(tokenizer) == {"chatml": "<|im_end|>", "alpaca": tokenizer.eos_token}[name]
+    # the text each renders (chat templates render with trim_blocks: a newline after a block tag is lost)
+    two = [{"role": "user", "content": "Q"}, {"role": "assistant", "content": "A"}] * 2
+    rendered = tokenizer.apply_chat_template(two, tokenize=False)
+    assert (
+        rendered
+        == {
+            "chatml": "<|im_start|>user\nQ<|im_end|>\n<|im_start|>assistant\nA<|im_end|>\n" * 2,
+            "alpaca": "### Instruction:\nQ\n\n### Response:\nA</s>\n\n" * 2,
+        }[name]
+    )
 
 
 def test_turn_end_is_the_templates_end_of_turn_marker(tokenizer):
@@ -419,3 +429,45 @@ def test_training_on_an_empty_snapshot_says_so(wh, tmp_path, tiny_model):
     with pytest.raises(InputError, match="snapshot 'none' has no rows: nothing to train dpo on"):
         training.train(wh, "none", "dpo", {"model": str(tiny_model), "method": "lora"})
     assert wh.sql("SELECT count(*) AS n FROM runs")["n"][0] == 0
+
+
+def test_train_config_refuses_what_a_tool_would_misread_before_writing(wh, snapshot, tmp_path, tiny_model):
+    from trainers import _external as external
+
+    base = {"model": str(tiny_model), "method": "lora"}
+    no_template = tmp_path / "plain-model"
+    import shutil
+
+    shutil.copytree(tiny_model, no_template)
+    settings = json.loads((no_template / "tokenizer_config.json").read_text())
+    settings.pop("chat_template", None)
+    (no_template / "tokenizer_config.json").write_text(json.dumps(settings))
+    (no_template / "chat_template.jinja").unlink(missing_ok=True)
+    refused = [
+        ("axolotl", {"chat_template": "llama3"}, "unknown chat template 'llama3'"),  # would render "llama3"
+        ("llamafactory", {"model": str(no_template)}, "has no chat template"),  # LLaMA-Factory: `empty`
+        ("axolotl", {"chat_template": "{{ raise_exception('no') }}"}, "fails to render"),
+        (
+            "axolotl",
+            {"chat_template": "{% for m in messages %}{{ m['role'] }}{% endfor %}"},
+            "does not write",
+        ),
+        ("llamafactory", {"template": "llama3\nmodel_name_or_path: /etc"}, "template names"),
+        ("axolotl", {"template": "chatml", "chat_template": "alpaca"}, "not both"),
+        ("axolotl", {"form": "alpaca"}, "form applies to LLaMA-Factory"),
+    ]
+    for k, (tool, values, message) in enumerate(refused):
+        with pytest.raises(ValueError, match=message):
+            external.write_config(wh, tool, snapshot, tmp_path / f"out{k}", {**base, **values})
+        assert not (tmp_path / f"out{k}").exists()  # nothing half-written
+    chatml = external.write_config(
+        wh, "axolotl", snapshot, tmp_path / "ok", {**base, "chat_template": "chatml"}
+    )
+    assert any("will not train the turn-end marker '<|im_end|>'" in note for note in chatml["notes"])
+    import yaml
+
+    lf = external.write_config(
+        wh, "llamafactory", snapshot, tmp_path / "lf", {**base, "chat_template": "alpaca"}
+    )
+    config = yaml.safe_load(Path(lf["config"]).read_text())
+    assert (config["template"], config["default_system"]) == ("alpaca", "")

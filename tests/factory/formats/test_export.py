@@ -135,7 +135,51 @@ def test_export_errors(mixed, tmp_path):
         factory.export(mixed, "sft", tmp_path / "x", "openai", eval_split=1.5)
     with pytest.raises(Exception, match="no snapshot named 'nope'"):
         factory.export(mixed, "nope", tmp_path / "x", "openai")
-    result = factory.export(mixed, "sft", tmp_path / "pp", "preference")
-    assert result["skipped"] == {"skipped_no_rejected_answer": mixed.snapshot("sft").height}
+    result = factory.export(mixed, "pref", tmp_path / "pp", "preference")
+    assert result["skipped"] == {}
     manifest = json.loads((tmp_path / "pp" / "export.json").read_text())
-    assert manifest["digest"] == mixed.sql("SELECT digest FROM snapshots WHERE name = 'sft'")["digest"][0]
+    assert manifest["digest"] == mixed.sql("SELECT digest FROM snapshots WHERE name = 'pref'")["digest"][0]
+
+
+def test_an_empty_eval_split_is_not_written(wh, tmp_path):
+    """A tool fails on an empty split file (datasets: 'Instruction "test" corresponds to no data',
+    LLaMA-Factory likewise), so a split that drew no row is left out, an earlier one removed."""
+    from datasets import load_dataset
+
+    factory.import_file(wh, str(write_jsonl(tmp_path / "a.jsonl", alpaca(3))))
+    wh.create_snapshot("tiny")
+    seed = next(s for s in range(50) if factory.export(wh, "tiny", tmp_path / f"x{s}", "openai", eval_split=0.05, seed=s)["counts"]["eval"] == 0)  # fmt: skip
+    result = factory.export(wh, "tiny", tmp_path / "hf", "hf", eval_split=0.05, seed=seed)
+    assert result["counts"] == {"train": 3, "eval": 0} and "eval" not in result["files"]
+    assert set(load_dataset(str(tmp_path / "hf"))) == {"train"}
+    assert "split: test" not in (tmp_path / "hf" / "README.md").read_text()
+    other = next(s for s in range(50) if factory.export(wh, "tiny", tmp_path / f"y{s}", "openai", eval_split=0.5, seed=s)["counts"]["eval"] > 0)  # fmt: skip
+    factory.export(wh, "tiny", tmp_path / "again", "openai", eval_split=0.5, seed=other)
+    assert (tmp_path / "again" / "eval.jsonl").exists()
+    factory.export(wh, "tiny", tmp_path / "again", "openai", eval_split=0.05, seed=seed, force=True)
+    assert not (tmp_path / "again" / "eval.jsonl").exists()  # the earlier split does not linger
+
+
+def test_pairs_exported_as_one_answer_are_counted_and_a_pairless_preference_export_refused(wh, tmp_path):
+    from tests.factory.formats.test_import import PREFERENCE_MESSAGES
+
+    factory.import_file(wh, str(write_jsonl(tmp_path / "p.jsonl", PREFERENCE_MESSAGES)))
+    factory.import_file(wh, str(write_jsonl(tmp_path / "a.jsonl", alpaca(4))))
+    wh.create_snapshot("pairs", where="rejected IS NOT NULL")
+    wh.create_snapshot("plain", where="rejected IS NULL")
+    pairs = wh.sql("SELECT count(*) AS n FROM snapshot('pairs')")["n"][0]
+    for fmt in ("openai", "trl", "alpaca"):
+        assert factory.export(wh, "pairs", tmp_path / fmt, fmt)["left_out"] == {"rejected_answer": pairs}
+    for fmt in ("preference", "sharegpt", "hf", "parquet"):
+        assert factory.export(wh, "pairs", tmp_path / f"k{fmt}", fmt)["left_out"] == {}
+    wh.create_snapshot("both")
+    assert factory.export(wh, "both", tmp_path / "both", "preference")["skipped"] == {
+        "skipped_no_rejected_answer": 4
+    }
+    with pytest.raises(ValueError, match="no preference pairs"):
+        factory.export(wh, "plain", tmp_path / "none", "preference")
+    assert not (tmp_path / "none").exists()
+    with pytest.raises(ValueError, match="--openai-model applies to --format openai"):
+        factory.export(wh, "plain", tmp_path / "m", "trl", openai_model="gpt-4o-2024-08-06")
+    with pytest.raises(ValueError, match="unknown OpenAI model ''"):
+        factory.export(wh, "plain", tmp_path / "m", "openai", openai_model="")
