@@ -26,7 +26,7 @@ import yaml
 from pydantic import Field
 
 from factory import config
-from factory.errors import ConfigError
+from factory.errors import ConfigError, InputError
 from factory.formats import export
 from factory.models import chat
 from factory.store import outputs, snapshots
@@ -64,8 +64,16 @@ def _check(tool: str, cfg: ExternalConfig) -> None:
         raise ConfigError(
             "give template (the tool's template name) or chat_template (ours: chatml, alpaca or Jinja), not both"
         )
+    name = cfg.chat_template
+    if name and name not in chat.TEMPLATES and "{{" not in name and "{%" not in name:
+        raise ConfigError(
+            f"unknown chat template '{name}': ours are {', '.join(chat.TEMPLATES)} or a Jinja text; for "
+            f"{tool}'s own template of that name use template={name}"
+        )
     if tool == "axolotl" and "form" in cfg.model_fields_set:
         raise ConfigError("form applies to LLaMA-Factory; axolotl reads OpenAI messages")
+    if cfg.form == "alpaca" and cfg.stage == "dpo":
+        raise ConfigError("LLaMA-Factory DPO: use form=sharegpt (our alpaca files hold no rejected answer)")
 
 
 def _llamafactory_template(cfg: ExternalConfig) -> str | None:
@@ -103,9 +111,9 @@ def _llamafactory_settings(cfg: ExternalConfig, notes: list[str]) -> dict[str, A
     """LLaMA-Factory's template settings for the template our trainer would use."""
     template = _llamafactory_template(cfg)
     # without a template LLaMA-Factory falls back to an `empty` one: the model must have its own
-    vocab = _tokenizer(cfg).get_vocab() if not cfg.template else {}
+    tokenizer = _tokenizer(cfg, notes) if not cfg.template else None
     settings: dict[str, Any] = {"template": template} if template else {}
-    if template == "chatml" and "<|im_end|>" not in vocab:
+    if template == "chatml" and tokenizer is not None and "<|im_end|>" not in tokenizer.get_vocab():
         settings["resize_vocab"] = True  # LLaMA-Factory adds <|im_start|> / <|im_end|> as new tokens
     if cfg.chat_template == "alpaca":  # ours writes no system prompt where a row has none; LLaMA-Factory's
         settings["default_system"] = ""  # alpaca template would add "Below is an instruction..."
@@ -118,17 +126,18 @@ def llamafactory(
     out: Path,
     cfg: ExternalConfig,
     force: bool,
-    template: dict,
     notes: list[str],
 ) -> dict[str, Any]:
     method = _method("llamafactory", cfg.method)
     places = wh.protected_paths()
     path = outputs.check_file(out / "llamafactory.yaml", places, force)
-    if cfg.form == "alpaca" and cfg.stage == "dpo":
-        raise ConfigError("LLaMA-Factory DPO: use form=sharegpt (our alpaca files hold no rejected answer)")
     fmt = "llamafactory" if cfg.form == "sharegpt" else "alpaca"
     if fmt == "alpaca":
         outputs.check_folder(out / "data", ["dataset_info.json"], places, force)
+    template = _llamafactory_settings(
+        cfg, notes
+    )  # reads the tokenizer: after the path checks, before writing
+    out.mkdir(parents=True, exist_ok=True)
     exported = export.export(wh, snapshot, out / "data", fmt, eval_split=cfg.eval_split, seed=cfg.seed,
                              name=snapshot, force=force)  # fmt: skip
     if fmt == "alpaca":  # the sharegpt export registers itself; the alpaca files are registered here
@@ -178,10 +187,19 @@ def llamafactory(
             "skipped": exported["skipped"], "notes": notes, "command": f"llamafactory-cli train {path}"}  # fmt: skip
 
 
-def _tokenizer(cfg: ExternalConfig) -> Any:
+def _tokenizer(cfg: ExternalConfig, notes: list[str]) -> Any | None:
+    """The model's tokenizer with the template our trainer would use; None, with a note, when the model
+    is not on this machine (a config may be written here for a model on the training machine)."""
     from factory.models import loader
 
-    tokenizer = loader.load_tokenizer(cfg.model)
+    try:
+        tokenizer = loader.load_tokenizer(cfg.model)
+    except InputError as exc:
+        notes.append(
+            f"{exc}: its chat template was not checked here, and the config relies on the tool reading it "
+            "(axolotl: add eot_tokens with the template's turn-end token if it is not the EOS token)"
+        )
+        return None
     chat.use_template(tokenizer, cfg.chat_template)
     return tokenizer
 
@@ -203,7 +221,9 @@ def _axolotl_template(cfg: ExternalConfig, notes: list[str]) -> dict[str, Any]:
             "chat_template": "jinja",
             "chat_template_jinja": chat.TEMPLATES.get(cfg.chat_template, cfg.chat_template),
         }
-    tokenizer = _tokenizer(cfg)
+    tokenizer = _tokenizer(cfg, notes)
+    if tokenizer is None:
+        return settings
     marker = chat.turn_end(tokenizer)
     if marker and marker in tokenizer.get_vocab():
         settings["eot_tokens"] = [marker]
@@ -221,7 +241,6 @@ def axolotl(
     out: Path,
     cfg: ExternalConfig,
     force: bool,
-    template: dict,
     notes: list[str],
 ) -> dict[str, Any]:
     method = _method("axolotl", cfg.method)
@@ -236,6 +255,8 @@ def axolotl(
     fmt = "preference" if cfg.stage == "dpo" else "openai"
     pairs = [f"axolotl-{split}.jsonl" for split in ("train", "eval")] if cfg.stage == "dpo" else []
     outputs.check_folder(data, pairs, places, force)
+    template = _axolotl_template(cfg, notes)  # reads the tokenizer: after the path checks, before writing
+    out.mkdir(parents=True, exist_ok=True)
     exported = export.export(
         wh, snapshot, data, fmt, eval_split=cfg.eval_split, seed=cfg.seed, force=force, openai_check=False
     )
@@ -324,11 +345,5 @@ def write_config(
                 f"snapshot '{snapshot}' has {unpaired:,} row(s) without a rejected answer and {rows - unpaired:,} "
                 "pair(s): DPO needs preference pairs"
             )
-    _method(tool, cfg.method)
-    notes: list[str] = []  # the template is settled (the tokenizer read) before anything is written
-    template = (_llamafactory_settings if tool == "llamafactory" else _axolotl_template)(cfg, notes)
     outputs.check_folder(out, [], wh.protected_paths(), force)
-    out.mkdir(parents=True, exist_ok=True)
-    return (llamafactory if tool == "llamafactory" else axolotl)(
-        wh, snapshot, out, cfg, force, template, notes
-    )
+    return (llamafactory if tool == "llamafactory" else axolotl)(wh, snapshot, out, cfg, force, [])

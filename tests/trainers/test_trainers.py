@@ -432,11 +432,14 @@ def test_training_on_an_empty_snapshot_says_so(wh, tmp_path, tiny_model):
 
 
 def test_train_config_refuses_what_a_tool_would_misread_before_writing(wh, snapshot, tmp_path, tiny_model):
+    import shutil
+
+    import yaml
+
     from trainers import _external as external
 
     base = {"model": str(tiny_model), "method": "lora"}
     no_template = tmp_path / "plain-model"
-    import shutil
 
     shutil.copytree(tiny_model, no_template)
     settings = json.loads((no_template / "tokenizer_config.json").read_text())
@@ -455,6 +458,7 @@ def test_train_config_refuses_what_a_tool_would_misread_before_writing(wh, snaps
         ("llamafactory", {"template": "llama3\nmodel_name_or_path: /etc"}, "template names"),
         ("axolotl", {"template": "chatml", "chat_template": "alpaca"}, "not both"),
         ("axolotl", {"form": "alpaca"}, "form applies to LLaMA-Factory"),
+        ("llamafactory", {"form": "alpaca", "stage": "dpo"}, "use form=sharegpt"),
     ]
     for k, (tool, values, message) in enumerate(refused):
         with pytest.raises(ValueError, match=message):
@@ -464,7 +468,6 @@ def test_train_config_refuses_what_a_tool_would_misread_before_writing(wh, snaps
         wh, "axolotl", snapshot, tmp_path / "ok", {**base, "chat_template": "chatml"}
     )
     assert any("will not train the turn-end marker '<|im_end|>'" in note for note in chatml["notes"])
-    import yaml
 
     lf = external.write_config(
         wh, "llamafactory", snapshot, tmp_path / "lf", {**base, "chat_template": "alpaca"}
