@@ -11,7 +11,8 @@ choice. Field names follow the tools' documented configs: LLaMA-Factory's
 `base_model`, `datasets` (`type: chat_template`, `field_messages`,
 `roles_to_train`; `chat_template.default` with `field_chosen` /
 `field_rejected` for DPO), `adapter`, `lora_r`, `lora_target_linear`, `rl`,
-`sequence_len`, `micro_batch_size`.
+`sequence_len`, `micro_batch_size`. Both tools run on what this writes in tests/ecosystem/
+(their own environments: `make llamafactory-env`, `make axolotl-env`).
 """
 
 from __future__ import annotations
@@ -134,9 +135,8 @@ def llamafactory(
     fmt = "llamafactory" if cfg.form == "sharegpt" else "alpaca"
     if fmt == "alpaca":
         outputs.check_folder(out / "data", ["dataset_info.json"], places, force)
-    template = _llamafactory_settings(
-        cfg, notes
-    )  # reads the tokenizer: after the path checks, before writing
+    # the template settings read the tokenizer: after the path checks, before anything is written
+    template = _llamafactory_settings(cfg, notes)
     out.mkdir(parents=True, exist_ok=True)
     exported = export.export(wh, snapshot, out / "data", fmt, eval_split=cfg.eval_split, seed=cfg.seed,
                              name=snapshot, force=force)  # fmt: skip
@@ -255,7 +255,8 @@ def axolotl(
     fmt = "preference" if cfg.stage == "dpo" else "openai"
     pairs = [f"axolotl-{split}.jsonl" for split in ("train", "eval")] if cfg.stage == "dpo" else []
     outputs.check_folder(data, pairs, places, force)
-    template = _axolotl_template(cfg, notes)  # reads the tokenizer: after the path checks, before writing
+    # the template settings read the tokenizer: after the path checks, before anything is written
+    template = _axolotl_template(cfg, notes)
     out.mkdir(parents=True, exist_ok=True)
     exported = export.export(
         wh, snapshot, data, fmt, eval_split=cfg.eval_split, seed=cfg.seed, force=force, openai_check=False

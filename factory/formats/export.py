@@ -280,9 +280,10 @@ def export(
 ) -> dict[str, Any]:
     """Write a snapshot in `fmt` under `out`; returns the files written and the counts.
 
-    An `openai` export (unless `openai_check` is off, as for our trainers' own input) is checked against OpenAI's rules for chat
-    fine-tuning files (`openai_rules`, token limit of `openai_model`); the manifest's `openai_check`
-    says per split which rules its examples break.
+    An `openai` export (unless `openai_check` is off, as for our trainers' own input) is checked
+    against OpenAI's rules for chat fine-tuning files (`openai_rules`, the token limit and encoding of
+    `openai_model`); the manifest's `openai_check` says per split which rules its examples break.
+    An eval split that drew no row is not written (tools fail on an empty split file).
 
     With `mosaic`, the train split's single-exchange rows are composed Mosaic-IT style
     (the eval split stays as it is), so the trainer's tokenizer and length set the budget.
