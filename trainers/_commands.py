@@ -10,7 +10,16 @@ from typing import Annotated
 
 import typer
 
-from factory.cli.common import ConfigFile, Settings, Warehouse, console, open_warehouse, shown, values
+from factory.cli.common import (
+    ConfigFile,
+    Settings,
+    Warehouse,
+    console,
+    open_warehouse,
+    print_skipped,
+    shown,
+    values,
+)
 
 
 def train_config(
@@ -36,10 +45,7 @@ def train_config(
     written = external.write_config(wh, tool, snapshot, out, values(config, set_), force=force)
     counts = ", ".join(f"{split} {n:,}" for split, n in written["counts"].items())
     console().print(f"{tool}: data in {shown(written['data'])} ({counts}); config {shown(written['config'])}")
-    for reason, n in written["skipped"].items():
-        console().print(
-            f"[yellow]skipped {n:,} row(s): {reason.removeprefix('skipped_').replace('_', ' ')}[/]"
-        )
+    print_skipped(written["skipped"])
     for note in written["notes"]:
         console().print(f"[yellow]note: {escape(note)}[/]")
     console().print(f"  run it: {shown(written['command'])}")

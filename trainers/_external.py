@@ -66,7 +66,7 @@ def _check(tool: str, cfg: ExternalConfig) -> None:
             "give template (the tool's template name) or chat_template (ours: chatml, alpaca or Jinja), not both"
         )
     name = cfg.chat_template
-    if name and name not in chat.TEMPLATES and "{{" not in name and "{%" not in name:
+    if name and not chat.known_template(name):
         raise ConfigError(
             f"unknown chat template '{name}': ours are {', '.join(chat.TEMPLATES)} or a Jinja text; for "
             f"{tool}'s own template of that name use template={name}"

@@ -118,6 +118,14 @@ def table(frame: pl.DataFrame, title: str | None = None, width: int = 60) -> Any
     return out
 
 
+def print_skipped(skipped: dict[str, int]) -> None:
+    """One line per reason an export left rows out (`skipped_no_rejected_answer` -> "no rejected answer")."""
+    for reason, n in skipped.items():
+        console().print(
+            f"[yellow]skipped {n:,} row(s): {reason.removeprefix('skipped_').replace('_', ' ')}[/]"
+        )
+
+
 def print_frame(frame: pl.DataFrame, title: str | None = None) -> None:
     """A table; results too wide for one (like SELECT * FROM rows) print one record per block, as psql's \\x."""
     out = console()

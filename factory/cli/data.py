@@ -8,7 +8,7 @@ from typing import Annotated, Any
 
 import typer
 
-from factory.cli.common import Warehouse, console, fail, open_warehouse, print_frame, shown
+from factory.cli.common import Warehouse, console, fail, open_warehouse, print_frame, print_skipped, shown
 
 
 def init(
@@ -280,8 +280,7 @@ def export(
         printer.print(
             f"  mosaic: the train split holds {result['mosaic']['composed_rows']:,} composed row(s)"
         )
-    for reason, n in result["skipped"].items():
-        printer.print(f"[yellow]skipped {n:,} row(s): {reason.removeprefix('skipped_').replace('_', ' ')}[/]")
+    print_skipped(result["skipped"])
     if result.get("left_out", {}).get("rejected_answer"):
         printer.print(
             f"[yellow]{result['left_out']['rejected_answer']:,} preference row(s) exported as their chosen "

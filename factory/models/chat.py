@@ -66,10 +66,16 @@ def read_jsonl(path: Path) -> list[dict[str, Any]]:
     return [record for _, record in jsonl_records(path, path.read_text(encoding="utf-8"))]
 
 
+def known_template(name: str) -> bool:
+    """Whether `name` is one of our named templates or a Jinja text (a bare word such as `llama3` is neither:
+    used as a template it would render as that literal word)."""
+    return name in TEMPLATES or "{{" in name or "{%" in name
+
+
 def use_template(tokenizer: Any, name: str | None) -> None:
     """Give the tokenizer a chat template: `name` (chatml, alpaca or a Jinja string), else its own."""
     if name:
-        if name not in TEMPLATES and "{{" not in name and "{%" not in name:
+        if not known_template(name):
             raise ConfigError(
                 f"unknown chat template '{name}': choose {', '.join(TEMPLATES)} or give a Jinja template"
             )

@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import os
 import random
+import subprocess
 import time
 from pathlib import Path
 
@@ -112,7 +113,11 @@ def axolotl_cli() -> Path:
     return installed(AXOLOTL, "axolotl-env")
 
 
-def tool_env(bin_folder: Path) -> dict[str, str]:
-    """The environment a user's shell would give the tool: its venv first on PATH (axolotl launches
-    `accelerate` from PATH), offline."""
-    return {**os.environ, "PATH": f"{bin_folder}{os.pathsep}{os.environ.get('PATH', '')}", **OFFLINE}
+def run_tool(bin_folder: Path, program: str, *args: str, cwd: Path) -> subprocess.CompletedProcess:
+    """Run a tool of an environment as a user's shell would (its venv first on PATH: axolotl launches
+    `accelerate` from PATH; offline), in `cwd`; it must succeed (its output's end is shown if not)."""
+    env = {**os.environ, "PATH": f"{bin_folder}{os.pathsep}{os.environ.get('PATH', '')}", **OFFLINE}
+    done = subprocess.run([str(bin_folder / program), *args], capture_output=True, text=True, cwd=cwd, env=env,
+                          timeout=600)  # fmt: skip
+    assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-3000:]
+    return done

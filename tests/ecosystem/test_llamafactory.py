@@ -5,7 +5,6 @@ and its data pipeline supervises the same tokens per row as our trainer."""
 from __future__ import annotations
 
 import json
-import subprocess
 from pathlib import Path
 
 import pytest
@@ -13,7 +12,7 @@ import yaml
 
 import factory
 from factory.models import chat
-from tests.ecosystem.conftest import ROOT, tool_env
+from tests.ecosystem.conftest import ROOT, run_tool
 from trainers import _external as external
 
 pytestmark = pytest.mark.ecosystem
@@ -22,9 +21,7 @@ SETTINGS = {"method": "lora", "eval_split": 0.1, "max_length": 512, "max_steps":
 
 def train(cli: Path, config: str) -> dict:
     """Run `llamafactory-cli train CONFIG` as a user would; returns its trainer state."""
-    done = subprocess.run([str(cli / "llamafactory-cli"), "train", config], capture_output=True, text=True,
-                          cwd=Path(config).parent, env=tool_env(cli), timeout=600)  # fmt: skip
-    assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-3000:]
+    run_tool(cli, "llamafactory-cli", "train", config, cwd=Path(config).parent)
     out = Path(yaml.safe_load(Path(config).read_text())["output_dir"])
     assert (out / "adapter_model.safetensors").stat().st_size > 0 and (out / "adapter_config.json").exists()
     return json.loads((out / "trainer_state.json").read_text())
@@ -69,10 +66,8 @@ def test_llamafactory_supervises_the_tokens_we_do(ecosystem, llamafactory_cli, t
         ecosystem, "llamafactory", "sft", tmp_path / "lf", {**SETTINGS, "model": str(tiny_model)}
     )
     rows = tmp_path / "rows.jsonl"
-    done = subprocess.run([str(llamafactory_cli / "python"), str(ROOT / "tests/ecosystem/llamafactory_rows.py"),
-                           written["config"], str(rows)], capture_output=True, text=True, env=tool_env(llamafactory_cli),
-                          timeout=600)  # fmt: skip
-    assert done.returncode == 0, done.stderr[-3000:]
+    script = str(ROOT / "tests/ecosystem/llamafactory_rows.py")
+    run_tool(llamafactory_cli, "python", script, written["config"], str(rows), cwd=tmp_path)
     theirs = [json.loads(line) for line in rows.read_text().splitlines()]
     factory.export(ecosystem, "sft", tmp_path / "ours", "openai", eval_split=0.1, seed=0)
     conversations = [r["messages"] for r in chat.read_jsonl(tmp_path / "ours" / "train.jsonl")]
