@@ -12,6 +12,8 @@ BENCHES = [
     "bench.semantic_bench",
     "bench.mosaic_bench",
     "bench.train_bench",
+    "bench.outcome",
+    "bench.scaling_runs",
 ]
 
 if __name__ == "__main__":

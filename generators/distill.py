@@ -8,12 +8,21 @@ steers the teacher, as in the survey's Table V: a role ("You are an expert in
 template are prompted in completion style (an Alpaca-style "### Instruction /
 ### Response" frame). Rows record the teacher, the template's hash and the prompt
 row as parent; empty and cut-off answers are stored as rejected rows.
+
+With `focus_from` (a training run id) the `limit` prompts are drawn per domain by the
+weights of that run's held-out metrics (`factory.runners.focus`): domain d gets
+round(limit * w_d) of its prompts, by largest remainder, picked at random with the
+teacher's seed; a prompt domain the run did not evaluate gets the floor weight. The
+job's config records the run and the weights, each row names the run in its params and
+takes its prompt's domain. With `test_set` the accepted rows are then checked against a
+test file or snapshot by the `decontaminate` filter; a focused round without one says
+that its rows were not decontaminated.
 """
 
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Literal
+from typing import Any, Literal
 
 import polars as pl
 from pydantic import BaseModel, Field, model_validator
@@ -21,6 +30,7 @@ from pydantic import BaseModel, Field, model_validator
 from factory.errors import ConfigError
 from factory.formats.readers import ReadError, jsonl_records
 from factory.plugins import GeneratorPlugin
+from factory.runners import focus as focusing
 from factory.runners.generation import (
     GenerationSummary,
     Output,
@@ -75,6 +85,31 @@ class DistillConfig(PromptSource):
     )
     sampling: Sampling = Field(default_factory=lambda: Sampling(temperature=0.7, max_tokens=512))
     teacher: TeacherConfig = Field(default_factory=TeacherConfig)
+    focus_from: str | None = Field(
+        None,
+        description="training run id: draw the `limit` prompts per domain by the weights of its "
+        "held-out metrics (factory.runners.focus)",
+    )
+    test_set: str | None = Field(
+        None,
+        description="JSONL test file or snapshot name: accepted rows sharing a 12-word n-gram with it "
+        "get drop verdicts from the decontaminate filter",
+    )
+    focus: focusing.FocusRecord | None = Field(
+        None, description="recorded by the run from focus_from (the weights it used); not a setting"
+    )
+
+    @model_validator(mode="after")
+    def _focus_needs_limit(self) -> DistillConfig:
+        if self.focus_from is not None and self.limit is None:
+            raise ConfigError(
+                "focus_from needs limit: the number of prompts to draw by the run's domain weights (--limit P)"
+            )
+        if self.focus is not None and self.focus_from is None:
+            raise ConfigError(
+                "focus is recorded by the run from focus_from: set focus_from (--focus-from RUN)"
+            )
+        return self
 
 
 def _from_file(path: Path) -> pl.DataFrame:
@@ -88,24 +123,29 @@ def _from_file(path: Path) -> pl.DataFrame:
         text = data.get("instruction", data.get("prompt")) if isinstance(data, dict) else None
         if not isinstance(text, str) or not text.strip():
             raise ReadError(f"{path}:{number}: field 'instruction' (or 'prompt'): missing or not text")
-        records.append({"instruction": text, "input": str(data.get("input") or "")})
-    return pl.DataFrame(records, schema={"instruction": pl.String, "input": pl.String})
+        domain = data.get("domain") if isinstance(data, dict) else None
+        records.append({"instruction": text, "input": str(data.get("input") or ""), "domain": domain})
+    return pl.DataFrame(records, schema={"instruction": pl.String, "input": pl.String, "domain": pl.String})
 
 
-def prompts(wh: Warehouse, cfg: PromptSource) -> pl.DataFrame:
-    """The prompts as a frame with instruction, input and parent id (NULL for file prompts)."""
+def prompts(wh: Warehouse, cfg: PromptSource, domain: bool = False) -> pl.DataFrame:
+    """The prompts as a frame with instruction, input and parent id (NULL for file prompts); with
+    `domain`, also each prompt's domain ('general' when it has none, as the evaluation counts it)."""
     if cfg.file is not None:
         frame = _from_file(cfg.file)
     elif cfg.on is not None:
-        frame = wh.sql(f"SELECT id, instruction, input FROM snapshot('{cfg.on}') ORDER BY id")
+        frame = wh.sql(f"SELECT id, instruction, input, domain FROM snapshot('{cfg.on}') ORDER BY id")
     else:
         frame = wh.user_sql(str(cfg.query))
         if "instruction" not in frame.columns:
             raise ConfigError("the prompt query must return an 'instruction' column")
-    for column in ("id", "input"):
+    for column in ("id", "input", "domain"):
         if column not in frame.columns:
-            frame = frame.with_columns(pl.lit(None if column == "id" else "", pl.String).alias(column))
-    frame = frame.select("id", "instruction", pl.col("input").fill_null(""))
+            frame = frame.with_columns(pl.lit("" if column == "input" else None, pl.String).alias(column))
+    columns = ["id", "instruction", pl.col("input").fill_null("")]
+    if domain:
+        columns.append(pl.col("domain").cast(pl.String).fill_null("general"))
+    frame = frame.select(columns)
     return frame.head(cfg.limit) if cfg.limit else frame
 
 
@@ -138,16 +178,18 @@ def distill(frame: pl.DataFrame, cfg: DistillConfig, teacher: Teacher, out: Outp
     system = system_prompt(cfg)
     template = template_hash(generator, system, "chat" if chat else COMPLETION_FRAME)
     records = frame.select("id", "instruction", "input").rows()
+    domains = frame["domain"].to_list() if "domain" in frame.columns else [None] * frame.height
     requests = [
         request_for(instruction, input, system, chat, cfg.sampling, cfg.n)
         for _, instruction, input in records
     ]
     answers = teacher.generate(requests)
+    focused = {"focus_from": cfg.focus_from} if cfg.focus_from else {}
     params = [
-        params_json({"system": cfg.system, "sample": k, "temperature": cfg.sampling.temperature})
+        params_json({"system": cfg.system, "sample": k, "temperature": cfg.sampling.temperature, **focused})
         for k in range(cfg.n)
     ]  # the same for every prompt: serialised once
-    for (parent, instruction, input), samples in zip(records, answers, strict=True):
+    for (parent, instruction, input), domain, samples in zip(records, domains, answers, strict=True):
         for k, sample in enumerate(samples):
             text = (sample.text or "").strip()
             row = make_row(
@@ -161,6 +203,8 @@ def distill(frame: pl.DataFrame, cfg: DistillConfig, teacher: Teacher, out: Outp
                 template=template,
                 origin=f"{generator}:sample{k}",
             )
+            if domain is not None:  # a focused round's rows keep their prompt's domain
+                row["domain"] = domain
             if sample.error:
                 out.reject(row, f"teacher_failed {sample.error}")
             elif sample.finish_reason == "length":
@@ -172,15 +216,27 @@ def distill(frame: pl.DataFrame, cfg: DistillConfig, teacher: Teacher, out: Outp
 
 
 def run(wh: Warehouse, config: DistillConfig, progress: bool = False) -> GenerationSummary:
-    frame = prompts(wh, config)
-    return run_generator(
-        wh,
-        "distill",
-        config,
-        config.teacher,
-        lambda t, out: distill(frame, config, t, out, "distill"),
-        progress,
-    )
+    focus = focusing.focus_from(wh, config.focus_from) if config.focus_from else None
+    if config.test_set is not None:
+        focusing.test_set_values(wh, config.test_set)  # a wrong test set is refused before any call
+    drawn = None
+    if focus is None:
+        frame = prompts(wh, config)
+    else:
+        pool = prompts(wh, config.model_copy(update={"limit": None}), domain=True)
+        frame, weights, drawn = focusing.draw(pool, focus, int(config.limit or 0), config.teacher.seed)
+        config = config.model_copy(update={"focus": focus.record(weights)})
+    made: list[Output] = []
+
+    def produce(t: Teacher, out: Output) -> None:
+        made.append(out)
+        distill(frame, config, t, out, "distill")
+
+    summary = run_generator(wh, "distill", config, config.teacher, produce, progress)
+    if focus is None and config.test_set is None:
+        return summary
+    rows: list[dict[str, Any]] = made[0].rows if made else []
+    return focusing.finish_round(wh, summary, rows, config.focus, config.test_set, drawn)
 
 
 plugin = GeneratorPlugin(

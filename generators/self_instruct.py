@@ -15,6 +15,15 @@ then generated output-first for classification tasks and input-first otherwise
 input gets different outputs is dropped, as are duplicate instances, input equal
 to output and empty outputs. Every rejected candidate is stored as a row with a
 verdict naming its rule.
+
+With `focus_from` (a training run id) the round follows that run's held-out metrics
+(`factory.runners.focus`): the human seeds in each prompt are drawn with probability
+proportional to their domain's weight (w_d / seeds in d, so domain d fills a w_d share
+of the in-context slots on average), and the task-list prompt asks, under its header,
+for tasks with the constraint types the run failed most ("Include tasks with constraints
+like: ..."), phrased as the instruction checkers recognise them. The job's config records
+the run and the weights; each row names the run in its params. With `test_set` the
+accepted rows are then checked by the `decontaminate` filter.
 """
 
 from __future__ import annotations
@@ -23,11 +32,12 @@ import random
 import re
 from typing import Any
 
-from pydantic import BaseModel, Field
+from pydantic import BaseModel, Field, model_validator
 
 from factory.errors import ConfigError
 from factory.evaluation.rouge import RougeIndex
 from factory.plugins import GeneratorPlugin
+from factory.runners import focus as focusing
 from factory.runners.generation import (
     GenerationSummary,
     Output,
@@ -82,12 +92,34 @@ class SelfInstructConfig(BaseModel):
     min_words: int = Field(4, description="reject instructions with fewer words (the paper: more than 3)")
     max_words: int = Field(150)
     teacher: TeacherConfig = Field(default_factory=TeacherConfig)
+    focus_from: str | None = Field(
+        None,
+        description="training run id: draw seeds by its held-out domain weights and ask for the "
+        "constraint types it failed most (factory.runners.focus)",
+    )
+    test_set: str | None = Field(
+        None,
+        description="JSONL test file or snapshot name: accepted rows sharing a 12-word n-gram with it "
+        "get drop verdicts from the decontaminate filter",
+    )
+    focus: focusing.FocusRecord | None = Field(
+        None, description="recorded by the run from focus_from (the weights it used); not a setting"
+    )
+
+    @model_validator(mode="after")
+    def _focus_is_recorded(self) -> SelfInstructConfig:
+        if self.focus is not None and self.focus_from is None:
+            raise ConfigError(
+                "focus is recorded by the run from focus_from: set focus_from (--focus-from RUN)"
+            )
+        return self
 
 
 def _seeds(wh: Warehouse, cfg: SelfInstructConfig) -> list[dict[str, Any]]:
     """Distinct seed instructions (first instance each), with their classification flag."""
     frame = wh.sql(
-        f"SELECT id, instruction, input, output, coalesce(domain = $d OR list_contains(tags, $d), false) AS cls "
+        "SELECT id, instruction, input, output, coalesce(domain, 'general') AS domain, "
+        "coalesce(domain = $d OR list_contains(tags, $d), false) AS cls "
         f"FROM snapshot('{cfg.on}') WHERE kind = 'instruction' AND output <> '' "
         "QUALIFY row_number() OVER (PARTITION BY instruction ORDER BY id) = 1 ORDER BY id",
         {"d": cfg.classification_domain},
@@ -100,9 +132,10 @@ def _seeds(wh: Warehouse, cfg: SelfInstructConfig) -> list[dict[str, Any]]:
     return frame.to_dicts()
 
 
-def task_prompt(instructions: list[str]) -> str:
+def task_prompt(instructions: list[str], constraints: str = "") -> str:
+    """The numbered task list to continue; `constraints` (a focused round's line) goes under the header."""
     lines = "".join(f"{k}. {text}\n" for k, text in enumerate(instructions, start=1))
-    return f"{TASKS_HEADER}{lines}{len(instructions) + 1}."
+    return f"{TASKS_HEADER}{constraints}{lines}{len(instructions) + 1}."
 
 
 def parse_tasks(text: str, truncated: bool) -> tuple[list[str], list[str]]:
@@ -211,8 +244,20 @@ def filter_instances(
     return kept, rejected
 
 
+def seed_weights(seeds: list[dict[str, Any]], weights: dict[str, float]) -> list[float]:
+    """Each seed's draw weight: its domain's weight shared among that domain's seeds."""
+    per_domain: dict[str, int] = {}
+    for seed in seeds:
+        per_domain[seed["domain"]] = per_domain.get(seed["domain"], 0) + 1
+    return [weights[s["domain"]] / per_domain[s["domain"]] for s in seeds]
+
+
 def self_instruct(
-    seeds: list[dict[str, Any]], cfg: SelfInstructConfig, teacher: Teacher, out: Output
+    seeds: list[dict[str, Any]],
+    cfg: SelfInstructConfig,
+    teacher: Teacher,
+    out: Output,
+    focus: focusing.Focus | None = None,
 ) -> None:
     index = RougeIndex(cfg.similarity)
     texts: list[str] = []
@@ -220,9 +265,13 @@ def self_instruct(
         index.add(seed["instruction"])
         texts.append(seed["instruction"])
     machine: list[str] = []
+    constraints = focusing.constraint_line(focus) if focus else ""
+    weights = seed_weights(seeds, focus.weights_for(s["domain"] for s in seeds)) if focus else []
     template = template_hash(
-        NAME, TASKS_HEADER, IS_CLASSIFICATION_HEADER, INPUT_FIRST_HEADER, OUTPUT_FIRST_HEADER
-    )
+        NAME, TASKS_HEADER, IS_CLASSIFICATION_HEADER, INPUT_FIRST_HEADER, OUTPUT_FIRST_HEADER,
+        *([constraints] if constraints else []),
+    )  # fmt: skip
+    focused = {"focus_from": cfg.focus_from} if cfg.focus_from else {}
     seed_id = {s["instruction"]: s["id"] for s in seeds}
     parents: dict[str, list[str]] = {}  # instruction -> the seed rows in the prompt that made it
 
@@ -235,7 +284,7 @@ def self_instruct(
         **params: Any,
     ) -> dict[str, Any]:
         return make_row(NAME, teacher.model, instruction, output=output, input=input,
-                        parents=parents.get(instruction, []), params={"round": rnd, **params},
+                        parents=parents.get(instruction, []), params={"round": rnd, **focused, **params},
                         template=template, origin=f"{NAME}:round{rnd}", tags=tags)  # fmt: skip
 
     for rnd in range(cfg.rounds):
@@ -245,12 +294,16 @@ def self_instruct(
         requests, contexts = [], []
         for _ in range(cfg.requests_per_round):
             n_machine = min(cfg.machine_in_context, len(machine))
-            shots = rng.sample(
-                [s["instruction"] for s in seeds], cfg.human_in_context + cfg.machine_in_context - n_machine
+            n_human = cfg.human_in_context + cfg.machine_in_context - n_machine
+            human = [s["instruction"] for s in seeds]
+            shots = (
+                focusing.weighted_sample(rng, human, weights, n_human)
+                if focus
+                else rng.sample(human, n_human)
             )
             shots += rng.sample(machine, n_machine)
             rng.shuffle(shots)
-            requests.append(Request(prompt=task_prompt(shots), sampling=cfg.sampling))
+            requests.append(Request(prompt=task_prompt(shots, constraints), sampling=cfg.sampling))
             contexts.append([seed_id[t] for t in shots if t in seed_id])
         new: list[str] = []
         for (sample,), context in zip(teacher.generate(requests), contexts, strict=True):
@@ -297,10 +350,24 @@ def self_instruct(
 
 
 def run(wh: Warehouse, config: SelfInstructConfig, progress: bool = False) -> GenerationSummary:
+    focus = focusing.focus_from(wh, config.focus_from) if config.focus_from else None
+    if config.test_set is not None:
+        focusing.test_set_values(wh, config.test_set)  # a wrong test set is refused before any call
     seeds = _seeds(wh, config)
-    return run_generator(
-        wh, NAME, config, config.teacher, lambda t, out: self_instruct(seeds, config, t, out), progress
-    )
+    if focus is not None:
+        config = config.model_copy(
+            update={"focus": focus.record(focus.weights_for(s["domain"] for s in seeds))}
+        )
+    made: list[Output] = []
+
+    def produce(t: Teacher, out: Output) -> None:
+        made.append(out)
+        self_instruct(seeds, config, t, out, focus)
+
+    summary = run_generator(wh, NAME, config, config.teacher, produce, progress)
+    if focus is None and config.test_set is None:
+        return summary
+    return focusing.finish_round(wh, summary, made[0].rows if made else [], config.focus, config.test_set)
 
 
 plugin = GeneratorPlugin(

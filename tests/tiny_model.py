@@ -32,10 +32,23 @@ def corpus(n: int = 3000, seed: int = 0) -> list[str]:
     return lines
 
 
-def build(folder: Path, vocab: int = 512, seed: int = 0, bias: bool = False) -> Path:
+def build(
+    folder: Path,
+    vocab: int = 512,
+    seed: int = 0,
+    bias: bool = False,
+    width: int = 64,
+    layers: int = 2,
+    texts: list[str] | None = None,
+) -> Path:
     """Write a tiny Llama model and its tokenizer to `folder` (reused when already there).
 
-    `bias` gives its attention and MLP layers bias terms (for BitFit)."""
+    `bias` gives its attention and MLP layers bias terms (for BitFit). `width` is the hidden size
+    (a multiple of 32: heads stay 32 wide, one key/value head) and the MLP is twice as wide;
+    `layers` the number of decoder layers; `texts` what the tokenizer learns from (default: `corpus`).
+    The defaults are the model every test uses."""
+    if width < 32 or width % 32:
+        raise ValueError(f"width {width}: use a multiple of 32 (heads are 32 wide)")
     if (folder / "config.json").exists():
         return folder
     import torch
@@ -48,7 +61,7 @@ def build(folder: Path, vocab: int = 512, seed: int = 0, bias: bool = False) -> 
     tok.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
     tok.decoder = decoders.ByteLevel()
     tok.train_from_iterator(
-        corpus(seed=seed),
+        texts if texts is not None else corpus(seed=seed),
         trainers.BpeTrainer(
             vocab_size=vocab, special_tokens=specials, initial_alphabet=pre_tokenizers.ByteLevel.alphabet()
         ),
@@ -60,10 +73,10 @@ def build(folder: Path, vocab: int = 512, seed: int = 0, bias: bool = False) -> 
     torch.manual_seed(seed)
     config = LlamaConfig(
         vocab_size=len(tokenizer),
-        hidden_size=64,
-        intermediate_size=128,
-        num_hidden_layers=2,
-        num_attention_heads=2,
+        hidden_size=width,
+        intermediate_size=2 * width,
+        num_hidden_layers=layers,
+        num_attention_heads=width // 32,
         num_key_value_heads=1,
         max_position_embeddings=4096,
         tie_word_embeddings=True,

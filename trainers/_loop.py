@@ -33,8 +33,10 @@ from safetensors.torch import load_file, save_file
 from factory.errors import ConfigError, InputError
 from factory.models.loss import Batch
 
-LossFn = Callable[[Any, Batch], torch.Tensor]  # the sum of a micro-batch's unit losses
-UnitsFn = Callable[[Batch], int]
+# The sum of a micro-batch's unit losses, or of each term's (`Terms`: eq. 10's general, domain and
+# consistency losses), with the matching unit counts.
+LossFn = Callable[[Any, Batch], "torch.Tensor | dict[str, torch.Tensor]"]
+UnitsFn = Callable[[Batch], "int | dict[str, int]"]
 
 
 class LoopSettings(BaseModel):
@@ -88,10 +90,15 @@ def train(
     settings: LoopSettings,
     checkpoints: Path,
     on_step: Callable[[StepLog], None] | None = None,
+    plan: list[list[list[int]]] | None = None,
+    weights: dict[str, float] | None = None,
 ) -> list[StepLog]:
-    """Train on `items` (whatever `make_batch` turns into a batch); resume from `checkpoints` if any."""
+    """Train on `items` (whatever `make_batch` turns into a batch); resume from `checkpoints` if any.
+
+    `plan` (default: `schedule`) gives the items of every step; `weights` the weight of each loss
+    term when `loss_fn` returns several."""
     torch.manual_seed(settings.seed)
-    plan = schedule(len(items), settings)
+    plan = plan if plan is not None else schedule(len(items), settings)
     if not plan:
         raise ConfigError("nothing to train on: the snapshot's train split is empty")
     params = [p for p in model.parameters() if p.requires_grad]
@@ -106,7 +113,7 @@ def train(
     for step in range(done, len(plan)):
         started = time.perf_counter()
         batches = [make_batch([items[k] for k in micro]) for micro in plan[step]]
-        loss_total, total = accumulate(model, batches, loss_fn, units)
+        loss_total, total = accumulate(model, batches, loss_fn, units, weights)
         if settings.max_grad_norm:
             torch.nn.utils.clip_grad_norm_(params, settings.max_grad_norm)
         lr = scheduler.get_last_lr()[0]
@@ -124,17 +131,34 @@ def train(
     return logs
 
 
-def accumulate(model: Any, batches: list[Batch], loss_fn: LossFn, units: UnitsFn) -> tuple[float, int]:
+def accumulate(
+    model: Any,
+    batches: list[Batch],
+    loss_fn: LossFn,
+    units: UnitsFn,
+    weights: dict[str, float] | None = None,
+) -> tuple[float, int]:
     """Backpropagate one optimizer step's micro-batches: each one's loss sum over the step's total units.
 
-    Returns the step's loss (the mean over all its units) and the number of units."""
-    total = sum(units(b) for b in batches)
+    With several loss terms (a dict from `loss_fn` and from `units`), the step's loss is
+    sum_k weights[k] * (term k's sum over the step) / (term k's units over the step): each term is
+    a mean over its own units across the whole accumulated batch, and a term without units adds 0.
+    Returns the step's loss (the mean over all its units) and the number of units (of all terms
+    but `consistency`, which counts positions already counted)."""
+    counted = [units(b) for b in batches]
+    if not isinstance(counted[0], dict):
+        counted = [{"loss": n} for n in counted]
+    totals = {k: sum(int(c[k]) for c in counted) for k in counted[0]}
+    weights = weights or {k: 1.0 for k in totals}
     loss_total = 0.0
     for batch in batches:
-        loss = loss_fn(model, batch) / max(total, 1)
-        loss.backward()
-        loss_total += float(loss.detach())
-    return loss_total, total
+        found = loss_fn(model, batch)
+        sums = found if isinstance(found, dict) else {"loss": found}
+        loss = sum(weights[k] * sums[k] / totals[k] for k in sums if totals[k] and weights[k])
+        if isinstance(loss, torch.Tensor):
+            loss.backward()
+            loss_total += float(loss.detach())
+    return loss_total, sum(n for k, n in totals.items() if k != "consistency")
 
 
 def _trainable_state(model: Any) -> dict[str, torch.Tensor]:

@@ -20,7 +20,7 @@ from factory.models import chat
 from factory.models.loss import target_logits, target_tokens
 from factory.plugins import TrainerPlugin, TrainJob, TrainResult
 from trainers import _loop, _methods
-from trainers.sft import SftConfig, examples_for, fit, load_model
+from trainers.sft import SftConfig, examples_for, fit, load_model, order, set_starting_losses
 
 
 class DistillConfig(SftConfig):
@@ -51,6 +51,10 @@ def distill_loss(teacher: Any, cfg: DistillConfig) -> _loop.LossFn:
 
 def run(job: TrainJob) -> TrainResult:
     cfg: DistillConfig = job.config
+    if cfg.domain_alpha is not None:
+        raise ConfigError(
+            "distill has its own loss (alpha KL + SFT): domain_alpha and consistency_beta are sft's"
+        )
     torch.manual_seed(cfg.seed)  # adapters are initialised at random: seed them too
     model, tokenizer = load_model(cfg.model, cfg.method)
     teacher, _ = load_model(cfg.teacher)
@@ -62,11 +66,19 @@ def run(job: TrainJob) -> TrainResult:
         )
     teacher.eval().requires_grad_(False)
     items, skipped = examples_for(cfg, tokenizer, job.data)
-    model = _methods.prepare(model, cfg.method, cfg)
     pad = tokenizer.pad_token_id
+    if cfg.curriculum == "loss":
+        set_starting_losses(model, items, pad, cfg.batch_size)
+    model = _methods.prepare(model, cfg.method, cfg)
+    plan, report = order(cfg, items)
     result = fit(job, model, tokenizer, items, lambda groups: chat.collate(groups, pad), distill_loss(teacher, cfg),
-                 target_tokens)  # fmt: skip
-    result.metrics |= {"skipped": skipped, "alpha": cfg.alpha, "temperature": cfg.temperature}
+                 target_tokens, plan)  # fmt: skip
+    result.metrics |= {
+        "skipped": skipped,
+        "alpha": cfg.alpha,
+        "temperature": cfg.temperature,
+        "order": report,
+    }
     return result
 
 

@@ -18,7 +18,7 @@ import sys
 
 import typer
 
-from factory.cli import data, filter, generate, recipe, report, snapshot, train
+from factory.cli import data, filter, generate, recipe, report, scaling, snapshot, train
 from factory.cli.common import console, shown
 
 
@@ -38,7 +38,7 @@ def build() -> typer.Typer:
     ) -> None:
         """instruction-factory: import, inspect, snapshot and export instruction-tuning data."""
 
-    for module in (data, snapshot, generate, filter, train, recipe, report):
+    for module in (data, snapshot, generate, filter, train, recipe, report, scaling):
         module.register(app)
     for ep, register in plugins.commands():
         try:

@@ -32,6 +32,22 @@ def generate(
     max_tokens: Annotated[int | None, typer.Option(help="stop cleanly after this many tokens")] = None,
     concurrency: Annotated[int | None, typer.Option(help="openai: requests in flight")] = None,
     timeout: Annotated[float | None, typer.Option(help="openai: per-request timeout in seconds")] = None,
+    focus_from: Annotated[
+        str | None,
+        typer.Option(
+            "--focus-from",
+            help="distill / self-instruct: steer toward the domains and constraint types this "
+            "training run did worst on in its held-out evaluation",
+        ),
+    ] = None,
+    test_set: Annotated[
+        str | None,
+        typer.Option(
+            "--test-set",
+            help="distill / self-instruct: JSONL test file or snapshot; new rows that share a 12-word "
+            "n-gram with it get drop verdicts (decontaminate)",
+        ),
+    ] = None,
     set_: Settings = None,
     config: ConfigFile = None,
     quiet: Annotated[bool, typer.Option(help="no progress line")] = False,
@@ -45,6 +61,7 @@ def generate(
       factory generate self-instruct --on seeds --rounds 2
       factory generate distill --on new --teacher openai:tiny@http://127.0.0.1:8000/v1 --n 2
       factory generate evol-instruct --on seeds --limit 20 --max-calls 500
+      factory generate distill --on pool --limit 200 --focus-from run_123 --test-set test.jsonl
     """
     import factory
 
@@ -53,6 +70,7 @@ def generate(
         "on": on, "query": query, "file": file, "n": n, "rounds": rounds, "limit": limit,
         "teacher.teacher": teacher, "teacher.max_calls": max_calls, "teacher.max_tokens": max_tokens,
         "teacher.options.concurrency": concurrency, "teacher.options.timeout_s": timeout,
+        "focus_from": focus_from, "test_set": test_set,
     }  # fmt: skip
     settings.update({k: v for k, v in flags.items() if v is not None})
     _print_generation(factory.generate(open_warehouse(warehouse), name, progress=not quiet, **settings))
@@ -62,23 +80,25 @@ def _print_generation(summary: Any) -> None:
     out = console()
     if getattr(summary, "waited_for", None):
         out.print(f"waited for {shown(summary.waited_for)}")
-    if not getattr(
-        summary, "teacher_stats", None
-    ):  # a generator without a teacher (human, mosaic): its counts
+    stats = getattr(summary, "teacher_stats", None)
+    if not stats and not hasattr(summary, "accepted"):  # not a generation summary (an import): its counts
         counts = ", ".join(
             f"{k} {shown(v)}" for k, v in summary.as_dict().items() if k != "job_id" and v is not None
         )
         out.print(f"[bold]done[/] (job {summary.job_id}): {counts}")
         return
-    stats = summary.teacher_stats
     state = "[yellow]stopped[/]: " + shown(summary.stopped) if summary.stopped else "[green]done[/]"
-    out.print(f"[bold]{summary.generator}[/] with {shown(summary.teacher)} (job {summary.job_id}): {state}")
+    teacher = f" with {shown(summary.teacher)}" if stats else ""  # mosaic, token-level augment: none
+    out.print(f"[bold]{summary.generator}[/]{teacher} (job {summary.job_id}): {state}")
     out.print(
         f"  accepted {summary.accepted:,} row(s), {summary.inserted:,} new to the warehouse; "
         f"rejected {sum(summary.rejected.values()):,}"
     )
     for reason, count in sorted(summary.rejected.items(), key=lambda kv: -kv[1]):
         out.print(f"    {shown(reason):<28} {count:,}")
+    if not stats:
+        out.print(f"  see them: factory sql \"SELECT * FROM rows WHERE job_id = '{summary.job_id}'\"")
+        return
     out.print(
         f"  teacher: {stats.get('samples', 0):,} samples, {stats.get('cache_hits', 0):,} from the cache, "
         f"{stats.get('calls', 0):,} requests ({stats.get('failed_attempts', 0):,} failed and retried), "
@@ -86,7 +106,34 @@ def _print_generation(summary: Any) -> None:
     )
     if stats.get("errors"):
         out.print("  failed attempts: " + ", ".join(f"{shown(k)} {v}" for k, v in stats["errors"].items()))
+    _print_focus(summary)
     out.print(f"  see them: factory sql \"SELECT * FROM rows WHERE job_id = '{summary.job_id}'\"")
+
+
+def _print_focus(summary: Any) -> None:
+    """A focused round's weights and draw, and the decontamination of its new rows (or a warning)."""
+    out = console()
+    focus = getattr(summary, "focus", None)
+    if focus:
+        out.print(f"  focus: run {shown(focus['run'])} (held-out loss per domain; {shown(focus['formula'])})")
+        drawn = getattr(summary, "drawn", None) or {}
+        for domain, weight in sorted(focus["used"].items(), key=lambda kv: -kv[1]):
+            loss = focus["losses"].get(domain)
+            told = f"loss {loss:.3f}" if loss is not None else "not in the run: floor"
+            count = f", {drawn[domain]:,} drawn" if domain in drawn else ""
+            out.print(f"    {shown(domain):<20} weight {weight:.3f} ({told}{count})")
+        if focus["checkers"]:
+            worst = ", ".join(f"{shown(c)} {rate:.0%}" for c, rate in list(focus["checkers"].items())[:5])
+            out.print(f"    checkers failed most: {worst}")
+    cleaned = getattr(summary, "decontamination", None)
+    if cleaned:
+        out.print(
+            f"  decontaminated against {shown(cleaned.get('test_set', ''))}: {cleaned['checked']:,} row(s) "
+            f"checked, {cleaned['dropped']:,} dropped as contaminated (filter job {cleaned['job_id']})"
+        )
+    warning = getattr(summary, "warning", None)
+    if warning:
+        out.print(f"  [yellow]warning[/]: {shown(warning)}")
 
 
 @teacher_app.command("check")

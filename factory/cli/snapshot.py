@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from typing import Annotated
+from typing import Annotated, Any
 
 import typer
 
@@ -44,7 +44,14 @@ def list_(warehouse: Warehouse = None) -> None:
 
 @app.command("show")
 def show(name: str, warehouse: Warehouse = None) -> None:
-    """Counts by source, generator, kind and language, and length statistics of one snapshot."""
+    """Counts by source, generator, kind and language, and length statistics of one snapshot.
+
+    When the snapshot honoured `select` runs it also prints the sampling (strategy, alpha, M,
+    N_orig, rows per stratum) and the augmentation: |D_aug| and |D_train| = M + |D_aug|.
+    Examples:
+      factory filter select --set fraction=0.3 --set strategy=stratified --set stratify_by=domain
+      factory snapshot create sampled && factory snapshot show sampled
+    """
     info = open_warehouse(warehouse, read_only=True).show_snapshot(name)
     record = info["snapshot"]
     out = console()
@@ -63,6 +70,16 @@ def show(name: str, warehouse: Warehouse = None) -> None:
             f"made by recipe {shown(made['recipe'])} ({shown(made['path'])}, sha256 {made['digest'][:12]}), "
             f"step {shown(made['step'])}"
         )
+    for entry in info["sampling"]:
+        _print_sampling(out, entry)
+    augmentation = info["augmentation"]
+    if info["sampling"] or augmentation["augmented"]:
+        sampled = "M" if info["sampling"] else "|D_orig|"
+        out.print(
+            f"augmentation: |D_aug| = {augmentation['augmented']:,} rows made by augment; |D_train| = "
+            f"{sampled} + |D_aug| = {augmentation['sampled']:,} + {augmentation['augmented']:,} = "
+            f"{augmentation['train']:,}"
+        )
     for column, frame in info["counts"].items():
         out.print(table(frame, title=f"by {column}"))
     lengths = info["lengths_chars"]
@@ -72,6 +89,23 @@ def show(name: str, warehouse: Warehouse = None) -> None:
             title="length in characters",
         )
     )
+
+
+def _print_sampling(out: Any, entry: dict[str, Any]) -> None:
+    """One select config the snapshot honoured: D_sample = Sample(D_orig, M), M = alpha * N_orig."""
+    size = (
+        f"fraction alpha = {entry['fraction']:g}, M = round(alpha * N_orig) = {entry['m']:,}"
+        if entry["fraction"] is not None
+        else f"budget M = {entry['m']:,}"
+    )
+    by = f" by {shown(entry['stratify_by'])}" if entry["stratify_by"] else ""
+    out.print(
+        f"sampling: strategy {shown(entry['strategy'])}{by}, {size}, N_orig = {entry['n_orig']:,}; "
+        f"{entry['selected']:,} selected row(s) in this snapshot (run {', '.join(entry['runs'])})"
+    )
+    if entry["strata"] is not None:
+        strata = entry["strata"].with_columns(entry["strata"]["stratum"].cast(str).fill_null("(none)"))
+        out.print(table(strata, title=f"sampled rows by {entry['stratify_by']}"))
 
 
 @app.command("diff")

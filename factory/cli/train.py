@@ -32,6 +32,9 @@ def train(
         str | None, typer.Option(help="model folder, GGUF file or 'embedded' [default: embedded]")
     ] = None,
     out: Annotated[Path | None, typer.Option(help="run folder [default: WAREHOUSE/runs/RUN_ID]")] = None,
+    mix: Annotated[
+        str | None, typer.Option(help="per-domain weights of the training rows, e.g. general=1,medical=0.3")
+    ] = None,
     set_: Settings = None,
     config: ConfigFile = None,
     quiet: Annotated[bool, typer.Option(help="no per-step lines")] = False,
@@ -44,12 +47,18 @@ def train(
       factory train base --method full --model models/tiny --set packing=true --set max_length=512
       factory train prefs --trainer dpo --method lora --set beta=0.1
       factory train base --trainer distill --model models/small --set teacher=models/big --set alpha=0.5
+      factory train base --mix general=1,medical=0.3 --set domain_alpha=0.3 --set consistency_beta=0.1
+      factory train base --set curriculum=score_ifd --set pacing=root   # easiest rows first
     """
+    from factory.config import parse_pairs
     from factory.runners import training
 
-    settings = values(config, set_) | {
-        k: v for k, v in {"method": method, "model": model}.items() if v is not None
+    given = {
+        "method": method,
+        "model": model,
+        "mix": parse_pairs(mix, "--mix", example="general=1,medical=0.3"),
     }
+    settings = values(config, set_) | {k: v for k, v in given.items() if v}
     run = training.train(open_warehouse(warehouse), snapshot, trainer, settings, out=out, progress=not quiet)
     _print_run(run)
 

@@ -8,7 +8,8 @@ over domains (survey eq. 13):
   CJK characters one by one; sacrebleu's `zh` tokenizer when the references
   hold CJK, `intl` otherwise);
 - IF-Score (eq. 11): cosine of MiniLM embeddings of response and reference;
-- verifiable instructions (`factory.evaluation.ifeval`): the share of stated constraints obeyed;
+- verifiable instructions (`factory.evaluation.ifeval`): the share of stated constraints obeyed,
+  and per checker how many responses it checked and how many failed it (`checks`);
 - with a `judge` teacher: an MT-Bench single-answer rating (1-10).
 """
 
@@ -107,6 +108,7 @@ def _generate(net: Any, tokenizer: Any, conversations: list, settings: EvalSetti
     from factory.models import chat
 
     prompts = chat.prompt_ids(tokenizer, conversations)
+    stops = _stops(net, tokenizer)
     answers = []
     with torch.no_grad():
         for start in range(0, len(prompts), settings.batch_size):
@@ -115,9 +117,29 @@ def _generate(net: Any, tokenizer: Any, conversations: list, settings: EvalSetti
             ids = torch.tensor([[tokenizer.pad_token_id] * (width - len(p)) + p for p in chunk])
             mask = torch.tensor([[0] * (width - len(p)) + [1] * len(p) for p in chunk])
             made = net.generate(input_ids=ids, attention_mask=mask, max_new_tokens=settings.max_new_tokens,
-                                do_sample=False, pad_token_id=tokenizer.pad_token_id)  # fmt: skip
+                                do_sample=False, pad_token_id=tokenizer.pad_token_id, **stops)  # fmt: skip
             answers += tokenizer.batch_decode(made[:, width:], skip_special_tokens=True)
-    return [a.strip() for a in answers]
+    marker = chat.turn_end(tokenizer)  # cut where it was written out as text
+    return [(a.split(marker)[0] if marker else a).strip() for a in answers]
+
+
+def _stops(net: Any, tokenizer: Any) -> dict[str, Any]:
+    """Where a response ends: the model's EOS and the chat template's end-of-turn marker (`<|im_end|>`,
+    `<end_of_turn>`, ...), which is often another token; without it, generation runs past the answer."""
+    from factory.models import chat
+
+    found = getattr(net.generation_config, "eos_token_id", None)
+    ids = list(found) if isinstance(found, list) else [found] if found is not None else []
+    if tokenizer.eos_token_id is not None and tokenizer.eos_token_id not in ids:
+        ids.append(tokenizer.eos_token_id)
+    marker = chat.turn_end(tokenizer)
+    marker_ids = tokenizer.encode(marker, add_special_tokens=False) if marker else []
+    if len(marker_ids) == 1:
+        ids += [i for i in marker_ids if i not in ids]
+        return {"eos_token_id": ids}
+    if marker_ids:  # a marker of several tokens: stop on the text (and cut it off)
+        return {"eos_token_id": ids, "stop_strings": [marker], "tokenizer": tokenizer}
+    return {"eos_token_id": ids} if ids else {}
 
 
 def evaluate(
@@ -153,11 +175,12 @@ def evaluate(
         },
         schema_overrides={"instructions_followed": pl.Float64, "judge": pl.Float64},
     )  # fmt: skip
-    metrics = _summary(per_row, references, responses)
+    metrics = _summary(per_row, references, responses) | {"checks": _checks(followed)}
     domains = {}
     for (domain,), part in per_row.group_by("domain", maintain_order=True):
         picked = [k for k, d in enumerate(per_row["domain"]) if d == domain]
         domains[domain] = _summary(part, [references[k] for k in picked], [responses[k] for k in picked])
+        domains[domain]["checks"] = _checks([followed[k] for k in picked])
     metrics["per_domain"] = dict(sorted(domains.items()))
     metrics["domain_mean"] = {
         key: sum(d[key] for d in domains.values() if d[key] is not None) / len(present)
@@ -171,6 +194,17 @@ def evaluate(
         )
     ]
     return metrics
+
+
+def _checks(scored: list[dict[str, Any] | None]) -> dict[str, dict[str, int]]:
+    """Per instruction checker: how many responses it checked and how many failed it."""
+    out: dict[str, dict[str, int]] = {}
+    for row in scored:
+        for checker, passed in (row or {}).get("checks", {}).items():
+            counts = out.setdefault(checker, {"checked": 0, "failed": 0})
+            counts["checked"] += 1
+            counts["failed"] += not passed
+    return dict(sorted(out.items()))
 
 
 def _summary(per_row: pl.DataFrame, references: list[str], responses: list[str]) -> dict[str, Any]:

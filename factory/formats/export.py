@@ -192,8 +192,14 @@ def _file_name(kind: str, split: str) -> str:
     return f"{split}.{kind}"
 
 
+def _facts_name(split: str) -> str:
+    return f"{split}.rows.parquet"
+
+
 # Every file name an export may write: what `--force` may remove of an earlier export.
 EXPORT_FILES = {_file_name(kind, split) for _, kind in FORMATS.values() for split in ("train", "eval")} | {
+    _facts_name("train"),
+    _facts_name("eval"),
     "dataset_info.json",
     "export.json",
     "README.md",
@@ -258,6 +264,23 @@ def split_rows(wh: Warehouse, snapshot: str, eval_split: float, seed: int) -> pl
     )
 
 
+def row_facts(wh: Warehouse, part: pl.DataFrame) -> pl.DataFrame:
+    """What a trainer may order or weigh rows by, one line per exported record in the same order:
+    id, domain, language, source, generator, and `score_<filter>`, the latest score each filter gave
+    the row (e.g. `score_ifd`, `score_judge`)."""
+    facts = part.select("id", "domain", "language", "source", "generator")
+    with wh.lake.registered("facts_ids", facts.select("id")):
+        scores = wh.sql(
+            "SELECT id, filter, arg_max(score, created_at) AS score FROM verdicts "
+            "WHERE score IS NOT NULL AND id IN (SELECT id FROM facts_ids) GROUP BY id, filter"
+        )
+    if scores.height:
+        wide = scores.pivot("filter", index="id", values="score")
+        wide = wide.rename({c: f"score_{c}" for c in wide.columns if c != "id"})
+        facts = facts.join(wide, on="id", how="left", maintain_order="left")
+    return facts
+
+
 def messages() -> pl.Expr:
     """A row as the messages a chat model trains on: system (if any), then every turn."""
     return _with_system(_conversation()).alias("messages")
@@ -277,6 +300,7 @@ def export(
     license: str | None = None,
     openai_model: str | None = None,
     openai_check: bool = True,
+    facts: bool = False,
 ) -> dict[str, Any]:
     """Write a snapshot in `fmt` under `out`; returns the files written and the counts.
 
@@ -284,6 +308,8 @@ def export(
     against OpenAI's rules for chat fine-tuning files (`openai_rules`, the token limit and encoding of
     `openai_model`); the manifest's `openai_check` says per split which rules its examples break.
     An eval split that drew no row is not written (tools fail on an empty split file).
+    With `facts`, each split file gets a `SPLIT.rows.parquet` beside it: `row_facts` of its records, in
+    their order (the factory's trainers read it to mix domains and order a curriculum).
 
     With `mosaic`, the train split's single-exchange rows are composed Mosaic-IT style
     (the eval split stays as it is), so the trainer's tokenizer and length set the budget.
@@ -306,6 +332,7 @@ def export(
         )
     splits = [("train", ~pl.col("_eval"))] + ([("eval", pl.col("_eval"))] if eval_split > 0 else [])
     planned = [_file_name(kind, split) for split, _ in splits] + ["export.json"]
+    planned += [_facts_name(split) for split, _ in splits] if facts else []
     planned += ["dataset_info.json"] if fmt == "llamafactory" else []
     planned += ["README.md"] if fmt == "hf" else []
     places = [] if inside_warehouse else wh.protected_paths()
@@ -353,6 +380,16 @@ def export(
             out / file, lambda path, records=records: _write(records, path, kind), places, force
         )
         files[split] = file
+        if facts:
+            if records.height != part.height:
+                raise ConfigError(f"row facts need one record per row; the {fmt} format skips rows")
+            outputs.write_file(
+                out / _facts_name(split),
+                lambda path, part=part: row_facts(wh, part).write_parquet(path),
+                places,
+                force,
+            )
+            files[f"{split}_rows"] = _facts_name(split)
     if fmt == "llamafactory":
         dataset = name or snapshot
         write_text("dataset_info.json", json.dumps(dataset_info(dataset, files, preference), indent=2) + "\n")
@@ -380,6 +417,7 @@ def export(
         manifest["openai_check"] = {
             split: openai_rules.check_file(out / file, openai_model, training=split == "train").summary()
             for split, file in files.items()
+            if split in ("train", "eval")
         }
     if mosaic is not None:
         manifest["mosaic"] = {"config": mosaic.model_dump(mode="json"), "composed_rows": composed}

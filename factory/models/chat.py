@@ -53,6 +53,8 @@ TEMPLATES = {
 class Example:
     ids: list[int]
     labels: list[int]  # IGNORE where the token is not an assistant token
+    domain: str | None = None  # the row's domain, for a trainer that mixes or weighs domains
+    difficulty: float | None = None  # for a curriculum: lower is easier
 
     @property
     def targets(self) -> int:

@@ -242,12 +242,12 @@ def _teacher(wh: Warehouse, version: int, record: dict[str, Any]) -> list[dict[s
     )
 
 
-HEADLINE = ("loss", "perplexity", "rouge_l", "bleu", "similarity")
+HEADLINE = ("loss", "perplexity", "rouge_l", "bleu", "similarity", "instructions_followed")
 
 
 def _runs(wh: Warehouse, record: dict[str, Any]) -> list[dict[str, Any]]:
     found = wh.sql(
-        "SELECT id, trainer, method, status, metrics, started_at FROM runs WHERE snapshot = ? "
+        "SELECT id, trainer, method, status, config, metrics, started_at FROM runs WHERE snapshot = ? "
         "AND snapshot_digest = ? ORDER BY started_at",
         [record["name"], record["digest"]],
     )
@@ -263,6 +263,7 @@ def _runs(wh: Warehouse, record: dict[str, Any]) -> list[dict[str, Any]]:
                 "trainer": run["trainer"],
                 "method": run["method"],
                 "status": run["status"],
+                "model": json.loads(run["config"] or "{}").get("model"),  # what was trained or evaluated
                 "before": {k: before.get(k) for k in HEADLINE} if before else None,
                 "after": {k: after.get(k) for k in HEADLINE} if after else None,
                 "per_domain": [

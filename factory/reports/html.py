@@ -290,6 +290,8 @@ def _runs(facts: dict[str, Any]) -> str:
     if not runs:
         return _empty("Training and evaluation", "No run on this snapshot yet.")
     out = ["<section><h2>Training and evaluation</h2>"]
+    if len(runs) > 1:
+        out.append(_side_by_side(runs))
     for run in runs:
         rows = [
             {"": label, **(values or {})}
@@ -302,7 +304,7 @@ def _runs(facts: dict[str, Any]) -> str:
         out.append(
             _table(
                 rows,
-                ["", "loss", "perplexity", "rouge_l", "bleu", "similarity"],
+                ["", "loss", "perplexity", "rouge_l", "bleu", "similarity", "instructions_followed"],
                 table_id=f"table-run-{run['id']}",
             )
         )
@@ -325,6 +327,36 @@ def _runs(facts: dict[str, Any]) -> str:
             fig.update_layout(title="eval loss per domain, before and after", barmode="group")
             out.append(_figure(fig, f"run-{run['id']}"))
     return "".join(out) + "</section>"
+
+
+def _side_by_side(runs: list[dict[str, Any]]) -> str:
+    """Every run's numbers after training (or of its evaluation) in one table, and the held-out loss per
+    domain of every run in one chart: several seeds and training sets read at a glance."""
+    columns = ["loss", "rouge_l", "similarity", "instructions_followed"]
+    rows = [
+        {"run": run["id"], "trainer": run["trainer"], "model": run["model"] or "",
+         **{k: (run["after"] or {}).get(k) for k in columns}}
+        for run in runs
+    ]  # fmt: skip
+    parts = [
+        "<h3>All runs side by side</h3>",
+        _table(rows, ["run", "trainer", "model", *columns], table_id="table-runs"),
+    ]
+    domains = sorted(
+        {d["domain"] for run in runs for d in run["per_domain"] if d["after"].get("loss") is not None}
+    )
+    if domains:
+        fig = go.Figure(
+            [
+                go.Bar(name=run["id"], x=domains,
+                       y=[next((d["after"].get("loss") for d in run["per_domain"] if d["domain"] == name), None)
+                          for name in domains])
+                for run in runs
+            ]
+        )  # fmt: skip
+        fig.update_layout(title="held-out loss per domain, every run", barmode="group")
+        parts.append(_figure(fig, "runs-side-by-side"))
+    return "".join(parts)
 
 
 def _compare(facts: dict[str, Any]) -> str:

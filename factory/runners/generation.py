@@ -107,7 +107,13 @@ def params_json(params: dict[str, Any] | None) -> str:
 
 
 def _frame(rows: list[dict[str, Any]]) -> pl.DataFrame:
-    return pl.DataFrame(rows, schema_overrides={"parent_ids": pl.List(pl.String), "tags": pl.List(pl.String)})
+    # every row read for the schema: a column empty in the first 100 rows (messages, rejected, a
+    # teacher model) and set further down would otherwise fail on its first value
+    return pl.DataFrame(
+        rows,
+        infer_schema_length=None,
+        schema_overrides={"parent_ids": pl.List(pl.String), "tags": pl.List(pl.String)},
+    )
 
 
 def row_id(row: dict[str, Any]) -> str:

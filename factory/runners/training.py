@@ -70,6 +70,7 @@ def train(
             seed=cfg.seed,
             inside_warehouse=out is None,  # the default run folder is the warehouse's own runs/
             openai_check=False,  # our trainer's input, not an upload
+            facts=True,  # domains and scores, for a trainer that mixes or orders rows by them
         )
         before = (
             evaluate(wh, cfg.model, snapshot, settings, run_id)

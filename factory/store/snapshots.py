@@ -10,13 +10,15 @@ cannot be reused. `diff` is a set difference on ids.
 
 from __future__ import annotations
 
+import json
+import math
 import re
 from typing import TYPE_CHECKING, Any
 
 import polars as pl
 
 from factory.errors import FactoryError
-from factory.store import lake, provenance, sql_guard
+from factory.store import lake, provenance, schema, sql_guard
 
 if TYPE_CHECKING:
     from factory.store.warehouse import Warehouse
@@ -207,7 +209,8 @@ def list_snapshots(wh: Warehouse) -> pl.DataFrame:
 
 
 def show(wh: Warehouse, name: str) -> dict[str, Any]:
-    """A snapshot's record with counts by source, generator, kind and language, and length statistics."""
+    """A snapshot's record with counts by source, generator, kind and language, length statistics,
+    the sampling its `select` runs did (`_sampling`) and its augmented rows (`_augmentation`)."""
     record = get(wh, name)
     counts = {
         column: wh.sql(
@@ -221,7 +224,101 @@ def show(wh: Warehouse, name: str) -> dict[str, Any]:
         "max(n) AS max FROM (SELECT UNNEST(['instruction', 'output']) AS field, "
         f"UNNEST([length(instruction), length(output)]) AS n FROM snapshot('{name}')) GROUP BY field ORDER BY field",
     )
-    return {"snapshot": record, "counts": counts, "lengths_chars": lengths, "recipe": made_by(wh, record)}
+    sampling = _sampling(wh, name, record)
+    return {
+        "snapshot": record,
+        "counts": counts,
+        "lengths_chars": lengths,
+        "recipe": made_by(wh, record),
+        "sampling": sampling,
+        "augmentation": _augmentation(wh, name, record, sampling),
+    }
+
+
+# Ids whose latest verdict among the filter runs `$runs` keeps them.
+_SELECTED = (
+    "SELECT id FROM verdicts WHERE list_contains($runs, run_id) GROUP BY id "
+    "HAVING arg_max(keep, (created_at, run_id))"
+)
+
+
+def _sampling(wh: Warehouse, name: str, record: dict[str, Any]) -> list[dict[str, Any]]:
+    """The `select` configs among the filter runs a snapshot honoured, one entry each (oldest first).
+
+    Derived from what is stored: the config in `jobs`, N_orig as the rows those runs judged, M as
+    the budget or round(fraction * N_orig) half up (the rule in filters/select.py), and the
+    snapshot's rows each run selected, counted by stratum for strategy=stratified."""
+    runs = list(record.get("filter_runs") or [])
+    if not runs:
+        return []
+    found = wh.sql(
+        "SELECT config, list(id ORDER BY started_at) AS runs FROM jobs "
+        "WHERE kind = 'filter' AND plugin = 'select' AND list_contains($runs, id) "
+        "GROUP BY config ORDER BY min(started_at)",
+        {"runs": runs},
+    )
+    entries = []
+    for config_json, config_runs in found.iter_rows():
+        config = json.loads(config_json)
+        n_orig = int(
+            wh.sql(
+                "SELECT count(DISTINCT id) AS n FROM verdicts WHERE list_contains($runs, run_id)",
+                {"runs": config_runs},
+            )["n"][0]
+        )
+        fraction, budget = config.get("fraction"), config.get("budget")
+        m = budget if budget is not None else max(1, math.floor(float(fraction or 0) * n_orig + 0.5))
+        column = config.get("stratify_by") if config.get("strategy") == "stratified" else None
+        strata = None
+        if column is not None and column in schema.ROWS:
+            strata = wh.sql(
+                f"SELECT \"{column}\" AS stratum, count(*) AS rows FROM snapshot('{name}') "
+                f"WHERE id IN ({_SELECTED}) GROUP BY ALL ORDER BY rows DESC, stratum NULLS LAST",
+                {"runs": config_runs},
+            )
+        entries.append(
+            {
+                "runs": config_runs,
+                "strategy": config.get("strategy", "diverse"),
+                "fraction": fraction,
+                "budget": budget,
+                "m": m,
+                "n_orig": n_orig,
+                "stratify_by": column,
+                "selected": int(
+                    wh.sql(
+                        f"SELECT count(*) AS n FROM snapshot('{name}') WHERE id IN ({_SELECTED})",
+                        {"runs": config_runs},
+                    )["n"][0]
+                ),
+                "strata": strata,
+            }
+        )
+    return entries
+
+
+def _augmentation(
+    wh: Warehouse, name: str, record: dict[str, Any], sampling: list[dict[str, Any]]
+) -> dict[str, int]:
+    """|D_aug| (rows of the snapshot the `augment` generator made) and |D_train| = sampled + |D_aug|.
+
+    The sampled rows are the snapshot's rows a select run chose (M once the selection is full and
+    no later filter dropped any), or, without a select run, every row that is not augmented."""
+    augmented = int(
+        wh.sql(f"SELECT count(*) AS n FROM snapshot('{name}') WHERE generator = 'augment'")["n"][0]
+    )
+    if sampling:
+        runs = [run for entry in sampling for run in entry["runs"]]
+        sampled = int(
+            wh.sql(
+                f"SELECT count(*) AS n FROM snapshot('{name}') WHERE generator IS DISTINCT FROM 'augment' "
+                f"AND id IN ({_SELECTED})",
+                {"runs": runs},
+            )["n"][0]
+        )
+    else:
+        sampled = int(record["row_count"]) - augmented
+    return {"augmented": augmented, "sampled": sampled, "train": sampled + augmented}
 
 
 def made_by(wh: Warehouse, record: dict[str, Any]) -> dict[str, Any] | None:

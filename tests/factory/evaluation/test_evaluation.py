@@ -96,6 +96,9 @@ def test_evaluation_per_domain_and_the_mean_over_domains(wh, tmp_path, tiny_mode
     assert metrics["rouge_l"] == pytest.approx(sum(rouge) / 9)
     followed = [ifeval.score(e["instruction"], e["response"])["followed"] for e in shown]
     assert metrics["instructions_followed"] == pytest.approx(sum(followed) / 9)
+    failed = sum(not f for f in followed)  # one constraint a row: lowercase
+    assert metrics["checks"] == {"lowercase": {"checked": 9, "failed": failed}}
+    assert sum(d["checks"]["lowercase"]["checked"] for d in metrics["per_domain"].values()) == 9
     assert metrics["bleu"] == pytest.approx(
         evaluation.bleu([e["reference"] for e in shown], [e["response"] for e in shown])
     )
@@ -125,3 +128,22 @@ def test_a_failing_judge_is_closed_its_calls_recorded_and_the_run_failed(wh, tmp
         >= 1
     )
     assert not list((wh.folder / ".calls").glob("*.jsonl"))
+
+
+def test_generation_stops_at_the_templates_end_of_turn_marker(tiny_model):
+    """Greedy answers end where the template closes the assistant turn, not only at EOS: the tiny
+    template's `<|end|>` is one token (a stop id); ChatML's `<|im_end|>` is several tokens in the tiny
+    vocabulary (a stop string). Without it a response runs on past its answer and every metric reads
+    the run-on text."""
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    from factory.models import chat
+
+    net = AutoModelForCausalLM.from_pretrained(tiny_model)
+    tokenizer = AutoTokenizer.from_pretrained(tiny_model)
+    stops = evaluation._stops(net, tokenizer)
+    assert tokenizer.convert_tokens_to_ids("<|end|>") in stops["eos_token_id"]
+    assert tokenizer.eos_token_id in stops["eos_token_id"] and "stop_strings" not in stops
+    chat.use_template(tokenizer, "chatml")
+    stops = evaluation._stops(net, tokenizer)
+    assert stops["stop_strings"] == ["<|im_end|>"] and stops["tokenizer"] is tokenizer

@@ -202,3 +202,25 @@ def test_the_hf_card_states_the_license_given_or_recorded_never_a_default(made, 
 
     loaded = load_dataset(str(tmp_path / "given"))
     assert set(loaded) == {"train", "test"} and loaded["train"].num_rows + loaded["test"].num_rows == rows
+
+
+def test_runs_on_one_snapshot_are_shown_side_by_side(wh, tmp_path, tiny_model):
+    """Several evaluations of one held-out set (seeds, training sets) in one table and one chart,
+    each with the model it scored and its instructions-followed share."""
+    from factory.evaluation.metrics import EvalSettings
+    from factory.runners import training
+
+    rows = [{"instruction": f"Answer {k} in all lowercase letters.", "output": f"answer {k}",
+             "domain": ["math", "chat"][k % 2]} for k in range(6)]  # fmt: skip
+    factory.import_file(wh, str(write_jsonl(tmp_path / "test.jsonl", rows)))
+    wh.create_snapshot("test")
+    settings = EvalSettings(split="all", max_new_tokens=4)
+    runs = [training.evaluate_run(wh, str(tiny_model), "test", settings)["id"] for _ in range(2)]
+    facts = report.write(wh, "test", tmp_path / "r.json", "json", tokenizer=str(tiny_model))
+    assert [r["model"] for r in facts["runs"]] == [str(tiny_model)] * 2
+    assert all(r["after"]["instructions_followed"] is not None for r in facts["runs"])
+    report.write(wh, "test", tmp_path / "r.html", "html", tokenizer=str(tiny_model))
+    page = (tmp_path / "r.html").read_text()
+    table = page[page.index('id="table-runs"') :].split("</table>")[0]
+    assert all(run in table for run in runs) and "instructions_followed" in table
+    assert "held-out loss per domain, every run" in page
