@@ -46,6 +46,7 @@ from pydantic import BaseModel, Field, model_validator
 from factory.errors import ConfigError
 from factory.models.embeddings import BUNDLED, row_embeddings
 from factory.plugins import FilterContext, FilterPlugin
+from factory.shares import apportion
 from factory.store.schema import ROWS
 from filters._dedup import latest_scores
 
@@ -200,35 +201,6 @@ def _ranked(candidates: pl.DataFrame, score: pl.Series, config: SelectConfig) ->
     return frame.with_columns(keys).sort("_key", "id").drop("_key")
 
 
-def _order_key(value: Any) -> tuple[bool, str]:
-    return (value is None, str(value))
-
-
-def allocate(total: int, weights: dict[Any, int], caps: dict[Any, int]) -> dict[Any, int]:
-    """`total` split over strata in proportion to `weights` by largest remainder, none above its cap
-    (what a capped stratum cannot take goes to the others); sums to min(total, the caps of weighted strata)."""
-    got = {k: 0 for k in weights}
-    open_ = {k for k, w in weights.items() if w > 0 and caps.get(k, 0) > 0}
-    left = min(total, sum(caps[k] for k in open_))
-    while left > 0 and open_:
-        whole = sum(weights[k] for k in open_)
-        take = {k: left * weights[k] // whole for k in open_}
-        remainder = {k: left * weights[k] % whole for k in open_}
-        ranked = sorted(open_, key=lambda k: (-remainder[k], -weights[k], _order_key(k)))
-        for k in ranked[: left - sum(take.values())]:
-            take[k] += 1
-        full = {k for k in open_ if got[k] + take[k] >= caps[k]}
-        if not full:
-            for k in open_:
-                got[k] += take[k]
-            break
-        for k in full:
-            left -= caps[k] - got[k]
-            got[k] = caps[k]
-        open_ -= full
-    return got
-
-
 def _diverse(
     ranked: pl.DataFrame, candidates: pl.DataFrame, kept: pl.DataFrame, m: int, config: SelectConfig, wh: Any
 ) -> list[str]:
@@ -267,16 +239,16 @@ def _stratified(
     """Each stratum's share of M (largest remainder), less what earlier runs kept in it, best (or drawn) first."""
     column = str(config.stratify_by)
     sizes = Counter(drawn["_stratum"].to_list())
-    share = allocate(m, dict(sizes), dict(sizes))
+    share = apportion(m, dict(sizes), dict(sizes))
     held = Counter(kept[column].to_list()) if kept.height else Counter()
     strata = ranked.join(candidates.select("id", column), on="id", how="left", maintain_order="left")[column]
     available = Counter(strata.to_list())
     room = max(0, m - kept.height)
     need = {s: max(0, share.get(s, 0) - held[s]) for s in available}
-    quota = allocate(room, need, {s: min(need[s], available[s]) for s in available})
+    quota = apportion(room, need, {s: min(need[s], available[s]) for s in available})
     rest = room - sum(quota.values())
     if rest > 0:  # strata short of new rows: the others take their place, in proportion to size
-        more = allocate(
+        more = apportion(
             rest, {s: sizes[s] for s in available}, {s: available[s] - quota[s] for s in available}
         )
         quota = {s: quota[s] + more[s] for s in available}

@@ -73,7 +73,7 @@ class PromptSource(BaseModel):
         return self
 
 
-class DistillConfig(PromptSource):
+class DistillConfig(PromptSource, focusing.FocusSettings):
     """Settings of one distillation run (the CLI flags and the Python API share them)."""
 
     n: int = Field(1, gt=0, le=16, description="responses per prompt")
@@ -85,29 +85,12 @@ class DistillConfig(PromptSource):
     )
     sampling: Sampling = Field(default_factory=lambda: Sampling(temperature=0.7, max_tokens=512))
     teacher: TeacherConfig = Field(default_factory=TeacherConfig)
-    focus_from: str | None = Field(
-        None,
-        description="training run id: draw the `limit` prompts per domain by the weights of its "
-        "held-out metrics (factory.runners.focus)",
-    )
-    test_set: str | None = Field(
-        None,
-        description="JSONL test file or snapshot name: accepted rows sharing a 12-word n-gram with it "
-        "get drop verdicts from the decontaminate filter",
-    )
-    focus: focusing.FocusRecord | None = Field(
-        None, description="recorded by the run from focus_from (the weights it used); not a setting"
-    )
 
     @model_validator(mode="after")
     def _focus_needs_limit(self) -> DistillConfig:
         if self.focus_from is not None and self.limit is None:
             raise ConfigError(
                 "focus_from needs limit: the number of prompts to draw by the run's domain weights (--limit P)"
-            )
-        if self.focus is not None and self.focus_from is None:
-            raise ConfigError(
-                "focus is recorded by the run from focus_from: set focus_from (--focus-from RUN)"
             )
         return self
 

@@ -32,7 +32,7 @@ import random
 import re
 from typing import Any
 
-from pydantic import BaseModel, Field, model_validator
+from pydantic import Field
 
 from factory.errors import ConfigError
 from factory.evaluation.rouge import RougeIndex
@@ -67,7 +67,7 @@ OUTPUT_FIRST_HEADER = (
 _ITEM_SPLIT = re.compile(r"\n\s*\d+\s*\.\s*")
 
 
-class SelfInstructConfig(BaseModel):
+class SelfInstructConfig(focusing.FocusSettings):
     """Settings of a Self-Instruct run; defaults are the paper's."""
 
     on: str = Field(description="snapshot of human seed tasks (instruction, input, output)")
@@ -92,27 +92,6 @@ class SelfInstructConfig(BaseModel):
     min_words: int = Field(4, description="reject instructions with fewer words (the paper: more than 3)")
     max_words: int = Field(150)
     teacher: TeacherConfig = Field(default_factory=TeacherConfig)
-    focus_from: str | None = Field(
-        None,
-        description="training run id: draw seeds by its held-out domain weights and ask for the "
-        "constraint types it failed most (factory.runners.focus)",
-    )
-    test_set: str | None = Field(
-        None,
-        description="JSONL test file or snapshot name: accepted rows sharing a 12-word n-gram with it "
-        "get drop verdicts from the decontaminate filter",
-    )
-    focus: focusing.FocusRecord | None = Field(
-        None, description="recorded by the run from focus_from (the weights it used); not a setting"
-    )
-
-    @model_validator(mode="after")
-    def _focus_is_recorded(self) -> SelfInstructConfig:
-        if self.focus is not None and self.focus_from is None:
-            raise ConfigError(
-                "focus is recorded by the run from focus_from: set focus_from (--focus-from RUN)"
-            )
-        return self
 
 
 def _seeds(wh: Warehouse, cfg: SelfInstructConfig) -> list[dict[str, Any]]:

@@ -27,6 +27,7 @@ from typing import Literal
 from pydantic import BaseModel, Field, field_validator
 
 from factory.errors import ConfigError
+from factory.shares import apportion
 
 Plan = list[list[list[int]]]  # per optimizer step, per micro-batch: item indices
 
@@ -70,17 +71,6 @@ def competence(t: int, total: int, settings: OrderSettings) -> float:
     return min(1.0, value)
 
 
-def largest_remainder(total: int, weights: dict[str, float]) -> dict[str, int]:
-    """Integer counts proportional to `weights` that add up to `total` (Hamilton's method)."""
-    whole = sum(weights.values())
-    exact = {key: total * w / whole for key, w in weights.items()}
-    counts = {key: math.floor(v) for key, v in exact.items()}
-    short = total - sum(counts.values())
-    for key in sorted(exact, key=lambda k: (-(exact[k] - counts[k]), k))[:short]:
-        counts[key] += 1
-    return counts
-
-
 def mixture(domains: Sequence[str], mix: dict[str, float], seed: int, epoch: int) -> list[int]:
     """An epoch's item indices under the mixture (unordered: the caller shuffles or paces)."""
     present: dict[str, list[int]] = {}
@@ -94,7 +84,7 @@ def mixture(domains: Sequence[str], mix: dict[str, float], seed: int, epoch: int
         )
     rng = random.Random(f"mix:{seed}:{epoch}")
     chosen: list[int] = []
-    for domain, count in largest_remainder(len(domains), mix).items():
+    for domain, count in apportion(len(domains), mix).items():
         rows = present[domain][:]
         rng.shuffle(rows)
         chosen += [rows[j % len(rows)] for j in range(count)]  # every row once, then repeats

@@ -49,11 +49,12 @@ from pathlib import Path
 from typing import Any
 
 import polars as pl
-from pydantic import BaseModel, Field
+from pydantic import BaseModel, Field, model_validator
 
 from factory.errors import ConfigError, NotFound
 from factory.evaluation import ifeval
 from factory.runners.generation import GenerationSummary
+from factory.shares import apportion
 from factory.store import snapshots
 from factory.store.warehouse import Warehouse, ids_of
 
@@ -113,6 +114,32 @@ class FocusRecord(BaseModel):
         description="the weights the round drew by, over the domains it could draw from (run weight, "
         "or the floor for a domain the run did not evaluate, renormalised)",
     )
+
+
+class FocusSettings(BaseModel):
+    """The settings a generator that can be steered by a run takes (distill, self-instruct)."""
+
+    focus_from: str | None = Field(
+        None,
+        description="training run id: steer this round toward the domains (and constraint types) its "
+        "held-out metrics were worst on (factory.runners.focus)",
+    )
+    test_set: str | None = Field(
+        None,
+        description="JSONL test file or snapshot name: accepted rows sharing a 12-word n-gram with it "
+        "get drop verdicts from the decontaminate filter",
+    )
+    focus: FocusRecord | None = Field(
+        None, description="recorded by the run from focus_from (the weights it used); not a setting"
+    )
+
+    @model_validator(mode="after")
+    def _focus_is_recorded(self) -> FocusSettings:
+        if self.focus is not None and self.focus_from is None:
+            raise ConfigError(
+                "focus is recorded by the run from focus_from: set focus_from (--focus-from RUN)"
+            )
+        return self
 
 
 @dataclass(frozen=True)
@@ -233,31 +260,6 @@ def focus_from(wh: Warehouse, run_id: str) -> Focus:
     return from_metrics(run_id, json.loads(run["metrics"] or "{}"))
 
 
-def allocate(total: int, weights: dict[str, float], available: dict[str, int]) -> dict[str, int]:
-    """Items per domain: round(total * w_d) by largest remainder (ties by name). A domain with fewer
-    items than its quota gives them all, and the seats it cannot fill go to the others by the same
-    rule over their weights."""
-    counts = {d: 0 for d in weights}
-    open_ = {d for d in weights if available.get(d, 0) > 0}
-    left = min(total, sum(available[d] for d in open_))
-    while left > 0 and open_:
-        mass = sum(weights[d] for d in open_)
-        quota = {d: left * weights[d] / mass for d in open_}
-        seats = {d: math.floor(quota[d]) for d in open_}
-        for d in sorted(open_, key=lambda d: (-(quota[d] - seats[d]), d))[: left - sum(seats.values())]:
-            seats[d] += 1
-        full = {d for d in open_ if counts[d] + seats[d] >= available[d]}
-        if not full:
-            for d in open_:
-                counts[d] += seats[d]
-            break
-        for d in full:
-            left -= available[d] - counts[d]
-            counts[d] = available[d]
-        open_ -= full
-    return counts
-
-
 def draw(
     frame: pl.DataFrame, focus: Focus, total: int, seed: int
 ) -> tuple[pl.DataFrame, dict[str, float], dict[str, int]]:
@@ -266,7 +268,7 @@ def draw(
     random sample seeded by `seed` and the domain, so a rerun draws the same ones."""
     domains = frame["domain"].to_list()
     weights = focus.weights_for(domains)
-    counts = allocate(total, weights, Counter(domains))
+    counts = apportion(total, weights, Counter(domains))
     picked: list[int] = []
     for domain, k in counts.items():
         places = [i for i, d in enumerate(domains) if d == domain]

@@ -14,6 +14,7 @@ import pytest
 import factory
 from factory.errors import ConfigError, NotFound
 from factory.runners import focus, training
+from factory.shares import apportion
 from generators import self_instruct as si
 from tests.conftest import write_jsonl
 from tests.servers import ScriptedServer
@@ -102,27 +103,6 @@ def test_weights_follow_the_formula_by_hand():
     assert used == pytest.approx({"a": weights["a"] / total, "c": weights["c"] / total, "new": floor / total})
 
 
-def test_largest_remainder_and_caps():
-    # 10 * (0.5, 0.3, 0.2) = 5, 3, 2; 7 * (...) = 3.5, 2.1, 1.4: floors 3, 2, 1, the seat left to a
-    assert focus.allocate(10, {"a": 0.5, "b": 0.3, "c": 0.2}, {"a": 9, "b": 9, "c": 9}) == {
-        "a": 5,
-        "b": 3,
-        "c": 2,
-    }
-    assert focus.allocate(7, {"a": 0.5, "b": 0.3, "c": 0.2}, {"a": 9, "b": 9, "c": 9}) == {
-        "a": 4,
-        "b": 2,
-        "c": 1,
-    }
-    # a has only 2: it gives both, its other seats go to b and c by their weights (8 * 0.6, 8 * 0.4)
-    assert focus.allocate(10, {"a": 0.5, "b": 0.3, "c": 0.2}, {"a": 2, "b": 9, "c": 9}) == {
-        "a": 2,
-        "b": 5,
-        "c": 3,
-    }
-    assert focus.allocate(50, {"a": 0.5, "b": 0.5}, {"a": 3, "b": 4}) == {"a": 3, "b": 4}
-
-
 def test_checker_failures_and_the_constraint_line():
     evaluation = {"per_domain": {
         "a": {"loss": 2.0, "checks": {"word_count": {"checked": 4, "failed": 3}, "lowercase": {"checked": 2, "failed": 0}}},
@@ -186,7 +166,7 @@ def test_distill_draws_by_the_runs_weights_records_them_and_decontaminates(train
                                    test_set=str(test_set), **{"teacher.teacher": f"openai:s@{server.url}"})  # fmt: skip
     used = f.weights_for(["facts", "poetry", "codes", "travel"])
     assert used["travel"] == min(used.values())  # not in the run: the floor
-    assert summary.drawn == focus.allocate(limit, used, dict.fromkeys(used, POOL_PER_DOMAIN))
+    assert summary.drawn == apportion(limit, used, dict.fromkeys(used, POOL_PER_DOMAIN))
     assert sum(summary.drawn.values()) == limit == summary.accepted
     assert max(summary.drawn, key=summary.drawn.get) == weakest
     assert summary.drawn[weakest] > summary.drawn["travel"]

@@ -19,6 +19,7 @@ from factory import config
 from factory.errors import ConfigError
 from factory.models import chat
 from factory.runners import training
+from factory.shares import apportion
 from tests.conftest import write_jsonl
 from trainers import _domain, _loop, _methods, _order, sft
 
@@ -101,7 +102,7 @@ def test_mixture_shares_are_the_weights_with_largest_remainder():
     assert len(set(k for k in picked if domains[k] == "general")) == 36  # no repeat when enough rows
     legal = [k for k in picked if domains[k] == "legal"]
     assert set(legal) == {k for k, d in enumerate(domains) if d == "legal"}  # all 6, then 5 repeats
-    assert _order.largest_remainder(10, {"a": 1, "b": 1, "c": 1}) == {"a": 4, "b": 3, "c": 3}
+    assert apportion(10, {"a": 1, "b": 1, "c": 1}) == {"a": 4, "b": 3, "c": 3}
     assert _order.mixture(domains, {"general": 1, "medical": 1}, 0, 0) != _order.mixture(
         domains, {"general": 1, "medical": 1}, 0, 1
     )  # each epoch draws anew
