@@ -72,6 +72,7 @@ import polars as pl
 from pydantic import BaseModel, Field, field_validator
 
 from factory.errors import ConfigError
+from factory.formats import export
 from factory.plugins import GeneratorPlugin
 from factory.runners.generation import GenerationSummary, Output, make_row, run_generator, template_hash
 from factory.store import jobs, lake
@@ -393,7 +394,8 @@ def derived(
         values["instruction"] = text
     values.update(fields)
     row = make_row(NAME, teacher, values["instruction"], output=values["output"], input=values["input"],
-                   system=record["system"], parents=[record["id"]], params={"operator": operator, **params},
+                   system=record["system"], parents=[record["id"]],
+                   params={"operator": operator, "split_with": record.get("split_with") or record["id"], **params},
                    template=template, origin=f"{NAME}:{operator}", tags=[NAME, operator])  # fmt: skip
     row.update(
         kind=record["kind"],
@@ -646,8 +648,8 @@ def augment(
 
 def read_rows(wh: Warehouse, cfg: AugmentConfig) -> list[dict[str, Any]]:
     frame = wh.sql(
-        "SELECT id, kind, system, instruction, input, output, messages, rejected, language, domain "
-        f"FROM snapshot('{cfg.on}') ORDER BY id"
+        "SELECT id, kind, system, instruction, input, output, messages, rejected, language, domain, "
+        f"{export.SPLIT_KEY} AS split_with FROM snapshot('{cfg.on}') ORDER BY id"
     )
     return (frame.head(cfg.limit) if cfg.limit else frame).to_dicts()
 

@@ -60,6 +60,7 @@ class StepLog:
     seconds: float
     learning_rate: float
     tokens: int = 0  # tokens the step ran through the model (padding not counted)
+    terms: dict[str, float] | None = None  # each loss term's mean, when the loss has several (eq. 10)
 
 
 def _checkpoints(folder: Path) -> list[Path]:
@@ -113,7 +114,7 @@ def train(
     for step in range(done, len(plan)):
         started = time.perf_counter()
         batches = [make_batch([items[k] for k in micro]) for micro in plan[step]]
-        loss_total, total = accumulate(model, batches, loss_fn, units, weights)
+        loss_total, total, terms = accumulate_terms(model, batches, loss_fn, units, weights)
         if settings.max_grad_norm:
             torch.nn.utils.clip_grad_norm_(params, settings.max_grad_norm)
         lr = scheduler.get_last_lr()[0]
@@ -121,7 +122,7 @@ def train(
         scheduler.step()
         optimizer.zero_grad(set_to_none=True)
         tokens = sum(int(b["tokens"]) for b in batches if "tokens" in b)
-        log = StepLog(step + 1, loss_total, total, time.perf_counter() - started, lr, tokens)
+        log = StepLog(step + 1, loss_total, total, time.perf_counter() - started, lr, tokens, terms)
         logs.append(log)
         if settings.save_steps and (step + 1) % settings.save_steps == 0 and step + 1 < len(plan):
             _save(model, optimizer, scheduler, checkpoints / f"step-{step + 1}", logs)
@@ -138,27 +139,44 @@ def accumulate(
     units: UnitsFn,
     weights: dict[str, float] | None = None,
 ) -> tuple[float, int]:
+    """`accumulate_terms` without the terms: the step's loss and its number of units."""
+    loss, units_total, _ = accumulate_terms(model, batches, loss_fn, units, weights)
+    return loss, units_total
+
+
+def accumulate_terms(
+    model: Any,
+    batches: list[Batch],
+    loss_fn: LossFn,
+    units: UnitsFn,
+    weights: dict[str, float] | None = None,
+) -> tuple[float, int, dict[str, float] | None]:
     """Backpropagate one optimizer step's micro-batches: each one's loss sum over the step's total units.
 
     With several loss terms (a dict from `loss_fn` and from `units`), the step's loss is
     sum_k weights[k] * (term k's sum over the step) / (term k's units over the step): each term is
     a mean over its own units across the whole accumulated batch, and a term without units adds 0.
-    Returns the step's loss (the mean over all its units) and the number of units (of all terms
-    but `consistency`, which counts positions already counted)."""
+    Returns the step's loss (the mean over all its units), the number of units (of all terms
+    but `consistency`, which counts positions already counted), and with several terms each
+    one's mean over its units (unweighted; None for a term without units)."""
     counted = [units(b) for b in batches]
     if not isinstance(counted[0], dict):
         counted = [{"loss": n} for n in counted]
     totals = {k: sum(int(c[k]) for c in counted) for k in counted[0]}
     weights = weights or {k: 1.0 for k in totals}
     loss_total = 0.0
+    means = dict.fromkeys(totals, 0.0)
     for batch in batches:
         found = loss_fn(model, batch)
         sums = found if isinstance(found, dict) else {"loss": found}
+        for k, value in sums.items():
+            means[k] += float(value.detach()) / totals[k] if totals[k] else 0.0
         loss = sum(weights[k] * sums[k] / totals[k] for k in sums if totals[k] and weights[k])
         if isinstance(loss, torch.Tensor):
             loss.backward()
             loss_total += float(loss.detach())
-    return loss_total, sum(n for k, n in totals.items() if k != "consistency")
+    terms = {k: (v if totals[k] else None) for k, v in means.items()} if len(totals) > 1 else None
+    return loss_total, sum(n for k, n in totals.items() if k != "consistency"), terms
 
 
 def _trainable_state(model: Any) -> dict[str, torch.Tensor]:

@@ -80,7 +80,7 @@ def mixture(domains: Sequence[str], mix: dict[str, float], seed: int, epoch: int
     if unknown:
         raise ConfigError(
             f"mix names domain(s) {', '.join(unknown)} with no training row; the rows' domains are "
-            f"{', '.join(sorted(present))}"
+            f"{', '.join(sorted(present))} (a row without a domain counts as general, as evaluation counts it)"
         )
     rng = random.Random(f"mix:{seed}:{epoch}")
     chosen: list[int] = []

@@ -198,6 +198,11 @@ def fit(
         {
             "train_loss_first": logs[0].loss,
             "train_loss_last": logs[-1].loss,
+            **(
+                {"train_terms_first": logs[0].terms, "train_terms_last": logs[-1].terms}
+                if logs[-1].terms
+                else {}
+            ),
             "steps": len(logs),
             "train_tokens": sum(log.tokens for log in logs),  # D of a scaling-law fit
             "train_tokens_per_s": sum(log.tokens for log in logs) / seconds if seconds else None,
@@ -245,8 +250,12 @@ def _printer(progress: bool) -> Any:
         return None
 
     def show(log: _loop.StepLog) -> None:
+        terms = ", ".join(f"{k} {v:.4f}" for k, v in (log.terms or {}).items() if v is not None)
         print(
-            f"step {log.step}: loss {log.loss:.4f} over {log.units} targets ({log.seconds:.2f} s)", flush=True
+            f"step {log.step}: loss {log.loss:.4f} over {log.units} targets"
+            + (f" ({terms})" if terms else "")
+            + f" ({log.seconds:.2f} s)",
+            flush=True,
         )
 
     return show

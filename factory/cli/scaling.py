@@ -79,6 +79,8 @@ def fit(
             s = result.spread[name]
             line += f"  {s.std:>11.4g}  {s.low:>11.5g}  {s.high:>11.5g}"
         out.print(line, markup=False)
+    for warning in scaling.warnings(selection.points, result):
+        out.print(f"[yellow]warning: {shown(warning)}[/]")
     if result.spread:
         out.print(
             f"[dim]uncertainty: {result.bootstrap} refits on runs resampled with replacement (seed {seed})"

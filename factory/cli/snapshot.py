@@ -70,6 +70,11 @@ def show(name: str, warehouse: Warehouse = None) -> None:
             f"made by recipe {shown(made['recipe'])} ({shown(made['path'])}, sha256 {made['digest'][:12]}), "
             f"step {shown(made['step'])}"
         )
+    if len(info["sampling"]) > 1:
+        out.print(
+            f"[yellow]{len(info['sampling'])} select configs decided rows of this snapshot: each row follows its "
+            "latest select verdict (run select --on the snapshot you sample from, once)[/]"
+        )
     for entry in info["sampling"]:
         _print_sampling(out, entry)
     augmentation = info["augmentation"]

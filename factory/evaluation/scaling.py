@@ -71,6 +71,10 @@ class Point(BaseModel):
     params: float = Field(gt=0, description="N: the model's parameters (train.total_params)")
     tokens: float = Field(gt=0, description="D: tokens the training steps ran through (train.train_tokens)")
     loss: float = Field(gt=0, description="L: held-out loss after training (eval.loss)")
+    method: str | None = Field(None, description="the run's method (full, lora, ...)")
+    held_out: str | None = Field(
+        None, description="how many rows its loss is over, at which split share and seed"
+    )
 
 
 class Selection(BaseModel):
@@ -126,7 +130,7 @@ def points_from_runs(wh: Warehouse, runs: Sequence[str] | None = None, where: st
         conditions.append("list_contains(?, id)")
         params.append(list(runs))
     found = wh.sql(
-        "SELECT id, status, metrics FROM runs"
+        "SELECT id, status, metrics, method, config FROM runs"
         + (" WHERE " + " AND ".join(conditions) if conditions else "")
         + " ORDER BY started_at, id",
         params or None,
@@ -141,18 +145,21 @@ def points_from_runs(wh: Warehouse, runs: Sequence[str] | None = None, where: st
             )
     points: list[Point] = []
     skipped: dict[str, int] = {}
-    for run_id, status, metrics in found.iter_rows():
+    for run_id, status, metrics, method, config in found.iter_rows():
         reason = _unusable(status, metrics)
         if reason:
             skipped[reason] = skipped.get(reason, 0) + 1
             continue
-        values = json.loads(metrics)
+        values, settings = json.loads(metrics), json.loads(config or "{}")
         points.append(
             Point(
                 run=run_id,
                 params=values["train"]["total_params"],
                 tokens=values["train"]["train_tokens"],
                 loss=values["eval"]["loss"],
+                method=method,
+                held_out=f"{values['eval'].get('rows')} rows at eval_split {settings.get('eval_split')}, "
+                f"seed {settings.get('seed')}",
             )
         )
     return Selection(points=points, skipped=skipped)
@@ -292,6 +299,32 @@ def fit(points: Sequence[Point], seed: int = 0, bootstrap: int = 200) -> Scaling
         seed=seed,
         draws=draws,
     )
+
+
+def warnings(points: Sequence[Point], result: ScalingFit) -> list[str]:
+    """What makes a fit worth less than its numbers look: runs that measure different things, and
+    constants the optimiser left at a bound (the runs do not pin them down)."""
+    out = []
+    methods = sorted({p.method or "?" for p in points})
+    if len(methods) > 1:
+        out.append(
+            f"the runs use different methods ({', '.join(methods)}): N counts every parameter, adapters "
+            "included, so one base model tuned two ways looks like two model sizes; fit one method (--where)"
+        )
+    held = sorted({p.held_out or "?" for p in points})
+    if len(held) > 1:
+        out.append(
+            f"the losses are over different held-out sets ({'; '.join(held)}): they measure different "
+            "things; fit runs evaluated on the same rows"
+        )
+    theta = [math.log(result.constants.A), result.constants.alpha, math.log(result.constants.B),
+             result.constants.beta, math.log(result.constants.E)]  # fmt: skip
+    for name, value, (low, high) in zip(("A", "alpha", "B", "beta", "E"), theta, BOUNDS, strict=True):
+        if min(value - low, high - value) < 1e-6 * max(1.0, abs(value)):
+            out.append(
+                f"{name} sits at the bound of its search range: the runs do not pin it down (read its interval)"
+            )
+    return out
 
 
 # -- questions -------------------------------------------------------------------------------------

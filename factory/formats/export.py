@@ -255,10 +255,17 @@ def dataset_info(
     return info
 
 
+# What decides a row's side of a train/eval split: its id, or for a row derived from another (an
+# augmented copy, which keeps its original's answer) the row it came from, so that a copy and its
+# original never land on different sides (the model would be scored on what it was trained on).
+SPLIT_KEY = "coalesce(CASE WHEN json_valid(generator_params) THEN json_extract_string(generator_params, '$.split_with') END, id)"
+
+
 def split_rows(wh: Warehouse, snapshot: str, eval_split: float, seed: int) -> pl.DataFrame:
-    """A snapshot's rows with `_eval` true for the held-out ones (the same split on every machine)."""
+    """A snapshot's rows with `_eval` true for the held-out ones (the same split on every machine;
+    a derived row on its original's side: `SPLIT_KEY`)."""
     return wh.sql(
-        "SELECT *, ('0x' || left(md5($seed || ':' || id), 12))::BIGINT % $buckets < $cut AS _eval "
+        f"SELECT *, ('0x' || left(md5($seed || ':' || {SPLIT_KEY}), 12))::BIGINT % $buckets < $cut AS _eval "
         f"FROM snapshot('{snapshot}') ORDER BY id",
         {"seed": str(seed), "buckets": EVAL_BUCKETS, "cut": round(eval_split * EVAL_BUCKETS)},
     )

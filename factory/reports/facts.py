@@ -264,6 +264,7 @@ def _runs(wh: Warehouse, record: dict[str, Any]) -> list[dict[str, Any]]:
                 "method": run["method"],
                 "status": run["status"],
                 "model": json.loads(run["config"] or "{}").get("model"),  # what was trained or evaluated
+                "settings": _telling(json.loads(run["config"] or "{}")),
                 "before": {k: before.get(k) for k in HEADLINE} if before else None,
                 "after": {k: after.get(k) for k in HEADLINE} if after else None,
                 "per_domain": [
@@ -283,6 +284,15 @@ def _runs(wh: Warehouse, record: dict[str, Any]) -> list[dict[str, Any]]:
             }
         )
     return out
+
+
+# The settings that tell runs on one snapshot apart (seeds, data mixes, curricula, losses, lengths).
+TELLING = ("seed", "max_steps", "epochs", "learning_rate", "mix", "curriculum", "pacing", "domain_alpha",
+           "consistency_beta", "split", "limit")  # fmt: skip
+
+
+def _telling(config: dict[str, Any]) -> dict[str, Any]:
+    return {k: config[k] for k in TELLING if config.get(k) is not None}
 
 
 def _compare(wh: Warehouse, name: str, other: str) -> dict[str, Any]:

@@ -335,12 +335,13 @@ def _side_by_side(runs: list[dict[str, Any]]) -> str:
     columns = ["loss", "rouge_l", "similarity", "instructions_followed"]
     rows = [
         {"run": run["id"], "trainer": run["trainer"], "model": run["model"] or "",
+         "settings": ", ".join(f"{k}={v}" for k, v in run["settings"].items()),
          **{k: (run["after"] or {}).get(k) for k in columns}}
         for run in runs
     ]  # fmt: skip
     parts = [
         "<h3>All runs side by side</h3>",
-        _table(rows, ["run", "trainer", "model", *columns], table_id="table-runs"),
+        _table(rows, ["run", "trainer", "model", "settings", *columns], table_id="table-runs"),
     ]
     domains = sorted(
         {d["domain"] for run in runs for d in run["per_domain"] if d["after"].get("loss") is not None}

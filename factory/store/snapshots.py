@@ -243,7 +243,9 @@ _SELECTED = (
 
 
 def _sampling(wh: Warehouse, name: str, record: dict[str, Any]) -> list[dict[str, Any]]:
-    """The `select` configs among the filter runs a snapshot honoured, one entry each (oldest first).
+    """The `select` configs among the filter runs a snapshot honoured whose verdicts decided some of its
+    rows, one entry each (oldest first). A row follows its latest `select` verdict, so a config a later
+    one overrode on every row of the snapshot is left out; `decided` counts the rows each one decided.
 
     Derived from what is stored: the config in `jobs`, N_orig as the rows those runs judged, M as
     the budget or round(fraction * N_orig) half up (the rule in filters/select.py), and the
@@ -257,8 +259,19 @@ def _sampling(wh: Warehouse, name: str, record: dict[str, Any]) -> list[dict[str
         "GROUP BY config ORDER BY min(started_at)",
         {"runs": runs},
     )
+    latest = dict(
+        wh.sql(
+            "SELECT run_id, count(*) AS n FROM (SELECT id, arg_max(run_id, (created_at, run_id)) AS run_id "
+            "FROM verdicts WHERE filter = 'select' AND list_contains($runs, run_id) "
+            f"AND id IN (SELECT id FROM snapshot('{name}')) GROUP BY id) GROUP BY run_id",
+            {"runs": runs},
+        ).iter_rows()
+    )
     entries = []
     for config_json, config_runs in found.iter_rows():
+        decided = sum(latest.get(run, 0) for run in config_runs)
+        if not decided:
+            continue
         config = json.loads(config_json)
         n_orig = int(
             wh.sql(
@@ -279,6 +292,7 @@ def _sampling(wh: Warehouse, name: str, record: dict[str, Any]) -> list[dict[str
         entries.append(
             {
                 "runs": config_runs,
+                "decided": decided,
                 "strategy": config.get("strategy", "diverse"),
                 "fraction": fraction,
                 "budget": budget,

@@ -180,15 +180,17 @@ def test_a_rerun_tops_the_selection_up(wh, tmp_path, strategy):
     # N_orig is now 48, rows not sampled before included, so M = 12: two more of the eight new rows.
     topped = run_filter(wh, "select", by_fraction)
     assert (topped.candidates, topped.already_judged, topped.kept, topped.dropped) == (8, 40, 2, 6)
+    wh.create_snapshot("mid")  # rows 0-39 follow the budget run, the new rows the fraction rerun
+    entries = {e["fraction"]: e for e in wh.show_snapshot("mid")["sampling"]}
+    assert (entries[0.25]["m"], entries[0.25]["n_orig"], len(entries[0.25]["runs"])) == (12, 48, 2)
+    assert (entries[None]["m"], entries[None]["budget"]) == (10, 10)
     spent = run_filter(wh, "select", by_budget)  # the budget was spent by the first run
     assert (spent.candidates, spent.kept) == (8, 0)
     assert {reason.split(" ")[0] for reason in reasons(wh, spent.run_id)} == {
         "over_budget" if strategy == "top" else "not_sampled"
     }
-    wh.create_snapshot("after")
-    entries = {e["fraction"]: e for e in wh.show_snapshot("after")["sampling"]}
-    assert (entries[0.25]["m"], entries[0.25]["n_orig"], len(entries[0.25]["runs"])) == (12, 48, 2)
-    assert (entries[None]["m"], entries[None]["budget"]) == (10, 10)
+    wh.create_snapshot("after")  # every row now follows a budget run: the fraction config decided none
+    assert [e["budget"] for e in wh.show_snapshot("after")["sampling"]] == [10]
 
 
 def test_a_stratified_rerun_keeps_the_strata_in_proportion(wh, tmp_path):
@@ -303,3 +305,19 @@ def test_snapshot_show_prints_sampling_and_augmentation(tmp_path):
     )
     assert "sampled rows by domain" in show and "(none)" in show
     assert "augmentation: |D_aug| = 3 rows made by augment; |D_train| = M + |D_aug| = 14 + 3 = 17" in show
+
+
+def test_show_leaves_out_a_selection_a_later_one_overrode(loaded):
+    """A row follows its latest select verdict: after a random draw over the same rows, the stratified
+    selection decides none of the snapshot's rows and is not reported as its sampling."""
+    from factory.store import snapshots
+
+    strat = run_filter(loaded, "select", {"fraction": 0.3, "strategy": "stratified", "stratify_by": "domain"})
+    rand = run_filter(loaded, "select", {"fraction": 0.25, "strategy": "random", "seed": 5})
+    loaded.create_snapshot("drawn")
+    sampling = snapshots.show(loaded, "drawn")["sampling"]
+    assert [entry["runs"] for entry in sampling] == [[rand.run_id]]
+    assert (
+        sampling[0]["decided"] == sampling[0]["selected"] == 12 == snapshots.get(loaded, "drawn")["row_count"]
+    )
+    assert strat.run_id in snapshots.get(loaded, "drawn")["filter_runs"]  # honoured, but decided nothing

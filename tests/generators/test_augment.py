@@ -12,6 +12,7 @@ import tomllib
 from collections import Counter
 from pathlib import Path
 
+import polars as pl
 import pytest
 
 import factory
@@ -378,3 +379,26 @@ def test_many_rows_mixing_token_and_teacher_copies(wh, tmp_path):
         "WHERE generator = 'augment' GROUP BY ALL ORDER BY ALL"
     ).rows()
     assert stored == [("s", False, total - 1), ("s", True, 1), (None, False, total - 1), (None, True, 1)]
+
+
+def test_copies_land_on_their_originals_side_of_every_split(seeds, tmp_path):
+    """A copy keeps its original's answer: on the other side of a train/eval split it would score the
+    model on what it was trained on. Copies of copies follow the first original."""
+    from factory.formats.export import split_rows
+
+    wh = seeds
+    factory.generate(wh, "augment", on="seeds", operators=["mask", "dropout"], per_row=3, p=0.5, seed=1)
+    wh.create_snapshot("with_copies")
+    factory.generate(wh, "augment", on="with_copies", operators=["mask"], p=0.5, seed=2)
+    wh.create_snapshot("copies_of_copies")
+    originals = set(wh.sql("SELECT id FROM snapshot('seeds')")["id"])
+    for seed in range(4):
+        frame = split_rows(wh, "copies_of_copies", 0.5, seed)
+        side = dict(zip(frame["id"], frame["_eval"], strict=True))
+        assert {side[i] for i in originals} == {True, False}  # the split is a real one
+        for row in frame.filter(pl.col("generator") == "augment").iter_rows(named=True):
+            first = json.loads(row["generator_params"])["split_with"]
+            assert first in originals and side[row["id"]] == side[first]
+    again = wh.sql("SELECT count(*) AS n FROM rows WHERE generator = 'augment' AND parent_ids[1] NOT IN "
+                   "(SELECT id FROM snapshot('seeds'))")["n"][0]  # fmt: skip
+    assert again > 0  # copies of copies exist, and they followed the first original above

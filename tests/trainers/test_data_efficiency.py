@@ -150,7 +150,7 @@ def test_domain_loss_is_eq_10_by_hand(tiny_model):
     make_batch, loss_fn, units, weights = _domain.objective(cfg, tokenizer.pad_token_id,
                                                             _domain.reference(model, None))  # fmt: skip
     micro = [make_batch([[e] for e in examples[:3]]), make_batch([[e] for e in examples[3:]])]
-    loss, n = _loop.accumulate(model, micro, loss_fn, units, weights)
+    loss, n, terms = _loop.accumulate_terms(model, micro, loss_fn, units, weights)
     ours = {name: p.grad.clone() for name, p in model.named_parameters() if p.requires_grad}
 
     model.zero_grad()
@@ -173,6 +173,10 @@ def test_domain_loss_is_eq_10_by_hand(tiny_model):
     assert float(kls.mean()) > 1e-3  # the consistency term is really there
     assert loss == pytest.approx(float(by_hand), rel=1e-5)
     assert n == len(general) + len(medical)
+    assert terms == pytest.approx(
+        {"general": float(general.mean()), "domain": float(medical.mean()), "consistency": float(kls.mean())},
+        rel=1e-5,
+    )  # each term's own mean
     for name, p in model.named_parameters():
         if p.requires_grad:
             assert torch.allclose(ours[name], p.grad, atol=1e-6), name
@@ -200,6 +204,7 @@ def test_mix_domain_loss_and_curriculum_through_factory_train(wh, tmp_path, tiny
     seen = order["items_per_domain"]
     assert set(seen) == {"general", "medical"} and sum(seen.values()) == 6 * 4
     assert order["curriculum"] == "length" and order["domain_loss"]["beta"] == 0.2
+    assert set(metrics["train"]["train_terms_last"]) == {"general", "domain", "consistency"}
     assert metrics["train"]["steps"] == 6 and metrics["eval"]["per_domain"]
 
 

@@ -46,6 +46,19 @@ def test_exact_points_give_back_the_constants():
         assert getattr(found, name) == pytest.approx(getattr(CHINCHILLA, name), rel=1e-4), name
 
 
+def test_a_fit_says_what_makes_it_worth_less():
+    """Runs that measure different things, and constants the optimiser left at a bound, are named."""
+    points = synthetic(CHINCHILLA, 0.0)
+    clean = scaling.fit(points, bootstrap=0)
+    assert scaling.warnings(points, clean) == []
+    mixed = [p.model_copy(update={"method": ["full", "lora"][k % 2], "held_out": f"{8 + k % 2} rows"})
+             for k, p in enumerate(points)]  # fmt: skip
+    said = " | ".join(scaling.warnings(mixed, clean))
+    assert "different methods (full, lora)" in said and "different held-out sets" in said
+    flat = [p.model_copy(update={"loss": 2.0 + 1e-9 * k}) for k, p in enumerate(points)]  # nothing to fit
+    assert any("at the bound" in w for w in scaling.warnings(flat, scaling.fit(flat, bootstrap=0)))
+
+
 def test_noisy_points_give_back_the_constants_within_their_bootstrap_spread():
     """0.5% multiplicative noise on 20 points. The tolerances are what that noise allows: moving
     alpha or beta by 0.02 changes the losses over the grid by about 1.5%, three times the noise, and

@@ -215,7 +215,8 @@ def test_runs_on_one_snapshot_are_shown_side_by_side(wh, tmp_path, tiny_model):
     factory.import_file(wh, str(write_jsonl(tmp_path / "test.jsonl", rows)))
     wh.create_snapshot("test")
     settings = EvalSettings(split="all", max_new_tokens=4)
-    runs = [training.evaluate_run(wh, str(tiny_model), "test", settings)["id"] for _ in range(2)]
+    runs = [training.evaluate_run(wh, str(tiny_model), "test", settings.model_copy(update={"seed": seed}))["id"]
+            for seed in range(2)]  # fmt: skip
     facts = report.write(wh, "test", tmp_path / "r.json", "json", tokenizer=str(tiny_model))
     assert [r["model"] for r in facts["runs"]] == [str(tiny_model)] * 2
     assert all(r["after"]["instructions_followed"] is not None for r in facts["runs"])
@@ -223,4 +224,5 @@ def test_runs_on_one_snapshot_are_shown_side_by_side(wh, tmp_path, tiny_model):
     page = (tmp_path / "r.html").read_text()
     table = page[page.index('id="table-runs"') :].split("</table>")[0]
     assert all(run in table for run in runs) and "instructions_followed" in table
+    assert "seed=0, split=all" in table and "seed=1, split=all" in table  # what tells them apart
     assert "held-out loss per domain, every run" in page
