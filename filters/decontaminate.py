@@ -94,11 +94,10 @@ def eval_items(config: DecontaminateConfig, wh: Any) -> pl.DataFrame:
     for name in config.eval_snapshots:
         if wh is None:
             raise ConfigError("eval snapshots need the warehouse: run this filter in-process")
-        snap = snapshots.get(wh, name)["name"]
-        rows = wh.sql(f"SELECT * FROM snapshot('{snap}')")
+        rows = wh.sql(f"SELECT * FROM {snapshots.table(wh, name)}")
         frames.append(
             rows.select(
-                pl.format("{}:{}", pl.lit(snap), "id").alias("item"), row_text("record").alias("text")
+                pl.format("{}:{}", pl.lit(name), "id").alias("item"), row_text("record").alias("text")
             )
         )
     items = pl.concat(frames) if frames else pl.DataFrame(schema={"item": pl.String, "text": pl.String})

@@ -52,7 +52,9 @@ from filters._dedup import latest_scores
 
 Strategy = Literal["diverse", "top", "random", "stratified"]
 # Columns a selection can be stratified by: the rows table's scalar ones.
-STRATIFIABLE = tuple(name for name, kind in ROWS.items() if "[]" not in kind and "STRUCT" not in kind)
+STRATIFIABLE = tuple(
+    name for name, kind in ROWS.items() if "[]" not in kind and "STRUCT" not in kind and name != "id"
+)  # a row's id is a stratum of one: no stratification at all
 _DIVERSE_ONLY = ("threshold", "key", "model", "batch_size")
 
 
@@ -157,7 +159,7 @@ def _scores(candidates: pl.DataFrame, config: SelectConfig, ctx: Any) -> pl.Seri
                 "WHERE id IN (SELECT id FROM select_ids) GROUP BY id"
             )
     joined = candidates.select("id").join(found, on="id", how="left", maintain_order="left")
-    return joined["score"].cast(pl.Float64)
+    return joined["score"].cast(pl.Float64).fill_nan(None)  # NaN is no score: it ranks last, not first
 
 
 def _drawn_from(candidates: pl.DataFrame, kept: pl.DataFrame, ctx: Any, column: str | None) -> pl.DataFrame:

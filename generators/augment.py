@@ -72,7 +72,7 @@ import polars as pl
 from pydantic import BaseModel, Field, field_validator
 
 from factory.errors import ConfigError
-from factory.formats import export
+from factory.formats import export, special_tokens
 from factory.plugins import GeneratorPlugin
 from factory.runners.generation import GenerationSummary, Output, make_row, run_generator, template_hash
 from factory.store import jobs, lake
@@ -84,6 +84,8 @@ from generators.distill import request_for
 
 NAME = "augment"
 TOKEN_OPERATORS = ("mask", "dropout", "synonym")
+# end-of-text and chat markers: never in a copy (a training row would teach the model to write them)
+_SPECIAL = re.compile("|".join(re.escape(t) for t in special_tokens.TOKENS))
 TEACHER_OPERATORS = ("paraphrase", "back_translation", "rewrite")
 TEXT_FIELDS = ("instruction", "input")  # what token operators may change, in this order
 LEXICON = "data/synonyms_en.tsv"  # inside the generators package (package data)
@@ -136,7 +138,13 @@ class AugmentConfig(BaseModel):
         default_factory=lambda: list(TEXT_FIELDS),
         description="mask / dropout / synonym: the fields they change (instruction, input; never the answer)",
     )
-    mask: str = Field("[MASK]", min_length=1, description="mask: the placeholder a masked word becomes")
+    mask: str = Field(
+        "[MASK]",
+        min_length=1,
+        max_length=32,
+        pattern=r"^[^\x00-\x1f]+$",
+        description="mask: the placeholder a masked word becomes",
+    )
     pivot: str = Field(
         "French", min_length=1, description="back_translation: the language translated through"
     )
@@ -167,6 +175,13 @@ class AugmentConfig(BaseModel):
         if len(set(operators)) < len(operators):
             raise ConfigError("an operator is named twice (use per_row for more copies)")
         return operators
+
+    @field_validator("mask")
+    @classmethod
+    def _mask(cls, mask: str) -> str:
+        if _SPECIAL.search(mask):
+            raise ConfigError(f"mask: {mask!r} holds a special token; the model would learn to write it")
+        return mask
 
     @field_validator("fields")
     @classmethod
@@ -237,15 +252,22 @@ def tokens_and_words(text: str) -> tuple[list[tuple[int, int]], list[Word]]:
 
 
 def _apply(text: str, edits: list[tuple[int, int, str]]) -> str:
-    for start, end, new in sorted(edits, reverse=True):
-        text = text[:start] + new + text[end:]
-    return text
+    """`text` with the (start, end, new) spans replaced (they do not overlap), in one pass."""
+    parts, at = [], 0
+    for start, end, new in sorted(edits):
+        parts += [text[at:start], new]
+        at = end
+    return "".join([*parts, text[at:]])
 
 
 def mask_words(text: str, rng: random.Random, p: float, placeholder: str) -> tuple[str, int]:
-    """Each word, with chance p, replaced by the placeholder; the text and how many changed."""
+    """Each word, with chance p, replaced by the placeholder; one word always stays (as with dropout);
+    the text and how many changed."""
     _, words = tokens_and_words(text)
-    chosen = [w for w in words if rng.random() < p]
+    masked = [rng.random() < p for _ in words]
+    if words and all(masked):
+        masked[rng.randrange(len(words))] = False
+    chosen = [w for w, m in zip(words, masked, strict=True) if m]
     return _apply(text, [(w.start, w.end, placeholder) for w in chosen]), len(chosen)
 
 
@@ -467,14 +489,24 @@ def token_copies(records: list[dict[str, Any]], op: str, cfg: AugmentConfig, cou
 Todo = list[tuple[dict[str, Any], str]]  # (row, its language's name) to ask about
 
 
-def _failure(sample: Sample, what: str) -> str | None:
-    """Why a teacher sample is rejected, as `distill` says it; None when it is usable."""
+def _failure(sample: Sample, what: str, original: str | None = None) -> str | None:
+    """Why a teacher sample is rejected, as `distill` says it; None when it is usable. The text is
+    judged as it would be stored (a lone "Paraphrase:" label is empty); with `original` (a rewording
+    of it), a text more than ten times as long is not a rewording."""
+    text = _clean(sample.text, "")
     if sample.error:
         return f"teacher_failed {what}: {sample.error}"
     if sample.finish_reason == "length":
         return f"truncated the {what} hit max_tokens"
-    if not (sample.text or "").strip():
+    if not text:
         return f"empty_output {what}"
+    if "\x00" in text:
+        return f"nul_byte in the {what}"
+    token = _SPECIAL.search(text)
+    if token:  # an end-of-text or chat marker inside a training row would teach the model to write it
+        return f"special_token {token[0]} in the {what}"
+    if original is not None and len(text) > 10 * len(original) + 200:
+        return f"too_long the {what} has {len(text):,} characters for {len(original):,}"
     return None
 
 
@@ -535,7 +567,8 @@ def _paraphrases(
             text = _clean(sample.text, prompt_text(record))
             row = derived(record, "paraphrase", {**params, "copy": copy, "language": lang}, text=text,
                           teacher=teacher.model, template=template)  # fmt: skip
-            made.append(Candidate(row, record["id"], "paraphrase", _failure(sample, "paraphrase")))
+            reason = _failure(sample, "paraphrase", prompt_text(record))
+            made.append(Candidate(row, record["id"], "paraphrase", reason))
     return made
 
 
@@ -566,7 +599,8 @@ def _back_translations(
         row = derived(record, "back_translation", {**params, "copy": copy, "pivot": pivot, "language": lang,
                       "pivot_text": pivot_text}, text=_clean(sample.text, prompt_text(record)),
                       teacher=teacher.model, template=template)  # fmt: skip
-        made.append(Candidate(row, record["id"], "back_translation", _failure(sample, "back translation")))
+        reason = _failure(sample, "back translation", prompt_text(record))
+        made.append(Candidate(row, record["id"], "back_translation", reason))
     return made
 
 
@@ -649,7 +683,7 @@ def augment(
 def read_rows(wh: Warehouse, cfg: AugmentConfig) -> list[dict[str, Any]]:
     frame = wh.sql(
         "SELECT id, kind, system, instruction, input, output, messages, rejected, language, domain, "
-        f"{export.SPLIT_KEY} AS split_with FROM snapshot('{cfg.on}') ORDER BY id"
+        f"{export.SPLIT_KEY} AS split_with FROM {wh.snapshot_sql(cfg.on)} ORDER BY id"
     )
     return (frame.head(cfg.limit) if cfg.limit else frame).to_dicts()
 

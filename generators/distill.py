@@ -117,7 +117,7 @@ def prompts(wh: Warehouse, cfg: PromptSource, domain: bool = False) -> pl.DataFr
     if cfg.file is not None:
         frame = _from_file(cfg.file)
     elif cfg.on is not None:
-        frame = wh.sql(f"SELECT id, instruction, input, domain FROM snapshot('{cfg.on}') ORDER BY id")
+        frame = wh.sql(f"SELECT id, instruction, input, domain FROM {wh.snapshot_sql(cfg.on)} ORDER BY id")
     else:
         frame = wh.user_sql(str(cfg.query))
         if "instruction" not in frame.columns:

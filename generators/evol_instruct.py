@@ -229,7 +229,7 @@ def evolve(pool: list[dict[str, Any]], cfg: EvolInstructConfig, teacher: Teacher
 
 def run(wh: Warehouse, config: EvolInstructConfig, progress: bool = False) -> GenerationSummary:
     pool = wh.sql(
-        f"SELECT id, instruction FROM snapshot('{config.on}') WHERE kind = 'instruction' "
+        f"SELECT id, instruction FROM {wh.snapshot_sql(config.on)} WHERE kind = 'instruction' "
         "QUALIFY row_number() OVER (PARTITION BY instruction ORDER BY id) = 1 ORDER BY id"
     ).to_dicts()
     pool = pool[: config.limit] if config.limit else pool

@@ -299,7 +299,7 @@ def _tree_frame(trees: list[Tree], job: str) -> pl.DataFrame:
 
 
 def run(wh: Warehouse, config: MctsConfig, progress: bool = False) -> GenerationSummary:
-    roots = wh.sql(f"SELECT id, instruction FROM snapshot('{config.on}') ORDER BY id")
+    roots = wh.sql(f"SELECT id, instruction FROM {wh.snapshot_sql(config.on)} ORDER BY id")
     pool = roots["instruction"].to_list()
     roots = roots.head(config.limit) if config.limit else roots
     trees = _load(wh, roots, config)

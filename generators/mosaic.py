@@ -30,7 +30,7 @@ class MosaicGeneratorConfig(MosaicConfig):
 def run(wh: Warehouse, config: MosaicGeneratorConfig, progress: bool = False) -> GenerationSummary:
     """Compose the snapshot's rows and store the examples, with the job, in one commit."""
     rows = wh.sql(
-        f"SELECT id, kind, instruction, input, output, messages FROM snapshot('{config.on}') ORDER BY id"
+        f"SELECT id, kind, instruction, input, output, messages FROM {wh.snapshot_sql(config.on)} ORDER BY id"
     )
     usable = rows.filter((pl.col("kind") == "instruction") & pl.col("messages").is_null())
     usable = usable.head(config.limit) if config.limit else usable

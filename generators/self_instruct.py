@@ -99,7 +99,7 @@ def _seeds(wh: Warehouse, cfg: SelfInstructConfig) -> list[dict[str, Any]]:
     frame = wh.sql(
         "SELECT id, instruction, input, output, coalesce(domain, 'general') AS domain, "
         "coalesce(domain = $d OR list_contains(tags, $d), false) AS cls "
-        f"FROM snapshot('{cfg.on}') WHERE kind = 'instruction' AND output <> '' "
+        f"FROM {wh.snapshot_sql(cfg.on)} WHERE kind = 'instruction' AND output <> '' "
         "QUALIFY row_number() OVER (PARTITION BY instruction ORDER BY id) = 1 ORDER BY id",
         {"d": cfg.classification_domain},
     )

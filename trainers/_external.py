@@ -337,9 +337,8 @@ def write_config(
     cfg = config.validate(ExternalConfig, values)
     _check(tool, cfg)
     if cfg.stage == "dpo":  # before anything is written: a DPO config over rows without pairs trains nothing
-        snapshots.get(wh, snapshot)
         rows, unpaired = wh.sql(
-            f"SELECT count(*), count(*) FILTER (WHERE rejected IS NULL) FROM snapshot('{snapshot}')"
+            f"SELECT count(*), count(*) FILTER (WHERE rejected IS NULL) FROM {snapshots.table(wh, snapshot)}"
         ).row(0)
         if unpaired or not rows:
             raise ConfigError(

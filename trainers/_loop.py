@@ -17,6 +17,7 @@ the CPU give the same numbers.
 from __future__ import annotations
 
 import json
+import math
 import pickle
 import random
 import time
@@ -122,6 +123,11 @@ def train(
         scheduler.step()
         optimizer.zero_grad(set_to_none=True)
         tokens = sum(int(b["tokens"]) for b in batches if "tokens" in b)
+        if not math.isfinite(loss_total):  # a model trained on from here would be saved as if it were fine
+            raise ConfigError(
+                f"the loss became {loss_total} at step {step + 1}: lower the learning rate or the loss weights "
+                "(domain_alpha, consistency_beta); nothing was saved"
+            )
         log = StepLog(step + 1, loss_total, total, time.perf_counter() - started, lr, tokens, terms)
         logs.append(log)
         if settings.save_steps and (step + 1) % settings.save_steps == 0 and step + 1 < len(plan):

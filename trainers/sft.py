@@ -83,11 +83,18 @@ def row_facts(folder: Path, rows: int) -> pl.DataFrame | None:
     path = folder / "train.rows.parquet"
     if not path.exists():
         return None
-    facts = pl.read_parquet(path)
+    try:
+        facts = pl.read_parquet(path)
+    except (OSError, pl.exceptions.PolarsError) as exc:
+        raise ConfigError(
+            f"{path} cannot be read ({str(exc).splitlines()[0]}): export the snapshot again"
+        ) from exc
     if facts.height != rows:
         raise ConfigError(
             f"{path} has {facts.height} rows for {rows} training rows: export the snapshot again"
         )
+    if facts.schema.get("domain") not in (pl.String, pl.Null):
+        raise ConfigError(f"{path}: its domain column is missing or not text: export the snapshot again")
     return facts
 
 
@@ -114,6 +121,11 @@ def examples_for(
         if facts is None or cfg.curriculum not in facts.columns:
             known = ", ".join(["length", "loss", *(c for c in facts.columns if c.startswith("score_"))])
             raise ConfigError(f"curriculum: no column '{cfg.curriculum}' in the row facts; choose {known}")
+        if not facts.schema[cfg.curriculum].is_numeric():
+            raise ConfigError(
+                f"curriculum: {cfg.curriculum} holds {facts.schema[cfg.curriculum]}, not numbers: order by a score "
+                "column, length or loss"
+            )
         values = _order.check_difficulty(facts[cfg.curriculum].cast(pl.Float64).to_list(), cfg.curriculum)
         for example, value in zip(encoded, values, strict=True):
             example.difficulty = value

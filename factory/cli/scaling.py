@@ -7,7 +7,7 @@ from typing import Annotated
 
 import typer
 
-from factory.cli.common import Force, Warehouse, console, open_warehouse, shown
+from factory.cli.common import Force, Warehouse, console, fail, open_warehouse, shown
 
 app = typer.Typer(
     help="Plan data and model size with a scaling law fitted to recorded runs.", no_args_is_help=True
@@ -50,9 +50,14 @@ def fit(
       factory scaling fit --where "method = 'full'" --tokens 2e6 --target-loss 3.5 --plot scaling.html
       factory scaling fit --runs run-1,run-2,run-3,run-4,run-5,run-6 --bootstrap 0
     """
+    import math
+
     from factory.evaluation import scaling
     from factory.store import outputs
 
+    for flag, value in (("--tokens", tokens), ("--model-size", model_size), ("--target-loss", target_loss)):
+        if value is not None and not (math.isfinite(value) and value > 0):
+            fail(f"{flag} must be a positive number, not {value}")
     ids = [r.strip() for r in runs.split(",") if r.strip()] if runs else None
     with open_warehouse(warehouse, read_only=True) as wh:
         places = wh.protected_paths()

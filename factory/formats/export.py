@@ -266,7 +266,7 @@ def split_rows(wh: Warehouse, snapshot: str, eval_split: float, seed: int) -> pl
     a derived row on its original's side: `SPLIT_KEY`)."""
     return wh.sql(
         f"SELECT *, ('0x' || left(md5($seed || ':' || {SPLIT_KEY}), 12))::BIGINT % $buckets < $cut AS _eval "
-        f"FROM snapshot('{snapshot}') ORDER BY id",
+        f"FROM {wh.snapshot_sql(snapshot)} ORDER BY id",
         {"seed": str(seed), "buckets": EVAL_BUCKETS, "cut": round(eval_split * EVAL_BUCKETS)},
     )
 

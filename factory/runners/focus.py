@@ -53,6 +53,7 @@ from pydantic import BaseModel, Field, model_validator
 
 from factory.errors import ConfigError, NotFound
 from factory.evaluation import ifeval
+from factory.formats import readers
 from factory.runners.generation import GenerationSummary
 from factory.shares import apportion
 from factory.store import snapshots
@@ -304,6 +305,10 @@ def test_set_values(wh: Warehouse, test_set: str) -> dict[str, Any]:
     Checked before any teacher call, so a typo costs nothing."""
     path = Path(test_set)
     if path.is_file():
+        if path.suffix.lower() not in readers.KINDS:
+            raise ConfigError(
+                f"test_set: {test_set}: not a file the importer reads (use {', '.join(readers.KINDS)})"
+            )
         return {"eval_files": [str(path.resolve())]}
     if path.suffix or "/" in test_set:
         raise ConfigError(f"test_set: {test_set}: no such file (give a JSONL test file or a snapshot name)")

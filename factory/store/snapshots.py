@@ -53,6 +53,13 @@ VOLATILE = re.compile(
 )
 
 
+def table(wh: Warehouse, name: str) -> str:
+    """`snapshot('NAME')` for SQL, for an existing snapshot only: names are checked against NAME when a
+    snapshot is made, so one found in the catalog is safe to splice; any other text (a hostile
+    `--on "x') UNION ..."`) is refused here as an unknown snapshot, never run."""
+    return f"snapshot('{get(wh, name)['name']}')"
+
+
 def relation(wh: Warehouse, name: str) -> str:
     """SQL for a snapshot's rows.
 

@@ -549,8 +549,11 @@ class Warehouse:
 
     def snapshot(self, name: str) -> pl.DataFrame:
         """The rows of a snapshot."""
-        snapshots.get(self, name)
-        return self.sql(f"SELECT * FROM snapshot('{name}') ORDER BY id")
+        return self.sql(f"SELECT * FROM {self.snapshot_sql(name)} ORDER BY id")
+
+    def snapshot_sql(self, name: str) -> str:
+        """`snapshot('NAME')` to put in SQL, for an existing snapshot only (`snapshots.table`)."""
+        return snapshots.table(self, name)
 
     def show_snapshot(self, name: str) -> dict[str, Any]:
         return snapshots.show(self, name)

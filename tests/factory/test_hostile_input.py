@@ -305,3 +305,25 @@ def test_small_json_rules(wh, tmp_path):
     doubled.write_text("instruction,output,output\nx,y,z\n")
     with pytest.raises(ReadError, match=r"doubled\.csv:1: the header names 'output' twice"):
         factory.import_file(wh, str(doubled))
+
+
+@pytest.mark.parametrize("generator", ["augment", "distill", "mosaic"])
+def test_a_snapshot_name_is_never_spliced_into_sql(generator, wh, tmp_path):
+    """`--on` names a snapshot; text that is not one (here: SQL that would read a file and write
+    another) is refused as an unknown snapshot before any query runs."""
+    factory.import_file(wh, str(write_jsonl(tmp_path / "rows.jsonl", alpaca(6))))
+    wh.create_snapshot("seeds")
+    planted = tmp_path / "pwned.csv"
+    hostile = (
+        f"seeds'); COPY (SELECT 42 AS x) TO '{planted}'; SELECT * FROM snapshot('seeds') UNION ALL "
+        "SELECT * FROM read_text('/etc/hostname') --"
+    )
+    extra = (
+        {"limit": 2, "teacher.teacher": "openai:unused@http://127.0.0.1:9/v1"}
+        if generator == "distill"
+        else {}
+    )
+    before = wh.count()
+    with pytest.raises(factory.errors.FactoryError, match="no snapshot named"):
+        factory.generate(wh, generator, on=hostile, **extra)
+    assert not planted.exists() and wh.count() == before

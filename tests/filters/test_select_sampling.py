@@ -321,3 +321,16 @@ def test_show_leaves_out_a_selection_a_later_one_overrode(loaded):
         sampling[0]["decided"] == sampling[0]["selected"] == 12 == snapshots.get(loaded, "drawn")["row_count"]
     )
     assert strat.run_id in snapshots.get(loaded, "drawn")["filter_runs"]  # honoured, but decided nothing
+
+
+def test_a_nan_score_ranks_last_not_first(loaded):
+    run = run_filter(loaded, "select", {"budget": 5, "strategy": "top",
+                                         "score_sql": "CASE WHEN domain = 'math' THEN 'nan'::DOUBLE ELSE length(output) END"})  # fmt: skip
+    picked = chosen(loaded, run.run_id)
+    assert picked.height == 5 and "math" not in picked["domain"].to_list()
+    assert picked["score"].is_not_null().all()
+
+
+def test_the_row_id_is_not_a_stratum(loaded):
+    with pytest.raises(ConfigError, match="not a rows column to stratify by"):
+        run_filter(loaded, "select", {"fraction": 0.3, "strategy": "stratified", "stratify_by": "id"})

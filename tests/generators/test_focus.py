@@ -243,3 +243,10 @@ def test_cli_prints_the_weights(trained):
     assert f"focus: run {run_id}" in done.stdout and "weight" in done.stdout
     assert "travel" in done.stdout and "not in the run: floor" in done.stdout
     assert "not decontaminated" in done.stdout
+
+
+def test_a_test_set_the_importer_cannot_read_is_refused_before_any_call(wh, tmp_path):
+    odd = tmp_path / "passwd"
+    odd.write_text("root:x:0:0\n")
+    with pytest.raises(ConfigError, match="not a file the importer reads"):
+        focus.test_set_values(wh, str(odd))

@@ -218,3 +218,39 @@ def test_curriculum_by_a_score_column_of_the_row_facts(wh, tmp_path, tiny_model)
     run = training.train(wh, "base", "sft", {"model": str(tiny_model), "curriculum": "loss", "pacing": "step",
                                              "max_steps": 3, "eval_split": 0.0})  # fmt: skip
     assert run["metrics"]["train"]["order"]["pacing"] == "step"
+
+
+def test_a_loss_that_is_no_longer_finite_stops_the_run(wh, tmp_path, tiny_model):
+    """A weight of 1e308 overflows the loss: the run fails with the reason instead of saving a NaN model
+    recorded as succeeded."""
+    factory.import_file(wh, str(write_jsonl(tmp_path / "rows.jsonl", mixed_rows()[::3])))
+    wh.create_snapshot("few")
+    with pytest.raises(ConfigError, match="the loss became"):
+        training.train(wh, "few", "sft", {"model": str(tiny_model), "domain_alpha": 1e308, "max_steps": 2,
+                                          "eval_split": 0.0})  # fmt: skip
+    assert wh.sql("SELECT status FROM runs")["status"].to_list() == ["failed"]
+
+
+def test_a_tampered_row_facts_file_or_a_text_curriculum_is_refused(tmp_path, tiny_model):
+    from transformers import AutoTokenizer
+
+    folder = tmp_path / "data"
+    folder.mkdir()
+    write_jsonl(folder / "train.jsonl", [{"messages": [{"role": "user", "content": f"Q{k}"},
+                                                        {"role": "assistant", "content": f"A{k}"}]} for k in range(3)])  # fmt: skip
+    tokenizer = AutoTokenizer.from_pretrained(tiny_model)
+    (folder / "train.rows.parquet").write_text("not parquet")
+    with pytest.raises(ConfigError, match=r"cannot be read.*export the snapshot again"):
+        sft.examples_for(settings(), tokenizer, folder)
+    pl.DataFrame({"id": ["a", "b", "c"], "domain": [[1], [2], [3]]}).write_parquet(
+        folder / "train.rows.parquet"
+    )
+    with pytest.raises(ConfigError, match="domain column is missing or not text"):
+        sft.examples_for(settings(), tokenizer, folder)
+    pl.DataFrame({"id": ["a", "b", "c"], "domain": ["x", "y", None]}).write_parquet(
+        folder / "train.rows.parquet"
+    )
+    with pytest.raises(ConfigError, match="curriculum: id holds String, not numbers"):
+        sft.examples_for(settings(curriculum="id"), tokenizer, folder)
+    items, _ = sft.examples_for(settings(), tokenizer, folder)
+    assert [group[0].domain for group in items] == ["x", "y", "general"]

@@ -193,3 +193,10 @@ def test_cli_fits_recorded_runs_predicts_and_plots(tmp_path, tiny_model):
     too_few = cli("scaling", "fit", "-w", str(tmp_path / "wh"), "--runs", narrow_runs)
     assert too_few.returncode == 1
     assert "3 usable run(s) with 1 distinct model size(s) N and 3 distinct token count(s) D" in too_few.stderr
+
+
+@pytest.mark.parametrize("flag, value", [("--tokens", "-5"), ("--model-size", "nan"), ("--target-loss", "0")])
+def test_planned_numbers_must_be_positive(flag, value, tmp_path):
+    proc = subprocess.run([sys.executable, "-m", "factory.cli", "scaling", "fit", flag, value,
+                           "--warehouse", str(tmp_path / "none")], capture_output=True, text=True)  # fmt: skip
+    assert proc.returncode == 1 and f"{flag} must be a positive number" in proc.stderr + proc.stdout
