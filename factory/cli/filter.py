@@ -17,6 +17,10 @@ def filter_(
     engine: Annotated[
         str, typer.Option(help="local, or ray: row-local filters on a Ray Data cluster (started if none)")
     ] = "local",
+    fraction: Annotated[
+        float | None, typer.Option(help="select: alpha, the share of the rows to sample (--set fraction=)")
+    ] = None,
+    budget: Annotated[int | None, typer.Option(help="select: M, the rows to sample (--set budget=)")] = None,
     set_: Settings = None,
     config: ConfigFile = None,
     warehouse: Warehouse = None,
@@ -37,13 +41,20 @@ def filter_(
       factory filter decontaminate --set 'eval_files=[gsm8k.jsonl]'
       factory filter judge --set teacher.teacher=openai:gpt-4o-mini --set threshold=4.5
       factory filter exact --set key=record --show-config   # what it would do; runs nothing
+      factory filter select --on clean --fraction 0.3 --set strategy=stratified --set stratify_by=domain
     """
     from factory import plugins
     from factory.runners import filtering
 
     if engine not in ("local", "ray"):
         fail(f"--engine must be local or ray, not {engine!r}")
-    plugin, cfg = plugins.configured("filter", name, values(config, set_))
+    given = values(config, set_)
+    for flag, value in (("fraction", fraction), ("budget", budget)):  # sampling sizes, as flags
+        if value is not None:
+            if flag in given:
+                fail(f"--{flag} and --set {flag}= both given: give it once")
+            given[flag] = value
+    plugin, cfg = plugins.configured("filter", name, given)
     if show_config:  # no warehouse, no run: the settings the filter would get
         from factory.cli.data import print_settings
 

@@ -269,8 +269,8 @@ def test_snapshot_show_prints_sampling_and_augmentation(tmp_path):
     out = cli(
         "filter",
         "select",
-        "--set",
-        "fraction=0.3",
+        "--fraction",
+        "0.3",
         "--set",
         "strategy=stratified",
         "--set",

@@ -316,3 +316,62 @@ def test_two_processes_running_one_recipe_take_turns(tmp_path, server):
         ]
         assert wh.sql("SELECT count(*) AS n FROM jobs WHERE kind = 'import'")["n"][0] == 2
     assert server.requests == len(PRODUCTS)
+
+
+LOOP = """\
+name: data-efficiency
+vars:
+  teacher: "openai:s@{url}"
+  model: {model}
+steps:
+  - name: pool
+    import: {{path: data/pool.jsonl, source: pool}}
+  - name: pool-set
+    snapshot: {{where: "source = 'pool'", honour_verdicts: false}}
+  - name: sample
+    filter: select
+    on: pool-set
+    with: {{fraction: 0.5, strategy: stratified, stratify_by: domain}}
+  - name: sampled
+    snapshot: {{parent: pool-set}}
+  - name: copies
+    generate: augment
+    with: {{on: sampled, operators: [dropout], p: 0.3}}
+  - name: train-set
+    snapshot: {{honour_verdicts: false, where: "generator = 'augment' OR id IN (SELECT id FROM snapshot('sampled'))"}}
+  - name: sft
+    train: sft
+    on: train-set
+    with: {{model: "${{vars.model}}", method: lora, max_steps: 4, batch_size: 4, eval_split: 0.3,
+            mix: {{chat: 1, code: 1}}, curriculum: length, domain_alpha: 0.5}}
+  - name: focused
+    generate: distill
+    with: {{file: {data}/prompts.jsonl, limit: 6, focus_from: "${{steps.sft.run}}", test_set: {data}/test.jsonl,
+            teacher.teacher: "${{vars.teacher}}", sampling.max_tokens: 32}}
+"""
+
+
+def test_the_data_efficiency_loop_runs_from_a_recipe(tmp_path, server, tiny_model):
+    """Sampling, augmentation, mixing with eq. 10 and a curriculum, and a focused round that reads the
+    recipe's own training run: every method is configurable from a recipe, and a rerun does nothing."""
+    (tmp_path / "data").mkdir()
+    domains = ["chat", "code"]
+    write_jsonl(tmp_path / "data/pool.jsonl", [
+        {"instruction": f"Explain item {k} of the {domains[k % 2]} list in a few words please",
+         "output": f"Item {k} is " + "short and " * (k % 4) + "fine.", "domain": domains[k % 2]} for k in range(40)])  # fmt: skip
+    write_jsonl(tmp_path / "data/prompts.jsonl", [
+        {"instruction": f"Describe thing {k} of the {domains[k % 2]} kind", "domain": domains[k % 2]}
+        for k in range(12)])  # fmt: skip
+    write_jsonl(tmp_path / "data/test.jsonl", [{"instruction": "Say hello", "output": "hello"}])
+    path = tmp_path / "loop.yaml"
+    path.write_text(LOOP.format(url=server.url, model=tiny_model, data=tmp_path / "data"), encoding="utf-8")
+    outcome = runner.run(path)
+    assert outcome.ran == [s.name for s in outcome.steps]
+    with factory.open(outcome.warehouse, read_only=True) as wh:
+        train = wh.sql("SELECT id, metrics FROM runs WHERE trainer = 'sft'").row(0, named=True)
+        order = json.loads(train["metrics"])["train"]["order"]
+        assert order["mix"] == {"chat": 1, "code": 1} and order["curriculum"] == "length"
+        focus = json.loads(wh.sql("SELECT config FROM jobs WHERE plugin = 'distill'")["config"][0])["focus"]
+        assert focus["run"] == train["id"] and set(focus["used"]) == {"chat", "code"}
+        assert wh.sql("SELECT count(*) AS n FROM rows WHERE generator = 'augment'")["n"][0] > 0
+    assert runner.run(path).ran == []
