@@ -34,7 +34,7 @@ from safetensors.torch import load_file, save_file
 from factory.errors import ConfigError, InputError
 from factory.models.loss import Batch
 
-# The sum of a micro-batch's unit losses, or of each term's (`Terms`: eq. 10's general, domain and
+# The sum of a micro-batch's unit losses, or a dict of each term's sum (eq. 10's general, domain and
 # consistency losses), with the matching unit counts.
 LossFn = Callable[[Any, Batch], "torch.Tensor | dict[str, torch.Tensor]"]
 UnitsFn = Callable[[Batch], "int | dict[str, int]"]

@@ -316,7 +316,8 @@ def export(
     `openai_model`); the manifest's `openai_check` says per split which rules its examples break.
     An eval split that drew no row is not written (tools fail on an empty split file).
     With `facts`, each split file gets a `SPLIT.rows.parquet` beside it: `row_facts` of its records, in
-    their order (the factory's trainers read it to mix domains and order a curriculum).
+    their order (the factory's trainers read it to mix domains and order a curriculum); not where the
+    format skipped rows (a preference export of a snapshot with unpaired rows), so nothing misaligns.
 
     With `mosaic`, the train split's single-exchange rows are composed Mosaic-IT style
     (the eval split stays as it is), so the trainer's tokenizer and length set the budget.
@@ -387,9 +388,7 @@ def export(
             out / file, lambda path, records=records: _write(records, path, kind), places, force
         )
         files[split] = file
-        if facts:
-            if records.height != part.height:
-                raise ConfigError(f"row facts need one record per row; the {fmt} format skips rows")
+        if facts and records.height == part.height:  # a format that skipped rows has no aligned facts
             outputs.write_file(
                 out / _facts_name(split),
                 lambda path, part=part: row_facts(wh, part).write_parquet(path),

@@ -474,3 +474,17 @@ def test_train_config_refuses_what_a_tool_would_misread_before_writing(wh, snaps
     )
     config = yaml.safe_load(Path(lf["config"]).read_text())
     assert (config["template"], config["default_system"]) == ("alpaca", "")
+
+
+def test_dpo_on_a_snapshot_with_unpaired_rows_trains_on_the_pairs(wh, tmp_path, tiny_model):
+    """The preference export skips rows without a rejected answer (counted); the row facts written
+    beside it would not line up with its records, so none are written and training goes on."""
+    pairs = [{"prompt": f"Question {i}", "chosen": f"Answer {i}.", "rejected": f"No {i}."} for i in range(6)]
+    factory.import_file(wh, str(write_jsonl(tmp_path / "prefs.jsonl", pairs)))
+    factory.import_file(wh, str(write_jsonl(tmp_path / "plain.jsonl", rows(3))))
+    wh.create_snapshot("mixed")
+    run = training.train(wh, "mixed", "dpo", {"model": str(tiny_model), "method": "lora", "max_steps": 1,
+                                               "batch_size": 2, "eval_split": 0.0})  # fmt: skip
+    data = Path(run["artifact"]).parent / "data"
+    assert run["metrics"]["train"]["pairs"] == 6 and not (data / "train.rows.parquet").exists()
+    assert json.loads((data / "export.json").read_text())["skipped"] == {"skipped_no_rejected_answer": 3}
