@@ -68,14 +68,18 @@ def _checkpoints(folder: Path) -> list[Path]:
     return sorted(folder.glob("step-*"), key=lambda p: int(p.name.split("-")[1]))
 
 
-def schedule(n_items: int, settings: LoopSettings) -> list[list[list[int]]]:
-    """Item indices per optimizer step, per micro-batch: shuffled per epoch by (seed, epoch)."""
+def schedule(
+    n_items: int, settings: LoopSettings, epoch_items: Callable[[int], list[int]] | None = None
+) -> list[list[list[int]]]:
+    """Item indices per optimizer step, per micro-batch: shuffled per epoch by (seed, epoch).
+
+    An epoch holds every item once, or what `epoch_items(epoch)` gives (a domain mixture)."""
     steps: list[list[list[int]]] = []
     per_step = settings.batch_size * settings.grad_accum
     for epoch in range(settings.epochs):
-        order = list(range(n_items))
+        order = epoch_items(epoch) if epoch_items else list(range(n_items))
         random.Random(f"{settings.seed}:{epoch}").shuffle(order)
-        for start in range(0, n_items, per_step):
+        for start in range(0, len(order), per_step):
             chunk = order[start : start + per_step]
             steps.append(
                 [chunk[k : k + settings.batch_size] for k in range(0, len(chunk), settings.batch_size)]

@@ -28,6 +28,7 @@ from pydantic import BaseModel, Field, field_validator
 
 from factory.errors import ConfigError
 from factory.shares import apportion
+from trainers._loop import LoopSettings, schedule
 
 Plan = list[list[list[int]]]  # per optimizer step, per micro-batch: item indices
 
@@ -103,38 +104,27 @@ def left_out(domains: Sequence[str], mix: dict[str, float] | None) -> dict[str, 
 
 
 def plan(
-    domains: Sequence[str],
-    difficulty: Sequence[float] | None,
-    settings: OrderSettings,
-    batch_size: int,
-    grad_accum: int,
-    epochs: int,
-    seed: int,
-    max_steps: int | None,
+    domains: Sequence[str], difficulty: Sequence[float] | None, order: OrderSettings, loop: LoopSettings
 ) -> Plan:
-    """Item indices per step and micro-batch, under the mixture and the curriculum (each optional)."""
-    per_step = batch_size * grad_accum
-    rank: dict[int, int] = {}
-    if difficulty is not None:  # easiest first; ties by index so the order is stable
-        order = sorted(range(len(difficulty)), key=lambda k: (difficulty[k], k))
-        rank = {k: r for r, k in enumerate(order)}
-    epochs_items = []
-    for epoch in range(epochs):
-        items = mixture(domains, settings.mix, seed, epoch) if settings.mix else list(range(len(domains)))
-        epochs_items.append(items)
-    total = sum(math.ceil(len(items) / per_step) for items in epochs_items)
-    total = min(total, max_steps) if max_steps else total
+    """Item indices per step and micro-batch, under the mixture and the curriculum (each optional).
+
+    Without a curriculum this is the loop's own shuffled schedule, over the mixture's epochs."""
+    epoch_items = (lambda epoch: mixture(domains, order.mix, loop.seed, epoch)) if order.mix else None
+    if difficulty is None:
+        return schedule(len(domains), loop, epoch_items)
+    per_step = loop.batch_size * loop.grad_accum
+    # each item's place, easiest first (ties by index, so the order is stable)
+    rank = {k: r for r, k in enumerate(sorted(range(len(difficulty)), key=lambda k: (difficulty[k], k)))}
+    epochs = [epoch_items(e) if epoch_items else list(range(len(domains))) for e in range(loop.epochs)]
+    total = sum(math.ceil(len(items) / per_step) for items in epochs)
+    total = min(total, loop.max_steps) if loop.max_steps else total
     steps: list[list[int]] = []
-    for epoch, items in enumerate(epochs_items):
-        rng = random.Random(f"{seed}:{epoch}")
-        if difficulty is None:
-            rng.shuffle(items)
-            steps += [items[s : s + per_step] for s in range(0, len(items), per_step)]
-            continue
+    for epoch, items in enumerate(epochs):
+        rng = random.Random(f"{loop.seed}:{epoch}")
         ranked = sorted(items, key=lambda k: rank[k])  # slots in difficulty order (repeats adjacent)
         fresh = set(range(len(ranked)))
         for _ in range(math.ceil(len(ranked) / per_step)):
-            open_ = max(per_step, math.ceil(competence(len(steps), total, settings) * len(ranked)))
+            open_ = max(per_step, math.ceil(competence(len(steps), total, order) * len(ranked)))
             window = range(min(open_, len(ranked)))
             unseen = [s for s in window if s in fresh]
             seen = [s for s in window if s not in fresh]
@@ -144,7 +134,7 @@ def plan(
             fresh -= set(picked)
             steps.append([ranked[s] for s in picked])
     steps = steps[:total]
-    return [[step[k : k + batch_size] for k in range(0, len(step), batch_size)] for step in steps]
+    return [[step[k : k + loop.batch_size] for k in range(0, len(step), loop.batch_size)] for step in steps]
 
 
 def check_difficulty(values: Sequence[float | None], column: str) -> list[float]:

@@ -158,8 +158,7 @@ def order(cfg: SftConfig, items: list[list[chat.Example]]) -> tuple[_order.Plan,
     difficulty = None
     if cfg.curriculum:
         difficulty = [-(e.difficulty or 0.0) if cfg.hardest_first else (e.difficulty or 0.0) for e in rows]
-    plan = _order.plan(domains, difficulty, cfg, cfg.batch_size, cfg.grad_accum, cfg.epochs, cfg.seed,
-                       cfg.max_steps)  # fmt: skip
+    plan = _order.plan(domains, difficulty, cfg, cfg)
     seen: dict[str, int] = {}
     for step in plan:
         for micro in step:

@@ -108,7 +108,8 @@ def _generate(net: Any, tokenizer: Any, conversations: list, settings: EvalSetti
     from factory.models import chat
 
     prompts = chat.prompt_ids(tokenizer, conversations)
-    stops = _stops(net, tokenizer)
+    marker = chat.turn_end(tokenizer)
+    stops = _stops(net, tokenizer, marker)
     answers = []
     with torch.no_grad():
         for start in range(0, len(prompts), settings.batch_size):
@@ -119,20 +120,16 @@ def _generate(net: Any, tokenizer: Any, conversations: list, settings: EvalSetti
             made = net.generate(input_ids=ids, attention_mask=mask, max_new_tokens=settings.max_new_tokens,
                                 do_sample=False, pad_token_id=tokenizer.pad_token_id, **stops)  # fmt: skip
             answers += tokenizer.batch_decode(made[:, width:], skip_special_tokens=True)
-    marker = chat.turn_end(tokenizer)  # cut where it was written out as text
-    return [(a.split(marker)[0] if marker else a).strip() for a in answers]
+    return [(a.split(marker)[0] if marker else a).strip() for a in answers]  # cut where written as text
 
 
-def _stops(net: Any, tokenizer: Any) -> dict[str, Any]:
-    """Where a response ends: the model's EOS and the chat template's end-of-turn marker (`<|im_end|>`,
+def _stops(net: Any, tokenizer: Any, marker: str) -> dict[str, Any]:
+    """Where a response ends: the model's EOS and the chat template's end-of-turn `marker` (`<|im_end|>`,
     `<end_of_turn>`, ...), which is often another token; without it, generation runs past the answer."""
-    from factory.models import chat
-
     found = getattr(net.generation_config, "eos_token_id", None)
     ids = list(found) if isinstance(found, list) else [found] if found is not None else []
     if tokenizer.eos_token_id is not None and tokenizer.eos_token_id not in ids:
         ids.append(tokenizer.eos_token_id)
-    marker = chat.turn_end(tokenizer)
     marker_ids = tokenizer.encode(marker, add_special_tokens=False) if marker else []
     if len(marker_ids) == 1:
         ids += [i for i in marker_ids if i not in ids]

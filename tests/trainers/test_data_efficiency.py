@@ -50,7 +50,7 @@ def flat(plan: _order.Plan) -> list[list[int]]:
 
 def test_without_mix_or_curriculum_the_plan_is_the_loops_own_schedule():
     cfg = settings(epochs=3, max_steps=11)
-    assert _order.plan(["a"] * 17, None, cfg, 2, 2, 3, cfg.seed, 11) == _loop.schedule(17, cfg)
+    assert _order.plan(["a"] * 17, None, cfg, cfg) == _loop.schedule(17, cfg)
 
 
 def test_pacing_functions_by_hand():
@@ -71,7 +71,7 @@ def test_each_step_draws_only_from_the_easiest_open_share(pacing):
     rng = random.Random(1)
     difficulty = [rng.random() for _ in range(n)]
     cfg = settings(pacing=pacing, pacing_start=0.1, pacing_full=0.8)
-    plan = _order.plan(["general"] * n, difficulty, cfg, 2, 2, 1, 0, None)
+    plan = _order.plan(["general"] * n, difficulty, cfg, cfg)
     rank = {k: r for r, k in enumerate(sorted(range(n), key=lambda k: difficulty[k]))}
     steps = flat(plan)
     assert len(steps) == n // per_step  # as many steps as without a curriculum
@@ -88,8 +88,8 @@ def test_each_step_draws_only_from_the_easiest_open_share(pacing):
 def test_hardest_first_reverses_the_order():
     difficulty = [float(k) for k in range(40)]
     cfg = settings(pacing_start=0.1)
-    easy = flat(_order.plan(["g"] * 40, difficulty, cfg, 2, 2, 1, 0, None))[0]
-    hard = flat(_order.plan(["g"] * 40, [-d for d in difficulty], cfg, 2, 2, 1, 0, None))[0]
+    easy = flat(_order.plan(["g"] * 40, difficulty, cfg, cfg))[0]
+    hard = flat(_order.plan(["g"] * 40, [-d for d in difficulty], cfg, cfg))[0]
     assert max(easy) < 4 and min(hard) >= 36
 
 

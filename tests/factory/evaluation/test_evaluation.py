@@ -141,9 +141,9 @@ def test_generation_stops_at_the_templates_end_of_turn_marker(tiny_model):
 
     net = AutoModelForCausalLM.from_pretrained(tiny_model)
     tokenizer = AutoTokenizer.from_pretrained(tiny_model)
-    stops = evaluation._stops(net, tokenizer)
+    stops = evaluation._stops(net, tokenizer, chat.turn_end(tokenizer))
     assert tokenizer.convert_tokens_to_ids("<|end|>") in stops["eos_token_id"]
     assert tokenizer.eos_token_id in stops["eos_token_id"] and "stop_strings" not in stops
     chat.use_template(tokenizer, "chatml")
-    stops = evaluation._stops(net, tokenizer)
+    stops = evaluation._stops(net, tokenizer, chat.turn_end(tokenizer))
     assert stops["stop_strings"] == ["<|im_end|>"] and stops["tokenizer"] is tokenizer
