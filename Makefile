@@ -13,7 +13,7 @@ LF_STAMP := $(LF_VENV)/.installed
 AX_VENV := .venv-axolotl
 AX_STAMP := $(AX_VENV)/.installed
 
-.PHONY: install vllm-env llamafactory-env axolotl-env ecosystem-env browser demo test test-fast bench lint clean
+.PHONY: install vllm-env llamafactory-env axolotl-env ecosystem-env browser postgres demo test test-fast bench lint clean
 
 install: $(STAMP)
 
@@ -73,9 +73,16 @@ browser:
 	  { [ "$$(id -u)" = 0 ] || { echo "the report test needs Debian's chromium and chromium-driver: apt-get install them as root"; exit 1; }; \
 	    apt-get update -qq > /dev/null && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq chromium chromium-driver > /dev/null; }
 
+# Debian's PostgreSQL server, for the warehouse tests on a PostgreSQL catalog (tests/servers.py
+# starts a throwaway cluster; S3 is moto's server, a Python package of the dev extra).
+postgres:
+	@test -x "$$(ls /usr/lib/postgresql/*/bin/initdb 2> /dev/null | head -n 1)" || \
+	  { [ "$$(id -u)" = 0 ] || { echo "the warehouse tests need Debian's postgresql package: apt-get install it as root"; exit 1; }; \
+	    apt-get update -qq > /dev/null && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq postgresql > /dev/null; }
+
 # The tools' environments install in the background while the other tests run; the ecosystem
 # tests run last and wait for them (tests/ecosystem/conftest.py reads ecosystem-install.*).
-test: install vllm-env browser
+test: install vllm-env browser postgres
 	@rm -f ecosystem-install.rc; \
 	( $(MAKE) --no-print-directory llamafactory-env axolotl-env > ecosystem-install.log 2>&1; \
 	  echo $$? > ecosystem-install.rc.tmp; mv ecosystem-install.rc.tmp ecosystem-install.rc ) & \

@@ -14,6 +14,8 @@ BENCHES = [
     "bench.train_bench",
     "bench.outcome",
     "bench.scaling_runs",
+    "bench.remote_warehouse",
+    "bench.ray_dedup",
 ]
 
 if __name__ == "__main__":

@@ -47,7 +47,13 @@ def isolated(target, *args) -> dict:
     queue = ctx.Queue()
     proc = ctx.Process(target=_child, args=(target, args, queue))
     proc.start()
-    result = queue.get()
+    while True:  # a child that died (an exception, the OOM killer) must not leave us waiting forever
+        try:
+            result = queue.get(timeout=1)
+            break
+        except Exception:  # queue.Empty
+            if not proc.is_alive() and queue.empty():
+                raise RuntimeError(f"{target.__name__} died with exit code {proc.exitcode}") from None
     proc.join()
     return result
 

@@ -50,18 +50,28 @@ def import_file(wh: Warehouse, path: str | Path, progress: bool = False, **confi
 
 
 def generate(
-    wh: Warehouse, name: str, config: BaseModel | None = None, progress: bool = False, **values: Any
+    wh: Warehouse,
+    name: str,
+    config: BaseModel | None = None,
+    progress: bool = False,
+    engine: str = "local",
+    ray_address: str | None = None,
+    **values: Any,
 ) -> Any:
     """Run a generator plugin (distill, self-instruct, evol-instruct, ...) with config values
     (or a config object already validated), and return its summary.
 
     Dotted keys set one nested value and keep its siblings' defaults:
     `**{"sampling.max_tokens": 256, "teacher.teacher": "openai:gpt-4o-mini"}`.
+    `engine="ray"` answers the teacher's requests on Ray actors (the cluster at `ray_address`,
+    else $FACTORY_RAY_ADDRESS, $RAY_ADDRESS or a local Ray); see `factory.runners.ray_generation`.
     """
     from factory import plugins
+    from factory.runners import generation
 
     plugin, cfg = plugins.configured("generator", name, config if config is not None else values)
-    summary = plugins.call(plugin, wh, cfg, progress=progress)
+    with generation.engine(engine, ray_address):
+        summary = plugins.call(plugin, wh, cfg, progress=progress)
     if not isinstance(summary, plugins.JobSummary):
         raise plugins.PluginError(
             f"generator plugin '{plugin.name}' returned {type(summary).__name__}, not a factory.plugins.JobSummary"
@@ -76,12 +86,22 @@ def filter(
     where: str | None = None,
     engine: str = "local",
     progress: bool = False,
+    ray_address: str | None = None,
     **values: Any,
 ) -> Any:
     """Judge rows with a filter plugin (config values as keyword args); see `factory.filtering`."""
     from factory.runners import filtering
 
-    return filtering.run_filter(wh, name, values, on=on, where=where, engine=engine, progress=progress)  # type: ignore[arg-type]
+    return filtering.run_filter(
+        wh,
+        name,
+        values,
+        on=on,
+        where=where,
+        engine=engine,
+        progress=progress,
+        ray_address=ray_address,  # type: ignore[arg-type]
+    )
 
 
 def create_snapshot(wh: Warehouse, name: str, **options: Any) -> dict[str, Any]:

@@ -140,6 +140,11 @@ class FilterPlugin:
     row_local: bool = False
     # The row columns `run` reads, given its config (None: all): a comparing filter reads less.
     columns: Callable[[Any], tuple[str, ...]] | None = None
+    # A comparing filter on Ray Data (`--engine ray`): (contenders, config, RayJob) -> verdicts, both
+    # Ray datasets. Contenders: one row per kept-pool row and candidate, with `id`, the `columns`,
+    # `_rank` (0 kept before, 1 candidate) and `_seq` (the global contender order of `run`); the
+    # verdicts (id, keep, score, reason) for the candidates must equal `run`'s.
+    distributed: Callable[[Any, Any, Any], Any] | None = None
     kind: Literal["filter"] = "filter"
 
 

@@ -78,7 +78,7 @@ def contenders(
     )
     everyone = pl.concat([pool, new], how="vertical_relaxed")
     return (
-        everyone if policy.keep == "first" else everyone.sort("_rank", "_pref", "_order")
+        everyone if policy.keep == "first" else everyone.sort("_rank", "_pref", "_order", maintain_order=True)
     )  # first: in order
 
 

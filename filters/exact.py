@@ -17,7 +17,8 @@ the text is made.
 
 from __future__ import annotations
 
-from typing import Literal
+from functools import partial
+from typing import Any, Literal
 
 import numba
 import numpy as np
@@ -26,7 +27,7 @@ from pydantic import Field
 
 from factory.plugins import FilterContext, FilterPlugin
 from factory.store.schema import row_text
-from filters import _dedup, _shingles
+from filters import _dedup, _dedup_ray, _shingles
 
 
 class ExactConfig(_dedup.KeepPolicy):
@@ -129,14 +130,36 @@ def run(
 ) -> pl.DataFrame:
     """One verdict per candidate: keep the representative of each key, drop the other copies."""
     everyone = _dedup.contenders(candidates, kept, _key(config), config, ctx)
-    first, second = _key_hashes(*_shingles.utf8_buffers(everyone["_key"]), config.collapse_whitespace)
+    return judge(everyone.with_columns(key_hashes(everyone["_key"], config)), config)
+
+
+def key_hashes(keys: pl.Series, config: ExactConfig) -> list[pl.Series]:
+    """The 128-bit hash of each normalised key, as two uint64 columns (`_h1`, `_h2`)."""
+    first, second = _key_hashes(*_shingles.utf8_buffers(keys), config.collapse_whitespace)
+    return [pl.Series("_h1", first), pl.Series("_h2", second)]
+
+
+def judge(everyone: pl.DataFrame, config: ExactConfig) -> pl.DataFrame:
+    """The verdicts on the contenders (`id`, `_rank`, `_h1`, `_h2`, in contender order) that are candidates."""
+    first, second = everyone["_h1"].to_numpy(), everyone["_h2"].to_numpy()
     judged = everyone.with_columns(everyone["id"].gather(first_of_key(first, second)).alias("_winner"))
     return _dedup.verdicts(judged, "exact_duplicate")
+
+
+def _hashes(frame: pl.DataFrame, config: ExactConfig) -> list[pl.Series]:
+    return key_hashes(frame.select(_key(config)).to_series(), config)
+
+
+def distributed(contenders: Any, config: ExactConfig, job: Any) -> Any:
+    """`run` on Ray Data: rows with the same key hash meet in one partition (filters/_dedup_ray.py),
+    judged there in contender order by `judge`."""
+    return _dedup_ray.by_key(contenders, partial(_hashes, config=config), partial(judge, config=config))
 
 
 plugin = FilterPlugin(
     name="exact",
     config=ExactConfig,
     run=run,
+    distributed=distributed,
     summary="exact dedup on a normalised key (case, whitespace, punctuation); keep first or longest",
 )

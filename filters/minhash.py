@@ -24,8 +24,8 @@ is the oracle in the tests.
 
 from __future__ import annotations
 
-from functools import cache
-from typing import Literal
+from functools import cache, partial
+from typing import Any, Literal
 
 import numba
 import numpy as np
@@ -34,7 +34,7 @@ from pydantic import Field
 
 from factory.plugins import FilterContext, FilterPlugin
 from factory.store.schema import row_text
-from filters import _dedup, _shingles
+from filters import _dedup, _dedup_ray, _shingles
 
 
 class MinHashConfig(_dedup.KeepPolicy):
@@ -180,12 +180,17 @@ def _band_keys(signature: np.ndarray, bands: int, rows_per_band: int, mixer: np.
     return keys
 
 
+def band_keys(signature: np.ndarray, bands: int, rows_per_band: int) -> np.ndarray:
+    """(bands, rows) 64-bit LSH keys: two rows are candidates when they have the same key in some band."""
+    mixer = np.random.RandomState(0).randint(1, 1 << 62, rows_per_band, dtype=np.int64).astype(np.uint64) | 1
+    return _band_keys(signature, bands, rows_per_band, mixer)
+
+
 def buckets(
     signature: np.ndarray, bands: int, rows_per_band: int, live: np.ndarray | None = None
 ) -> np.ndarray:
     """(bands, rows) LSH bucket numbers: two rows are candidates when they share one in some band."""
-    mixer = np.random.RandomState(0).randint(1, 1 << 62, rows_per_band, dtype=np.int64).astype(np.uint64) | 1
-    keys = _band_keys(signature, bands, rows_per_band, mixer)
+    keys = band_keys(signature, bands, rows_per_band)
     return _bucket_ids(keys, np.ones(len(signature), np.bool_) if live is None else live)
 
 
@@ -293,6 +298,13 @@ def _greedy_lsh(
     return winner, score, compared
 
 
+def band_shape(config: MinHashConfig) -> tuple[int, int]:
+    """(bands, rows per band): the config's, or derived from the threshold."""
+    if config.bands and config.rows_per_band:
+        return config.bands, config.rows_per_band
+    return optimal_bands(config.threshold, config.num_perm)
+
+
 def verify(
     signature: np.ndarray, sets: tuple[np.ndarray, np.ndarray, np.ndarray], config: MinHashConfig
 ) -> tuple[np.ndarray, np.ndarray, int]:
@@ -302,13 +314,8 @@ def verify(
     reaches the threshold; only the pairs that rule can use (a kept row and a later one)
     are computed. Rows without shingles match nothing.
     """
-    bands, per_band = (
-        (config.bands, config.rows_per_band)
-        if config.bands and config.rows_per_band
-        else optimal_bands(config.threshold, config.num_perm)
-    )
     first, count, values = sets
-    bucket = buckets(signature, bands, per_band, count > 0)
+    bucket = buckets(signature, *band_shape(config), count > 0)
     return _greedy_lsh(bucket, first, count, values, config.threshold)
 
 
@@ -354,7 +361,11 @@ def run(
     candidates: pl.DataFrame, kept: pl.DataFrame, config: MinHashConfig, ctx: FilterContext | None = None
 ) -> pl.DataFrame:
     """One verdict per candidate: keep one row per near-duplicate group, drop the rest with the match."""
-    everyone = _dedup.contenders(candidates, kept, key_expression(config.key), config, ctx)
+    return judge(_dedup.contenders(candidates, kept, key_expression(config.key), config, ctx), config)
+
+
+def judge(everyone: pl.DataFrame, config: MinHashConfig) -> pl.DataFrame:
+    """The verdicts on the contenders (`id`, `_key`, `_rank`, in contender order) that are candidates."""
     sig, sets = sketch(everyone, config)
     winner, score, _ = verify(sig, sets, config)
     judged = everyone.with_columns(
@@ -376,10 +387,30 @@ def columns(config: MinHashConfig) -> tuple[str, ...]:
     return tuple(dict.fromkeys((*KEY_COLUMNS[config.key], "output")))
 
 
+def _lsh_keys(frame: pl.DataFrame, config: MinHashConfig) -> tuple[np.ndarray, np.ndarray]:
+    """A block's LSH band keys (bands, rows) and which rows have shingles (the others match nothing)."""
+    sig, sets = sketch(frame.select(key_expression(config.key).alias("_key")), config)
+    return band_keys(sig, *band_shape(config)), sets[1] > 0
+
+
+def _judge_part(frame: pl.DataFrame, config: MinHashConfig) -> pl.DataFrame:
+    return judge(frame.select("id", key_expression(config.key).alias("_key"), "_rank"), config)
+
+
+def distributed(contenders: Any, config: MinHashConfig, job: Any) -> Any:
+    """`run` on Ray Data: rows are cut into the connected components of their shared LSH buckets
+    (filters/_dedup_ray.py) and each component is judged by `judge`: a row is only ever compared
+    with the kept rows of its buckets, so the verdicts are `run`'s."""
+    return _dedup_ray.by_component(
+        contenders, partial(_lsh_keys, config=config), partial(_judge_part, config=config), job.ray
+    )
+
+
 plugin = FilterPlugin(
     name="minhash",
     config=MinHashConfig,
     run=run,
     columns=columns,
+    distributed=distributed,
     summary="near-duplicate removal: MinHash + LSH over word n-grams, every pair's Jaccard checked",
 )

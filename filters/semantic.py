@@ -22,7 +22,7 @@ from pydantic import Field
 from factory.models.embeddings import BUNDLED, row_embeddings
 from factory.plugins import FilterContext, FilterPlugin
 from factory.store.schema import row_text
-from filters import _dedup
+from filters import _dedup, _semantic_ray
 
 BLOCK = 2048  # rows compared at a time inside a cluster: bounds memory at BLOCK x cluster size
 
@@ -98,9 +98,23 @@ def run(
     return _dedup.verdicts(judged, "semantic_duplicate", pl.col("_score").round(4))
 
 
+KEY_COLUMNS = {
+    "instruction": ("instruction",),
+    "instruction_input": ("instruction", "input"),
+    "record": ("system", "instruction", "input", "output", "messages", "rejected"),
+}
+
+
+def columns(config: SemanticConfig) -> tuple[str, ...]:
+    """What `run` reads of a row: its key's fields and the output (keep=longest ranks by it)."""
+    return tuple(dict.fromkeys((*KEY_COLUMNS[config.key], "output")))
+
+
 plugin = FilterPlugin(
     name="semantic",
     config=SemanticConfig,
     run=run,
+    columns=columns,
+    distributed=_semantic_ray.distributed,
     summary="semantic dedup (SemDeDup): MiniLM embeddings, k-means, within-cluster cosine >= 0.9",
 )

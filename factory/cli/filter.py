@@ -15,8 +15,15 @@ def filter_(
     on: Annotated[str | None, typer.Option("--on", help="judge the rows of this snapshot")] = None,
     where: Annotated[str | None, typer.Option(help="judge the rows matching this SQL condition")] = None,
     engine: Annotated[
-        str, typer.Option(help="local, or ray: row-local filters on a Ray Data cluster (started if none)")
+        str,
+        typer.Option(help="local, or ray: on a Ray Data cluster (row-local filters and the dedups)"),
     ] = "local",
+    ray_address: Annotated[
+        str | None,
+        typer.Option(
+            help="the Ray cluster, e.g. 10.0.0.5:6379 (else $FACTORY_RAY_ADDRESS, $RAY_ADDRESS, or a local Ray)"
+        ),
+    ] = None,
     fraction: Annotated[
         float | None, typer.Option(help="select: alpha, the share of the rows to sample (--set fraction=)")
     ] = None,
@@ -38,6 +45,7 @@ def filter_(
       factory filter exact
       factory filter exact --on base --set key=instruction --set keep=longest
       factory filter heuristics --set 'languages=[en]' --engine ray
+      factory filter minhash --engine ray --ray-address 10.0.0.5:6379
       factory filter decontaminate --set 'eval_files=[gsm8k.jsonl]'
       factory filter judge --set teacher.teacher=openai:gpt-4o-mini --set threshold=4.5
       factory filter exact --set key=record --show-config   # what it would do; runs nothing
@@ -48,6 +56,8 @@ def filter_(
 
     if engine not in ("local", "ray"):
         fail(f"--engine must be local or ray, not {engine!r}")
+    if ray_address and engine != "ray":
+        fail("--ray-address needs --engine ray")
     given = values(config, set_)
     for flag, value in (("fraction", fraction), ("budget", budget)):  # sampling sizes, as flags
         if value is not None:
@@ -61,7 +71,14 @@ def filter_(
         print_settings(plugin, cfg)
         return
     summary = filtering.run_filter(
-        open_warehouse(warehouse), name, cfg, on=on, where=where, engine=engine, progress=sys.stderr.isatty()
+        open_warehouse(warehouse),
+        name,
+        cfg,
+        on=on,
+        where=where,
+        engine=engine,
+        progress=sys.stderr.isatty(),
+        ray_address=ray_address,
     )
     reasons = ", ".join(f"{reason} {n:,}" for reason, n in summary.reasons.items()) or "none"
     out = console()

@@ -48,6 +48,16 @@ def generate(
             "n-gram with it get drop verdicts (decontaminate)",
         ),
     ] = None,
+    engine: Annotated[
+        str,
+        typer.Option(help="local, or ray: the teacher's requests answered by actors on a Ray cluster"),
+    ] = "local",
+    ray_address: Annotated[
+        str | None,
+        typer.Option(
+            help="the Ray cluster, e.g. 10.0.0.5:6379 (else $FACTORY_RAY_ADDRESS, $RAY_ADDRESS, or a local Ray)"
+        ),
+    ] = None,
     set_: Settings = None,
     config: ConfigFile = None,
     quiet: Annotated[bool, typer.Option(help="no progress line")] = False,
@@ -62,8 +72,15 @@ def generate(
       factory generate distill --on new --teacher openai:tiny@http://127.0.0.1:8000/v1 --n 2
       factory generate evol-instruct --on seeds --limit 20 --max-calls 500
       factory generate distill --on pool --limit 200 --focus-from run_123 --test-set test.jsonl
+      factory generate distill --on new --engine ray --ray-address 10.0.0.5:6379 \
+          --teacher openai:qwen@http://10.0.0.7:8000/v1,http://10.0.0.8:8000/v1
     """
     import factory
+
+    if engine not in ("local", "ray"):
+        fail(f"--engine must be local or ray, not {engine!r}")
+    if ray_address and engine != "ray":
+        fail("--ray-address needs --engine ray")
 
     settings = values(config, set_)
     flags = {
@@ -73,7 +90,10 @@ def generate(
         "focus_from": focus_from, "test_set": test_set,
     }  # fmt: skip
     settings.update({k: v for k, v in flags.items() if v is not None})
-    _print_generation(factory.generate(open_warehouse(warehouse), name, progress=not quiet, **settings))
+    wh = open_warehouse(warehouse)
+    _print_generation(
+        factory.generate(wh, name, progress=not quiet, engine=engine, ray_address=ray_address, **settings)
+    )
 
 
 def _print_generation(summary: Any) -> None:
@@ -104,6 +124,8 @@ def _print_generation(summary: Any) -> None:
         f"{stats.get('calls', 0):,} requests ({stats.get('failed_attempts', 0):,} failed and retried), "
         f"{stats.get('prompt_tokens', 0) + stats.get('completion_tokens', 0):,} tokens"
     )
+    if getattr(summary, "engine", "local") != "local":
+        out.print(f"  on {shown(summary.engine)}")
     if stats.get("errors"):
         out.print("  failed attempts: " + ", ".join(f"{shown(k)} {v}" for k, v in stats["errors"].items()))
     _print_focus(summary)

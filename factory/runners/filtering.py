@@ -13,9 +13,11 @@ before (datatrove-style incremental dedup). Rows a filter derived (redacted
 copies) take their parent's place, dedups judge places, and a dedup whose kept
 row a row-local filter drops is run again: factory/runners/places.py has the rule.
 
-Row-local plugins (each verdict depends on its row alone) can run on Ray Data
-(`engine="ray"`): the candidates are split into blocks, judged by workers, and
-gathered back, giving the same verdicts as in-process.
+On Ray Data (`engine="ray"`) row-local plugins (each verdict depends on its row
+alone) and comparing ones with a `distributed` version (the dedups) run on the
+cluster: the candidates go to the workers as Parquet files in the data path, the
+verdicts come back as files, and the driver commits them from the files
+(factory/runners/distributed.py), giving the same verdicts as in-process.
 """
 
 from __future__ import annotations
@@ -28,9 +30,9 @@ import polars as pl
 from pydantic import BaseModel
 
 from factory import plugins
-from factory.errors import ConfigError, InputError, SetupError
+from factory.errors import ConfigError, InputError
 from factory.plugins import FilterContext, FilterResult, PluginError
-from factory.runners import places
+from factory.runners import distributed, places
 from factory.store import crash, jobs, lake, schema, snapshots
 from factory.store.sql_guard import QueryRefused
 from factory.store.warehouse import Warehouse, ids_of, verdict_frame
@@ -77,6 +79,10 @@ def rows_by_id(wh: Warehouse, ids_sql: str, params: Any = None, columns: tuple[s
     return rows if rows["id"].is_unique().all() else rows.unique("id", keep="first", maintain_order=True)
 
 
+NO_IDS = "SELECT NULL::VARCHAR AS id WHERE false"  # a row-local filter has no pool
+POOL_IDS = "SELECT id FROM verdicts WHERE list_contains($runs, run_id) GROUP BY id HAVING arg_max(keep, (created_at, run_id))"
+
+
 def _earlier_runs(wh: Warehouse, name: str, config_json: str) -> list[str]:
     jobs = wh.sql(
         "SELECT id FROM jobs WHERE kind = 'filter' AND plugin = ? AND config = ? AND status = 'succeeded'",
@@ -94,16 +100,20 @@ def run_filter(
     engine: Engine = "local",
     progress: bool = False,
     rejudge: bool = False,
+    ray_address: str | None = None,
 ) -> FilterSummary:
     """Judge the rows of a snapshot (or matching a condition, or all rows) with one filter.
 
     `rejudge` (a repair, see factory/runners/places.py) judges again every row this
-    config judged, from scratch."""
+    config judged, from scratch. `engine="ray"` runs a row-local filter on Ray Data, and a
+    comparing one that has a distributed version (factory/runners/distributed.py) too;
+    `ray_address` names the cluster (else $FACTORY_RAY_ADDRESS, $RAY_ADDRESS, or a local one)."""
     plugin, cfg = plugins.configured("filter", name, config)
     name = plugin.name
-    if engine == "ray" and not plugin.row_local:
+    if engine == "ray" and not plugin.row_local and plugin.distributed is None:
         raise ConfigError(
-            f"filter '{name}' compares rows with each other, so it runs in-process only: drop --engine ray"
+            f"filter '{name}' compares rows with each other and has no Ray version, so it runs in-process "
+            "only: drop --engine ray"
         )
     config_json = json.dumps(public_config(cfg), sort_keys=True)
     stored = json.loads(config_json)  # keys sorted: jobs.config is then config_json, which finds earlier runs
@@ -119,24 +129,60 @@ def run_filter(
             selection = "SELECT id FROM verdicts WHERE list_contains($all_runs, run_id)"
         params = {"runs": runs_judged, "all_runs": runs} if rejudge else {"runs": runs}
         columns = plugin.columns(cfg) if plugin.columns else None
-        candidates = rows_by_id(
-            wh, f"SELECT id FROM ({selection}) WHERE id NOT IN ({judged})", params, columns
-        )
+        candidate_ids = f"SELECT id FROM ({selection}) WHERE id NOT IN ({judged})"
         summary.already_judged = int(
             wh.sql(f"SELECT count(DISTINCT id) AS n FROM ({selection}) WHERE id IN ({judged})", params)["n"][
                 0
             ]
         )
-        kept_pool = (
-            rows_by_id(
+        if engine == "ray" and plugin.row_local:
+            before = places.places(wh)
+            _judge_on_ray(wh, plugin, cfg, job, summary, candidate_ids, NO_IDS, params, ray_address)
+        elif engine == "ray" and plugin.distributed is not None and places.places(wh).trivial:
+            _judge_on_ray(wh, plugin, cfg, job, summary, candidate_ids, POOL_IDS, params, ray_address)
+            return summary
+        else:
+            before = _judge_here(
                 wh,
-                "SELECT id FROM verdicts WHERE list_contains($runs, run_id) GROUP BY id "
-                "HAVING arg_max(keep, (created_at, run_id))",
-                {"runs": runs_judged},
+                plugin,
+                cfg,
+                job,
+                summary,
+                candidate_ids,
+                params,
+                runs_judged,
                 columns,
+                engine,
+                progress,
+                ray_address,
             )
-            if runs_judged
-            else candidates.head(0)
+    if before is not None:
+        summary.repairs = _repair(wh, before)
+    return summary
+
+
+def _judge_here(
+    wh: Warehouse,
+    plugin: plugins.FilterPlugin,
+    cfg: BaseModel,
+    job: Any,
+    summary: FilterSummary,
+    candidate_ids: str,
+    params: dict[str, Any],
+    runs_judged: list[str],
+    columns: tuple[str, ...] | None,
+    engine: Engine,
+    progress: bool,
+    ray_address: str | None,
+) -> places.Places | None:
+    """Judge with the candidates in this process (a comparing filter may still judge on Ray when
+    redacted copies make it judge places); commit; the places before, for a row-local filter's repair."""
+    name = plugin.name
+    scratch, appends = None, []  # Ray's files for places judged there (committed, then removed)
+    try:
+        candidates = rows_by_id(wh, candidate_ids, params, columns)
+        kept_pool = (
+            rows_by_id(wh, POOL_IDS, {"runs": runs_judged}, columns) if runs_judged else candidates.head(0)
         )
         before = places.places(wh) if plugin.row_local and candidates.height else None
         view = None if plugin.row_local or not candidates.height else places.places(wh)
@@ -147,8 +193,11 @@ def run_filter(
         summary.candidates = candidates.height
         if not candidates.height:
             result = FilterResult(_no_verdicts())
-        elif engine == "ray":
-            result = on_ray(plugin, candidates, cfg)
+        elif engine == "ray" and plugin.distributed is not None:  # places: assembled here, judged there
+            judged_there, scratch, appends = distributed.judge_frames(
+                plugin, candidates, kept_pool, cfg, wh, job.id, ray_address
+            )
+            result = FilterResult(judged_there)
         else:
             result = as_result(
                 plugins.call(plugin, candidates, kept_pool, cfg, FilterContext(wh, job.id, progress)), name
@@ -183,7 +232,9 @@ def run_filter(
                         "INSERT INTO verdicts (id, filter, run_id, score, keep, reason, created_at) "
                         "SELECT id, filter, run_id, score, keep, reason, now() FROM inherited_verdicts"
                     )
-            _pass_on(lk, verdicts, name, job.id)
+            with lk.registered("run_verdicts", verdicts):
+                _pass_on(lk, "run_verdicts", name, job.id)
+            _append(lk, appends, name)
             job.end(lk)
 
         message = f"filter: {name} run {job.id} ({verdicts.height} verdicts)"
@@ -192,9 +243,10 @@ def run_filter(
             wh.lake.write(message, finish)
         else:
             wh.add_rows([new_rows], message, job.id, finish)
-    if before is not None:
-        summary.repairs = _repair(wh, before)
-    return summary
+    finally:
+        if scratch is not None:
+            scratch.remove()
+    return before
 
 
 def _as_places(
@@ -249,21 +301,111 @@ def _expand(verdicts: pl.DataFrame, view: places.Places) -> pl.DataFrame:
     return members.join(named.rename({"id": "root"}), on="root").select("id", "keep", "score", "reason")
 
 
-def _pass_on(lk: lake.Lake, verdicts: pl.DataFrame, name: str, run: str) -> None:
-    """This run's verdicts on parents, copied to the rows other filters derived from them that have
-    none from this filter yet: rows derived while this run was judging (places.py, rule 1)."""
-    if not verdicts.height:
-        return
-    with lk.registered("run_verdicts", verdicts):
-        lk.execute(
-            "INSERT INTO verdicts (id, filter, run_id, score, keep, reason, created_at) "
-            "SELECT c.id, $filter, $run, v.score, v.keep, v.reason || ' (inherited from ' || v.id || ')', now() "
-            "FROM rows c JOIN jobs j ON j.id = c.job_id AND j.kind = 'filter' AND j.plugin <> $filter "
-            "JOIN run_verdicts v ON v.id = c.parent_ids[1] "
-            "WHERE c.id NOT IN (SELECT id FROM run_verdicts) "
-            "AND c.id NOT IN (SELECT id FROM verdicts WHERE filter = $filter)",
-            {"filter": name, "run": run},
-        )
+def _pass_on(lk: lake.Lake, relation: str, name: str, run: str) -> None:
+    """This run's verdicts on parents (in `relation`), copied to the rows other filters derived from
+    them that have none from this filter yet: rows derived while this run was judging (places.py, rule 1)."""
+    lk.execute(
+        "INSERT INTO verdicts (id, filter, run_id, score, keep, reason, created_at) "
+        "SELECT c.id, $filter, $run, v.score, v.keep, v.reason || ' (inherited from ' || v.id || ')', now() "
+        f"FROM rows c JOIN jobs j ON j.id = c.job_id AND j.kind = 'filter' AND j.plugin <> $filter "
+        f"JOIN {relation} v ON v.id = c.parent_ids[1] "
+        f"WHERE c.id NOT IN (SELECT id FROM {relation}) "
+        "AND c.id NOT IN (SELECT id FROM verdicts WHERE filter = $filter)",
+        {"filter": name, "run": run},
+    )
+
+
+def _judge_on_ray(
+    wh: Warehouse,
+    plugin: plugins.FilterPlugin,
+    cfg: BaseModel,
+    job: Any,
+    summary: FilterSummary,
+    candidate_ids: str,
+    pool_ids: str,
+    params: dict[str, Any],
+    address: str | None,
+) -> None:
+    """A filter on Ray, its input and verdicts as files (factory/runners/distributed.py), committed
+    from the files with the job's end; a row-local filter's derived rows (redacted copies, few)
+    are read back and added as the in-process run adds them."""
+    name = plugin.name
+    run = plugin.distributed or _row_local(plugin)
+    scratch, glob, appends, n = distributed.judge(
+        wh, plugin, cfg, run, job.id, candidate_ids, pool_ids, params, address, all_columns=plugin.row_local
+    )
+    try:
+        summary.candidates = n
+        new_rows, inherit = None, pl.DataFrame()
+        if n:
+            distributed.check(wh, glob, n, name)
+            summary.kept, summary.reasons = distributed.summary(wh, glob)
+            summary.dropped = n - summary.kept
+            if plugin.row_local:
+                new_rows = distributed.derived(wh, glob, NEW)
+                inherit = _inheritance(wh, new_rows, name) if new_rows is not None else inherit
+
+        def finish(lk: lake.Lake, inserted: Any = None) -> None:
+            summary.new_rows = inserted.inserted if inserted is not None else 0
+            if n:
+                run_verdicts = f"(SELECT id, keep, score, reason FROM {distributed.files(glob)})"
+                lk.execute(
+                    "INSERT INTO verdicts (id, filter, run_id, score, keep, reason, created_at) "
+                    f"SELECT id, $filter, $run, score, keep, reason, now() FROM {run_verdicts}",
+                    {"filter": name, "run": job.id},
+                )
+                if inherit.height:
+                    with lk.registered("inherited_verdicts", inherit):
+                        lk.execute(
+                            "INSERT INTO verdicts (id, filter, run_id, score, keep, reason, created_at) "
+                            "SELECT id, filter, run_id, score, keep, reason, now() FROM inherited_verdicts"
+                        )
+                _pass_on(lk, run_verdicts, name, job.id)
+            _append(lk, appends, name)
+            job.end(lk)
+
+        message = f"filter: {name} run {job.id} ({n} verdicts, on Ray)"
+        crash.point("filter.judged")
+        if new_rows is None:
+            wh.lake.write(message, finish)
+        else:
+            wh.add_rows([new_rows], message, job.id, finish)
+    finally:
+        scratch.remove()
+
+
+def _append(lk: lake.Lake, appends: list[tuple[str, str]], name: str) -> None:
+    """Rows a distributed run wrote for other tables (new embeddings), from the workers' files."""
+    for table, files in appends:
+        if table not in schema.TABLES:
+            raise PluginError(f"filter '{name}' on Ray appended to {table!r}, which is not a warehouse table")
+        lk.execute(f"INSERT INTO {table} BY NAME SELECT * FROM {distributed.files(files)}")
+
+
+def _row_local(plugin: plugins.FilterPlugin) -> Any:
+    """A row-local filter as a distributed run: each block judged on its own, its derived rows
+    (prefixed `new.`) beside the verdicts, every block with the same columns."""
+
+    def run(contenders: Any, config: BaseModel, job: Any) -> Any:
+        def judge(batch: Any) -> Any:
+            frame = pl.from_arrow(batch)
+            rows = frame.drop("_rank", "_seq")
+            result = as_result(
+                plugins.call(plugin, rows, rows.clear(), config, FilterContext(None, "")), plugin.name
+            )
+            packed = _pack(result)
+            blank = [
+                pl.lit(None, dtype).alias(NEW + column)
+                for column, dtype in rows.schema.items()
+                if column != "id" and NEW + column not in packed.columns
+            ]
+            packed = packed.with_columns(blank) if blank else packed
+            order = frame.select("id", "_seq")
+            return packed.join(order, on="id", how="left").to_arrow()
+
+        return contenders.map_batches(judge, batch_format="pyarrow", batch_size=None)
+
+    return run
 
 
 def _inheritance(wh: Warehouse, new_rows: pl.DataFrame, name: str) -> pl.DataFrame:
@@ -313,43 +455,3 @@ def _pack(result: FilterResult) -> pl.DataFrame:
     derived = result.rows.with_columns(pl.col("parent_ids").list.first().alias("id"))
     derived = derived.rename({c: NEW + c for c in derived.columns if c != "id"})
     return verdicts.join(derived, on="id", how="left")
-
-
-def _unpack(frame: pl.DataFrame) -> FilterResult:
-    new_columns = [c for c in frame.columns if c.startswith(NEW)]
-    verdicts = frame.select("id", "keep", "score", "reason")
-    if not new_columns:
-        return FilterResult(verdicts)
-    rows = (
-        frame.filter(pl.col(NEW + "parent_ids").is_not_null())
-        .select(new_columns)
-        .rename({c: c.removeprefix(NEW) for c in new_columns})
-    )
-    return FilterResult(verdicts, rows)
-
-
-def on_ray(
-    plugin: plugins.Plugin, candidates: pl.DataFrame, config: BaseModel, blocks: int = 8
-) -> FilterResult:
-    """Judge the candidates on Ray Data, a block per task; starts a local cluster if none is running."""
-    try:
-        import ray
-    except ImportError as exc:
-        raise SetupError("--engine ray needs Ray Data: pip install 'instruction-factory[ray]'") from exc
-    if not ray.is_initialized():
-        ray.init(include_dashboard=False, log_to_driver=False, configure_logging=False)
-
-    def judge(batch: Any) -> Any:
-        frame = pl.from_arrow(batch)
-        return _pack(
-            as_result(
-                plugins.call(plugin, frame, frame.clear(), config, FilterContext(None, "")), plugin.name
-            )
-        ).to_arrow()
-
-    dataset = ray.data.from_arrow(candidates.to_arrow()).repartition(min(blocks, candidates.height))
-    tables = [
-        pl.from_arrow(ray.get(ref))
-        for ref in dataset.map_batches(judge, batch_format="pyarrow", batch_size=None).to_arrow_refs()
-    ]
-    return _unpack(pl.concat(tables, how="diagonal_relaxed"))

@@ -10,26 +10,36 @@ same questions, gets every answer it already paid for from the cache (or from th
 journal a killed run left), and ends with the same rows: a job killed with SIGKILL
 is resumed by running it again. A spent budget stops the job cleanly (status
 `stopped`) with what was finished so far.
+
+On Ray (`engine("ray", address)` around the generator: `factory generate --engine ray`)
+nothing of this changes but where the teacher's requests are answered: the teacher's
+backend is a pool of Ray actors (factory/runners/ray_generation.py), and the cache, the
+rows and this one commit stay in the driver.
 """
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import json
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
+from contextvars import ContextVar
 from dataclasses import dataclass, field
 from typing import Any, Protocol
 
 import polars as pl
 from pydantic import BaseModel
 
+from factory.errors import ConfigError
 from factory.plugins import JobSummary
 from factory.store import jobs, lake
 from factory.store.warehouse import Warehouse, ids_of, verdict_frame
 from factory.teachers.teacher import (
     BudgetExhausted,
+    Make,
     Teacher,
     TeacherConfig,
+    make_backend,
     open_teacher,
     parse_spec,
     public_config,
@@ -61,6 +71,39 @@ class GenerationSummary(JobSummary):
     teacher_stats: dict[str, Any] = field(default_factory=dict)
     stopped: str | None = None
     waited_for: str | None = None  # the identical job this one waited for, and how long
+    engine: str = "local"  # where the teacher's requests were answered (ray: actors and nodes)
+
+
+ENGINES = ("local", "ray")
+_ENGINE: ContextVar[tuple[str, str | None]] = ContextVar("generation_engine", default=("local", None))
+
+
+@contextlib.contextmanager
+def engine(name: str = "local", ray_address: str | None = None) -> Iterator[None]:
+    """Generators run inside answer their teacher's requests on `name`: local (this process) or
+    ray (actors on the cluster at `ray_address`, else $FACTORY_RAY_ADDRESS, $RAY_ADDRESS or a local Ray)."""
+    if name not in ENGINES:
+        raise ConfigError(f"engine must be local or ray, not {name!r}")
+    if ray_address and name != "ray":
+        raise ConfigError("a Ray address needs engine ray (--engine ray)")
+    token = _ENGINE.set((name, ray_address))
+    try:
+        yield
+    finally:
+        _ENGINE.reset(token)
+
+
+@contextlib.contextmanager
+def _backends() -> Iterator[Make]:
+    """How this job's teacher backends are built: in this process, or as actors on Ray."""
+    kind, address = _ENGINE.get()
+    if kind == "local":
+        yield make_backend
+        return
+    from factory.runners import ray_generation
+
+    with ray_generation.engine(address) as made:
+        yield made
 
 
 def template_hash(*parts: str) -> str:
@@ -136,18 +179,24 @@ def run_generator(
     `also` writes more in that commit (a generator's own state, e.g. a search tree).
     """
     spec = parse_spec(teacher_config.teacher)
-    with jobs.running(wh, "generate", name, public_config(config), identical_wait=True) as job:
+    # the backend builder first: on Ray the cluster is joined before the job starts, its actors end after
+    with (
+        _backends() as make,
+        jobs.running(wh, "generate", name, public_config(config), identical_wait=True) as job,
+    ):
         summary = GenerationSummary(
             job_id=job.id, generator=name, teacher=str(spec), waited_for=job.waited_for
         )
         job.summary = summary.as_dict
         out = Output()
-        with open_teacher(wh, job.id, teacher_config, progress) as teacher:
+        with open_teacher(wh, job.id, teacher_config, progress, make) as teacher:
             try:
                 produce(teacher, out)
             except BudgetExhausted as exc:
                 summary.stopped = str(exc)
             summary.teacher_stats = teacher.stats.as_dict()
+            if hasattr(make, "line"):  # on Ray: its actors and nodes
+                summary.engine = make.line()
             summary.accepted = len(out.rows)
             for _, reason in out.rejected:
                 key = reason.split(" ")[0]

@@ -30,7 +30,7 @@ from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
 from factory import errors
-from factory.store import lake, provenance
+from factory.store import lake, provenance, storage
 from factory.store.warehouse import STAGING, new_id
 
 if TYPE_CHECKING:
@@ -92,6 +92,7 @@ def start(
             shutil.rmtree(wh.folder / STAGING / job_id, ignore_errors=True)
             for orphan in table.glob(f"import-{job_id}-*.parquet") if table else []:
                 orphan.unlink(missing_ok=True)
+            storage.remove_scratch(lk.location.data_path, job_id)
         if dead:
             lk.execute(
                 "UPDATE jobs SET status = 'interrupted', finished_at = now() WHERE list_contains(?, id)",

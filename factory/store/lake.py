@@ -9,6 +9,11 @@ as `lake` and made the default schema. Writes go through `Lake.write`, which run
 a function inside one DuckLake transaction carrying an author and a commit
 message, and retries the whole function with back-off when another process got
 there first (a commit conflict, or SQLite's "database is locked").
+
+Credentials never pass through here as configuration: an S3 data path gets a DuckDB
+TEMPORARY secret made from the AWS_* environment (`storage.s3_settings`), gone with the
+connection; a PostgreSQL catalog string may not hold a password (libpq reads PGPASSWORD or
+~/.pgpass). Every error text made here is scrubbed of them (`factory.errors.scrub`).
 """
 
 from __future__ import annotations
@@ -23,6 +28,7 @@ import random
 import re
 import sqlite3
 import time
+import urllib.parse
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -32,9 +38,10 @@ import duckdb
 import polars as pl
 import pyarrow as pa
 
+from factory import errors
 from factory.errors import FactoryError
-from factory.store import crash
-from factory.store.sql_guard import FileAccess, QueryRefused, check_query
+from factory.store import crash, storage
+from factory.store.sql_guard import FILE_TABLE_FUNCTIONS, FileAccess, QueryRefused, _syntax_tree, check_query
 
 T = TypeVar("T")
 Params = list[Any] | dict[str, Any] | None
@@ -50,7 +57,26 @@ _RETRYABLE = re.compile(
 # Which DuckDB extension serves which catalog or storage scheme.
 _CATALOG_EXTENSIONS = {"sqlite": "sqlite_scanner", "postgres": "postgres_scanner", "mysql": "mysql_scanner"}
 CATALOG_SCHEMES = (*_CATALOG_EXTENSIONS, "duckdb")
+LOCAL_CATALOGS = ("sqlite", "duckdb")  # a file, whose writers take turns on a lock file beside it
 _STORAGE_EXTENSIONS = {"s3": "httpfs", "gs": "httpfs", "gcs": "httpfs", "http": "httpfs", "https": "httpfs"}
+S3_SECRET = "factory_s3"  # the connection's TEMPORARY secret (never persisted)
+S3_HINT = (
+    "S3 credentials and endpoint come from the environment only: set AWS_ACCESS_KEY_ID and "
+    "AWS_SECRET_ACCESS_KEY (and AWS_SESSION_TOKEN for temporary keys), AWS_REGION, and "
+    "AWS_ENDPOINT_URL for a server other than AWS (e.g. http://127.0.0.1:9000)"
+)
+PG_HINT = (
+    "PostgreSQL credentials come from the environment only: set PGPASSWORD or write ~/.pgpass "
+    "(libpq reads both); the catalog string names the database, host, port and user"
+)
+_S3_TROUBLE = re.compile(
+    r"HTTP (?:error|4\d\d|5\d\d|GET|HEAD|PUT|POST)|s3://|AccessDenied|InvalidAccessKeyId|"
+    r"SignatureDoesNotMatch|NoSuchBucket|Could not establish connection|Unable to connect",
+    re.IGNORECASE,
+)
+_PG_TROUBLE = re.compile(r"password authentication|no password supplied|authentication failed", re.IGNORECASE)
+# A password in a libpq string: `password=...` (keyword form or URI query), or `user:pw@` in a URI.
+_PASSWORD = re.compile(r"(?i)\bpassword\s*=|://[^/@\s]*:[^/@\s]*@")
 
 
 class LakeError(FactoryError, RuntimeError):
@@ -66,6 +92,42 @@ Error = SQLError  # what callers catch around a query
 
 class DiskFull(LakeError):
     """The disk filled up while writing; the write was rolled back whole."""
+
+
+def clean(text: str, location: Location | None = None) -> str:
+    """An error text fit to show: secrets scrubbed, and what to set when storage or the catalog
+    refused the credentials (they come from the environment)."""
+    text = errors.scrub(text) or text
+    if location is not None:
+        if storage.is_remote(location.data_path) and _S3_TROUBLE.search(text) and S3_HINT not in text:
+            text = f"{text}\n{S3_HINT}"
+        if location.scheme == "postgres" and _PG_TROUBLE.search(text) and PG_HINT not in text:
+            text = f"{text}\n{PG_HINT}"
+    return text
+
+
+_SECRET_KEYS = {"password", "sslpassword"}  # libpq's connection parameters that hold a secret
+_KEYWORD = re.compile(r"([A-Za-z_][A-Za-z0-9_]*)\s*=\s*('(?:[^'\\]|\\.)*'|\S*)")
+
+
+def _catalog_keys(catalog: str) -> set[str]:
+    """The connection parameters a catalog string sets, read as libpq reads them (keyword=value
+    pairs, or a URI whose query keys are percent-decoded), lower-cased."""
+    target = catalog.partition(":")[2].strip() if ":" in catalog else catalog
+    if re.match(r"(?i)postgres(ql)?://", target):
+        parts = urllib.parse.urlsplit(target)
+        keys = {k.lower() for k, _ in urllib.parse.parse_qsl(parts.query, keep_blank_values=True)}
+        return keys | ({"password"} if parts.password is not None else set())
+    return {m.group(1).lower() for m in _KEYWORD.finditer(target)}
+
+
+def refuse_stored_password(catalog: str) -> None:
+    """A catalog string may not carry a password: it would be stored in factory.json and printed."""
+    if _PASSWORD.search(catalog) or _catalog_keys(catalog) & _SECRET_KEYS:
+        raise LakeError(
+            "the catalog string holds a password, and the factory never stores credentials (factory.json "
+            "keeps the catalog string as given); remove it and " + PG_HINT[0].lower() + PG_HINT[1:]
+        )
 
 
 def is_disk_full(exc: BaseException) -> bool:
@@ -129,7 +191,7 @@ def load_extension(con: duckdb.DuckDBPyConnection, name: str) -> None:
         package = "duckdb-extension-" + name.replace("_", "-")
         raise LakeError(
             f"DuckDB extension '{name}' is not available offline and could not be installed "
-            f"({exc}). Install it with: pip install '{package}=={duckdb.__version__}'"
+            f"({clean(str(exc))}). Install it with: pip install '{package}=={duckdb.__version__}'"
         ) from exc
 
 
@@ -142,7 +204,9 @@ def connect(location: Location, read_only: bool = False) -> Lake:
 
     The data path comes from the warehouse's config, not from the path the catalog was
     created with (OVERRIDE_DATA_PATH), so a moved folder or a re-pointed bucket works.
+    An s3:// data path gets the environment's credentials as a TEMPORARY secret.
     """
+    refuse_stored_password(location.catalog)
     # Only signed extensions load (DuckDB's default; the PyPI extension packages are signed builds).
     # DuckDB draws a progress bar on stdout for slow queries: it would corrupt `factory sql --format csv`.
     con = duckdb.connect(config={"allow_unsigned_extensions": "false"})
@@ -150,26 +214,63 @@ def connect(location: Location, read_only: bool = False) -> Lake:
     load_extension(con, "ducklake")
     if location.scheme in _CATALOG_EXTENSIONS:
         load_extension(con, _CATALOG_EXTENSIONS[location.scheme])
-    storage = location.data_path.split("://", 1)[0] if "://" in location.data_path else ""
-    if storage in _STORAGE_EXTENSIONS:
-        load_extension(con, _STORAGE_EXTENSIONS[storage])
+    files = location.data_path.split("://", 1)[0] if storage.is_remote(location.data_path) else ""
+    if files in _STORAGE_EXTENSIONS:
+        load_extension(con, _STORAGE_EXTENSIONS[files])
+        # httpfs copies AWS_ACCESS_KEY_ID / AWS_SECRET_ACCESS_KEY / AWS_SESSION_TOKEN into settings
+        # that duckdb_settings() prints (measured: `factory sql` showed the secret); the secret below
+        # carries them instead.
+        for setting in ("s3_access_key_id", "s3_secret_access_key", "s3_session_token"):
+            con.execute(f"SET {setting} = ''")
+    if files == "s3":
+        _s3_secret(con)
     options = [f"DATA_PATH {quote(location.data_path)}", "OVERRIDE_DATA_PATH true"]
     if read_only:
         options.append("READ_ONLY")
     attach = f"ATTACH {quote('ducklake:' + location.catalog)} AS {ALIAS} ({', '.join(options)})"
     try:
         try:
-            _retry(lambda: con.execute(attach))
+            _retry(lambda: con.execute(attach), location=location)
         except SQLError as exc:
             # A process killed mid-commit leaves SQLite a hot journal that only a writer can roll
             # back; a read-only open would fail on it until the next write. Roll it back here.
             if not (read_only and "readonly database" in str(exc) and recover_sqlite(location)):
                 raise
-            _retry(lambda: con.execute(attach))
+            _retry(lambda: con.execute(attach), location=location)
     except SQLError as exc:
+        con.close()
         raise LakeError(_unreadable_catalog(location, exc)) from exc
     con.execute(f"USE {ALIAS}")
     return Lake(con, location, read_only)
+
+
+def _s3_secret(con: duckdb.DuckDBPyConnection) -> None:
+    """Hand the environment's S3 credentials to DuckDB as a TEMPORARY secret (in memory only).
+
+    Without a key in the environment DuckDB keeps its defaults (anonymous requests); an
+    access error then says which variables to set (`clean`).
+    """
+    settings = storage.s3_settings()
+    if settings is None:
+        return
+    options = {
+        "KEY_ID": quote(settings.key_id),
+        "SECRET": quote(settings.secret),
+        "REGION": quote(settings.region),
+        "URL_STYLE": quote(settings.url_style),
+        "USE_SSL": "true" if settings.use_ssl else "false",
+    }
+    if settings.session_token:
+        options["SESSION_TOKEN"] = quote(settings.session_token)
+    if settings.endpoint:
+        options["ENDPOINT"] = quote(settings.endpoint)
+    listed = ", ".join(f"{k} {v}" for k, v in options.items())
+    try:
+        con.execute(f"CREATE OR REPLACE TEMPORARY SECRET {S3_SECRET} (TYPE s3, {listed})")
+    except duckdb.Error as exc:
+        text = errors.scrub(str(exc), [settings.secret, settings.session_token]) or ""
+        # `from None`: DuckDB's own exception would carry the statement, secret included.
+        raise LakeError(f"DuckDB refused the S3 settings from the environment ({text}); {S3_HINT}") from None
 
 
 def _unreadable_catalog(location: Location, exc: Exception) -> str:
@@ -183,6 +284,10 @@ def _unreadable_catalog(location: Location, exc: Exception) -> str:
         reason = "it is empty, not a DuckLake catalog: restore it, or make a new warehouse with factory init"
     else:
         reason = text.splitlines()[0]
+        if location.scheme == "postgres" and _PG_TROUBLE.search(text):
+            reason += f"; {PG_HINT}"
+        elif storage.is_remote(location.data_path) and _S3_TROUBLE.search(text):
+            reason += f"; {S3_HINT}"
     return f"the warehouse catalog {location.catalog} cannot be read: {reason}"
 
 
@@ -201,9 +306,12 @@ def recover_sqlite(location: Location) -> bool:
     return True
 
 
-def _retry(fn: Callable[[], T], attempts: int = 30, base_delay: float = 0.05) -> T:
+def _retry(
+    fn: Callable[[], T], attempts: int = 30, base_delay: float = 0.05, location: Location | None = None
+) -> T:
     """Run fn, retrying with exponential back-off and jitter while the error is a lock or conflict;
-    any other DuckDB error (or the last one) comes out as SQLError with DuckDB's message."""
+    any other DuckDB error (or the last one) comes out as SQLError with DuckDB's message, scrubbed
+    of secrets (`clean`)."""
     for attempt in range(attempts):
         try:
             return fn()
@@ -211,9 +319,63 @@ def _retry(fn: Callable[[], T], attempts: int = 30, base_delay: float = 0.05) ->
             if not _RETRYABLE.search(str(exc)) or attempt == attempts - 1:
                 if isinstance(exc, SQLError):
                     raise
-                raise SQLError(str(exc)) from exc
+                raise SQLError(clean(str(exc), location)) from None
             time.sleep(min(MAX_DELAY, base_delay * 2**attempt) * (0.5 + random.random()))
     raise AssertionError("unreachable")  # pragma: no cover
+
+
+_DOT_SEGMENT = re.compile(r"(?:^|[/\\])\.{1,2}(?:[/\\]|$)")
+
+
+def check_remote_paths(sql: str) -> None:
+    """Refuse file paths that DuckDB's sandbox would let out of an object-store data path.
+
+    DuckDB checks `allowed_directories` on the path as written, then resolves `..` in an
+    s3:// URL before the request (measured: `s3://b/pre/../x.parquet`, allowed as under
+    `s3://b/pre/`, fetched `s3://b/x.parquet`). So in the sandbox a file reader's paths must be
+    plain text (or a list of texts), without `.` or `..` segments, and so must a path read as
+    a table (`FROM 's3://...'`): no expression can build one.
+    """
+
+    def paths(node: Any) -> Iterator[Any]:
+        if isinstance(node, dict):
+            if node.get("type") == "BASE_TABLE" and re.search(r"[/\\:]", str(node.get("table_name", ""))):
+                yield node["table_name"]
+            if node.get("type") == "TABLE_FUNCTION":
+                function = node.get("function") or {}
+                if str(function.get("function_name", "")).lower() in FILE_TABLE_FUNCTIONS:
+                    for child in function.get("children") or []:
+                        if child.get("class") != "COMPARISON":  # named options (filename = true)
+                            yield from _literal_paths(child)
+            for value in node.values():
+                yield from paths(value)
+        elif isinstance(node, list):
+            for value in node:
+                yield from paths(value)
+
+    for path in paths(_syntax_tree(sql)):
+        if isinstance(path, str) and re.search(r"[?#]", path):
+            # DuckDB reads s3_endpoint, s3_access_key_id, ... from a URL's query and would send the
+            # request (signed, with the session token) to any host: a path is a path, nothing more.
+            raise QueryRefused(f"reading {path} is not allowed: a path may not carry ? or # (URL parameters)")
+        if not isinstance(path, str) or _DOT_SEGMENT.search(path):
+            shown = path if isinstance(path, str) else "a computed path"
+            raise QueryRefused(
+                f"reading {shown!s} is not allowed: name the warehouse's files by a plain path "
+                "(no . or .. segments, no expression)"
+            )
+
+
+def _literal_paths(node: dict[str, Any]) -> Iterator[Any]:
+    """The texts of a file reader's path argument; a non-text (an expression) yields None."""
+    if node.get("class") == "CONSTANT":
+        value = node.get("value") or {}
+        yield value.get("value") if (value.get("type") or {}).get("id") == "VARCHAR" else None
+    elif node.get("class") == "FUNCTION" and node.get("function_name") == "list_value":
+        for child in node.get("children") or []:
+            yield from _literal_paths(child)
+    else:
+        yield None
 
 
 def default_author() -> str:
@@ -255,8 +417,11 @@ class Lake:
             "SET allow_community_extensions = false",
         ]
         if not allow_files:
+            data_path = self.location.data_path
+            if storage.is_remote(data_path) and not data_path.endswith("/"):
+                data_path += "/"  # s3://bucket/pre would also allow s3://bucket/prefix-of-another/
             settings += [
-                f"SET allowed_directories = [{quote(self.location.data_path)}]",
+                f"SET allowed_directories = [{quote(data_path)}]",
                 "SET enable_external_access = false",
             ]
         for setting in [*settings, "SET lock_configuration = true"]:
@@ -266,18 +431,20 @@ class Lake:
     def _checked(self, sql: str) -> str:
         if self.sandbox is not None:
             check_query(sql, self.sandbox)
+            if self.sandbox == "warehouse" and storage.is_remote(self.location.data_path):
+                check_remote_paths(sql)
         return sql
 
     # -- reading -------------------------------------------------------------------------------
     def frame(self, sql: str, params: Params = None) -> pl.DataFrame:
         """Run a query and return a polars frame (retrying while the catalog is locked)."""
         sql = self._checked(sql)
-        return _retry(lambda: self.con.execute(sql, params or []).pl())
+        return _retry(lambda: self.con.execute(sql, params or []).pl(), location=self.location)
 
     def row(self, sql: str, params: Params = None) -> tuple:
         """The first row of a query's result."""
         sql = self._checked(sql)
-        return _retry(lambda: self.con.execute(sql, params or []).fetchone())
+        return _retry(lambda: self.con.execute(sql, params or []).fetchone(), location=self.location)
 
     def scalar(self, sql: str, params: Params = None) -> Any:
         row = self.row(sql, params)
@@ -302,7 +469,7 @@ class Lake:
         try:
             self.con.execute(sql, params or [])
         except duckdb.Error as exc:
-            raise SQLError(str(exc)) from exc
+            raise SQLError(clean(str(exc), self.location)) from None
 
     def table_folder(self, table: str) -> Path | None:
         """The local folder of a table's data files (None when they live in object storage).
@@ -361,7 +528,9 @@ class Lake:
         with disk_full_says_so(self.location.data_path), self._writer_lock():
             try:
                 return _retry(
-                    lambda: self._attempt(message, guarded if exclusive else fn, who), attempts=attempts
+                    lambda: self._attempt(message, guarded if exclusive else fn, who),
+                    attempts=attempts,
+                    location=self.location,
                 )
             except SQLError as exc:
                 if "readonly database" in str(exc):
@@ -382,7 +551,7 @@ class Lake:
         catalog on a server (PostgreSQL) relies on DuckLake's conflict checks and retries.
         """
         scheme, _, target = self.location.catalog.partition(":")
-        if scheme not in ("sqlite", "duckdb"):
+        if scheme not in LOCAL_CATALOGS:
             yield
             return
         with open(target + ".lock", "a+") as handle:

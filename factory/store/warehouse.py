@@ -58,6 +58,10 @@ def _location(folder: Path, config: dict[str, str]) -> lake.Location:
     data_path = os.environ.get("FACTORY_DATA_PATH") or config["data_path"]
     if not isinstance(catalog, str) or not isinstance(data_path, str):
         raise WarehouseError("catalog and data_path must be text")
+    try:
+        lake.refuse_stored_password(catalog)  # before the catalog string is shown anywhere
+    except lake.LakeError as exc:
+        raise WarehouseError(str(exc)) from None
     scheme, _, target = catalog.partition(":")
     if scheme not in lake.CATALOG_SCHEMES or not target:
         raise WarehouseError(f"catalog '{catalog}' is not one of {CATALOG_FORMS}")
@@ -462,7 +466,13 @@ class Warehouse:
                     on_commit(lk, result)
                 return result
 
-            outcome = self.lake.write(message, commit)
+            # On a catalog server (PostgreSQL) two appends of rows both saw as new both commit
+            # (measured: 24,000 rows, 12,000 distinct, over 6 rounds of two processes): exclusive,
+            # the second retries and skips them. A local catalog's writers take turns on its lock
+            # file (`Lake._writer_lock`) already, and the guard would cost ~15 ms a commit there
+            # (40 commits of 100 rows: 2.3-2.5 s instead of 1.7-1.9 s).
+            exclusive = self.lake.location.scheme not in lake.LOCAL_CATALOGS
+            outcome = self.lake.write(message, commit, exclusive=exclusive)
             if registered[0]:
                 moved.clear()  # they are the table's data files now
             return outcome

@@ -13,7 +13,9 @@ A teacher spec names one: `BACKEND:MODEL[@BASE_URL]`, for example
 `openai:gpt-4o-mini`, `openai:tiny@http://127.0.0.1:8000/v1`, `hf:embedded`,
 `hf:/models/qwen`, `vllm:/models/qwen`. The API key comes from the environment
 (`OPENAI_API_KEY`, or the variable named by `api_key_env`) and the base URL from the
-spec or `OPENAI_BASE_URL`; neither is stored nor logged.
+spec or `OPENAI_BASE_URL`; neither is stored nor logged. Several endpoints serving the
+same model are `openai:MODEL@URL1,URL2`: generation on Ray (`ray_generation`) spreads
+its actors over them; in-process takes one.
 
 Every sample goes through the call cache (`call_cache.py`): a cached sample costs no
 request. Budgets (`max_calls`, `max_tokens`) stop a job cleanly with
@@ -26,8 +28,8 @@ import contextlib
 import json
 import sys
 import time
-from collections.abc import Iterator, Sequence
-from dataclasses import dataclass, field
+from collections.abc import Callable, Iterator, Sequence
+from dataclasses import dataclass, field, replace
 from typing import TYPE_CHECKING, Any
 
 from pydantic import BaseModel, Field
@@ -59,6 +61,16 @@ class Spec:
     def __str__(self) -> str:  # what is stored and printed: never the base URL
         return f"{self.backend}:{self.model}"
 
+    @property
+    def endpoints(self) -> list[str]:
+        """The base URLs (`URL1,URL2`: endpoints serving the same model), none for the default one."""
+        return self.base_url.split(",") if self.base_url else []
+
+    def at(self, index: int) -> Spec:
+        """This spec with one endpoint: the index-th, round-robin (a Ray actor's, by actor index)."""
+        urls = self.endpoints
+        return replace(self, base_url=urls[index % len(urls)]) if urls else self
+
 
 def parse_spec(text: str) -> Spec:
     """`BACKEND:MODEL[@BASE_URL]` -> Spec, with an error that shows the syntax."""
@@ -69,8 +81,11 @@ def parse_spec(text: str) -> Spec:
             f"{', '.join(BACKENDS)} (e.g. openai:gpt-4o-mini, openai:tiny@http://127.0.0.1:8000/v1, hf:embedded)"
         )
     model, at, url = rest.partition("@") if backend == "openai" else (rest, "", "")
-    if at and not url.startswith(("http://", "https://")):
-        raise TeacherError(f"bad base URL in teacher spec '{text}': it must start with http:// or https://")
+    if at and not all(u.startswith(("http://", "https://")) for u in url.split(",")):
+        raise TeacherError(
+            f"bad base URL in teacher spec '{text}': each must start with http:// or https:// "
+            "(several endpoints: URL1,URL2)"
+        )
     return Spec(backend, model, url or None)
 
 
@@ -79,6 +94,11 @@ def make_backend(spec: Spec, options: TeacherOptions) -> Backend:
     if spec.backend == "openai":
         from factory.teachers.openai_api import OpenAIBackend
 
+        if len(spec.endpoints) > 1:
+            raise TeacherError(
+                f"teacher {spec} names {len(spec.endpoints)} endpoints: they are load-balanced over Ray "
+                "actors (factory generate --engine ray); in-process give one base URL"
+            )
         return OpenAIBackend(spec.model, spec.base_url, options)
     if spec.backend == "hf":
         from factory.teachers.hf_local import HFBackend
@@ -115,6 +135,9 @@ class TeacherStats:
         return {k: v for k, v in self.__dict__.items() if k != "started"}
 
 
+Make = Callable[[Spec, TeacherOptions], Backend]  # spec and options -> backend (make_backend, or Ray's)
+
+
 class Teacher:
     """A backend behind the call cache, with budgets and live statistics."""
 
@@ -125,8 +148,10 @@ class Teacher:
         max_calls: int | None = None,
         max_tokens: int | None = None,
         progress: bool = False,
+        make: Make = make_backend,
     ) -> None:
         self.backend = backend
+        self.make = make  # how `alongside` builds its backends (the same engine as this one)
         self.cache = cache
         self.max_calls = max_calls
         self.max_tokens = max_tokens
@@ -141,11 +166,12 @@ class Teacher:
     def alongside(self, spec: str, options: TeacherOptions) -> Teacher:
         """Another model (judge, student, second teacher) in the same job: same cache, budgets, statistics."""
         other = Teacher(
-            make_backend(parse_spec(spec), options),
+            self.make(parse_spec(spec), options),
             self.cache,
             self.max_calls,
             self.max_tokens,
             self.progress,
+            self.make,
         )
         other.stats = self.stats
         return other
@@ -311,16 +337,18 @@ class TeacherConfig(BaseModel):
 
 @contextlib.contextmanager
 def open_teacher(
-    wh: Warehouse, job_id: str, config: TeacherConfig, progress: bool = False
+    wh: Warehouse, job_id: str, config: TeacherConfig, progress: bool = False, make: Make = make_backend
 ) -> Iterator[Teacher]:
     """The one way to get a teacher: the config's backend behind the job's call cache, with its
-    budgets; closed on the way out, failed or not, so every answer it paid for is in llm_calls."""
+    budgets; closed on the way out, failed or not, so every answer it paid for is in llm_calls.
+    `make` builds the backend (by default in this process; generation on Ray passes actors')."""
     teacher = Teacher(
-        make_backend(parse_spec(config.teacher), config.options),
+        make(parse_spec(config.teacher), config.options),
         CallCache(wh, job_id),
         config.max_calls,
         config.max_tokens,
         progress,
+        make,
     )
     try:
         yield teacher

@@ -211,25 +211,21 @@ def test_decontamination_names_the_eval_item(wh, tmp_path):
 
 
 @pytest.mark.slow
-def test_ray_engine_gives_the_same_verdicts(tmp_path):
-    ray = pytest.importorskip("ray")
-    ray.init(num_cpus=2, include_dashboard=False, log_to_driver=False)
-    try:
-        records = [r for r, _ in QUALITY] + PII_ROWS
-        verdicts = {}
-        for engine in ("local", "ray"):
-            wh = factory.init(tmp_path / engine)
-            factory.import_file(wh, str(write_jsonl(tmp_path / "all.jsonl", records)))
-            for name, config in (("heuristics", {"languages": ["en"]}), ("pii", {})):
-                run_filter(wh, name, config, engine=engine)
-            verdicts[engine] = wh.sql("SELECT id, filter, keep, score, reason FROM verdicts ORDER BY ALL")
-            rows = wh.sql("SELECT * EXCLUDE (job_id, created_at) FROM rows ORDER BY id")
-            verdicts[engine + "-rows"] = rows
-            wh.close()
-        assert verdicts["local"].equals(verdicts["ray"])
-        assert verdicts["local-rows"].equals(verdicts["ray-rows"])
-        assert verdicts["local"].filter(pl.col("reason").str.starts_with("pii_redacted")).height == 3
-        with pytest.raises(ValueError, match="runs in-process only"):
-            run_filter(factory.open(tmp_path / "ray"), "exact", engine="ray")
-    finally:
-        ray.shutdown()
+def test_ray_engine_gives_the_same_verdicts(tmp_path, ray_cluster):
+    """Row-local filters on a three-node cluster (pii derives redacted rows there) equal in-process."""
+    records = [r for r, _ in QUALITY] + PII_ROWS
+    verdicts = {}
+    for engine in ("local", "ray"):
+        wh = factory.init(tmp_path / engine)
+        factory.import_file(wh, str(write_jsonl(tmp_path / "all.jsonl", records)))
+        for name, config in (("heuristics", {"languages": ["en"]}), ("pii", {})):
+            run_filter(wh, name, config, engine=engine, ray_address=ray_cluster.address)
+        verdicts[engine] = wh.sql("SELECT id, filter, keep, score, reason FROM verdicts ORDER BY ALL")
+        rows = wh.sql("SELECT * EXCLUDE (job_id, created_at) FROM rows ORDER BY id")
+        verdicts[engine + "-rows"] = rows
+        wh.close()
+    assert verdicts["local"].equals(verdicts["ray"])
+    assert verdicts["local-rows"].equals(verdicts["ray-rows"])
+    assert verdicts["local"].filter(pl.col("reason").str.starts_with("pii_redacted")).height == 3
+    with pytest.raises(ValueError, match="runs in-process only"):
+        run_filter(factory.open(tmp_path / "ray"), "decontaminate", {"eval_files": ["x.jsonl"]}, engine="ray")

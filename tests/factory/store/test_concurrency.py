@@ -12,7 +12,7 @@ import pytest
 
 import factory
 from bench.synth import write_alpaca_jsonl
-from tests.conftest import import_command
+from tests.conftest import import_command, make_warehouse
 
 FILES, SIZE_A, SIZE_B, SECONDS = 5, 1000, 700, 30
 
@@ -83,9 +83,9 @@ def test_two_writers_and_a_reader(tmp_path):
 
 
 @pytest.mark.slow
-def test_same_file_imported_twice_at_once_lands_once(tmp_path):
+def test_same_file_imported_twice_at_once_lands_once(request, tmp_path, backend):
     wh_path = tmp_path / "wh"
-    factory.init(wh_path).close()
+    make_warehouse(request, wh_path, backend).close()
     data = write_alpaca_jsonl(tmp_path / "same.jsonl", 20_000, seed=3)
     command = import_command(data, wh_path)
     procs = [
