@@ -32,7 +32,7 @@ from pydantic import BaseModel
 from factory import plugins
 from factory.errors import ConfigError, InputError
 from factory.plugins import FilterContext, FilterResult, PluginError
-from factory.runners import distributed, places
+from factory.runners import distributed, places, ray_engine
 from factory.store import crash, jobs, lake, schema, snapshots
 from factory.store.sql_guard import QueryRefused
 from factory.store.warehouse import Warehouse, ids_of, verdict_frame
@@ -115,6 +115,8 @@ def run_filter(
             f"filter '{name}' compares rows with each other and has no Ray version, so it runs in-process "
             "only: drop --engine ray"
         )
+    if engine == "ray":
+        ray_engine.connect(ray_address)  # a wrong address fails here, before a job is recorded
     config_json = json.dumps(public_config(cfg), sort_keys=True)
     stored = json.loads(config_json)  # keys sorted: jobs.config is then config_json, which finds earlier runs
     selection = _selection(wh, on, where)
@@ -223,26 +225,9 @@ def _judge_here(
         new_rows = result.rows if result.rows is not None and result.rows.height else None
         inherit = _inheritance(wh, new_rows, name) if new_rows is not None else pl.DataFrame()
 
-        def finish(lk: lake.Lake, inserted: Any = None) -> None:
-            summary.new_rows = inserted.inserted if inserted is not None else 0
-            wh.insert_verdicts(lk, verdicts, name, job.id)
-            if inherit.height:
-                with lk.registered("inherited_verdicts", inherit):
-                    lk.execute(
-                        "INSERT INTO verdicts (id, filter, run_id, score, keep, reason, created_at) "
-                        "SELECT id, filter, run_id, score, keep, reason, now() FROM inherited_verdicts"
-                    )
-            with lk.registered("run_verdicts", verdicts):
-                _pass_on(lk, "run_verdicts", name, job.id)
-            _append(lk, appends, name)
-            job.end(lk)
-
         message = f"filter: {name} run {job.id} ({verdicts.height} verdicts)"
-        crash.point("filter.judged")
-        if new_rows is None:
-            wh.lake.write(message, finish)
-        else:
-            wh.add_rows([new_rows], message, job.id, finish)
+        with wh.lake.registered("run_verdicts", verdicts):
+            _commit(wh, name, job, summary, "run_verdicts", inherit, new_rows, appends, message)
     finally:
         if scratch is not None:
             scratch.remove()
@@ -345,33 +330,50 @@ def _judge_on_ray(
                 new_rows = distributed.derived(wh, glob, NEW)
                 inherit = _inheritance(wh, new_rows, name) if new_rows is not None else inherit
 
-        def finish(lk: lake.Lake, inserted: Any = None) -> None:
-            summary.new_rows = inserted.inserted if inserted is not None else 0
-            if n:
-                run_verdicts = f"(SELECT id, keep, score, reason FROM {distributed.files(glob)})"
-                lk.execute(
-                    "INSERT INTO verdicts (id, filter, run_id, score, keep, reason, created_at) "
-                    f"SELECT id, $filter, $run, score, keep, reason, now() FROM {run_verdicts}",
-                    {"filter": name, "run": job.id},
-                )
-                if inherit.height:
-                    with lk.registered("inherited_verdicts", inherit):
-                        lk.execute(
-                            "INSERT INTO verdicts (id, filter, run_id, score, keep, reason, created_at) "
-                            "SELECT id, filter, run_id, score, keep, reason, now() FROM inherited_verdicts"
-                        )
-                _pass_on(lk, run_verdicts, name, job.id)
-            _append(lk, appends, name)
-            job.end(lk)
-
+        source = f"(SELECT id, keep, score, reason FROM {distributed.files(glob)})" if n else None
         message = f"filter: {name} run {job.id} ({n} verdicts, on Ray)"
-        crash.point("filter.judged")
-        if new_rows is None:
-            wh.lake.write(message, finish)
-        else:
-            wh.add_rows([new_rows], message, job.id, finish)
+        _commit(wh, name, job, summary, source, inherit, new_rows, appends, message)
     finally:
         scratch.remove()
+
+
+def _commit(
+    wh: Warehouse,
+    name: str,
+    job: Any,
+    summary: FilterSummary,
+    source: str | None,
+    inherit: pl.DataFrame,
+    new_rows: pl.DataFrame | None,
+    appends: list[tuple[str, str]],
+    message: str,
+) -> None:
+    """One commit: the verdicts (a relation: a registered frame, or the workers' files), those the
+    new rows inherit and pass on, the tables a distributed run appended to, the new rows, the job's end."""
+
+    def finish(lk: lake.Lake, inserted: Any = None) -> None:
+        summary.new_rows = inserted.inserted if inserted is not None else 0
+        if source is not None:
+            lk.execute(
+                "INSERT INTO verdicts (id, filter, run_id, score, keep, reason, created_at) "
+                f"SELECT id, $filter, $run, score, keep, reason, now() FROM {source}",
+                {"filter": name, "run": job.id},
+            )
+            if inherit.height:
+                with lk.registered("inherited_verdicts", inherit):
+                    lk.execute(
+                        "INSERT INTO verdicts (id, filter, run_id, score, keep, reason, created_at) "
+                        "SELECT id, filter, run_id, score, keep, reason, now() FROM inherited_verdicts"
+                    )
+            _pass_on(lk, source, name, job.id)
+        _append(lk, appends, name)
+        job.end(lk)
+
+    crash.point("filter.judged")
+    if new_rows is None:
+        wh.lake.write(message, finish)
+    else:
+        wh.add_rows([new_rows], message, job.id, finish)
 
 
 def _append(lk: lake.Lake, appends: list[tuple[str, str]], name: str) -> None:

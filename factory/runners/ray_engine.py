@@ -16,6 +16,7 @@ any Ray client.
 from __future__ import annotations
 
 import contextlib
+import logging
 import os
 import socket
 import uuid
@@ -65,6 +66,7 @@ def connect(given: str | None = None) -> Any:
             "prints it) and that $RAY_AUTH_TOKEN holds the cluster's token"
         ) from exc
     _joined["address"] = target
+    logging.getLogger("ray").setLevel(logging.WARNING)  # Ray Data's per-dataset lines would bury our summary
     context = ray.data.DataContext.get_current()
     context.enable_progress_bars = False
     context.print_on_execution_start = False

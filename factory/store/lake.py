@@ -126,7 +126,7 @@ def refuse_stored_password(catalog: str) -> None:
     if _PASSWORD.search(catalog) or _catalog_keys(catalog) & _SECRET_KEYS:
         raise LakeError(
             "the catalog string holds a password, and the factory never stores credentials (factory.json "
-            "keeps the catalog string as given); remove it and " + PG_HINT[0].lower() + PG_HINT[1:]
+            "keeps the catalog string as given); remove it. " + PG_HINT
         )
 
 

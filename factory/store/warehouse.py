@@ -45,6 +45,10 @@ class WarehouseError(lake.LakeError):
     """A problem with the warehouse itself (missing, wrong version, bad config)."""
 
 
+class EnvironmentSettingError(WarehouseError):
+    """A warehouse setting from the environment ($FACTORY_CATALOG) is refused, not the config file."""
+
+
 def resolve_path(path: str | os.PathLike | None) -> Path:
     """The warehouse folder: the argument, else $FACTORY_WAREHOUSE, else ./warehouse."""
     return Path(path or os.environ.get(ENV_WAREHOUSE) or DEFAULT_PATH)
@@ -61,6 +65,8 @@ def _location(folder: Path, config: dict[str, str]) -> lake.Location:
     try:
         lake.refuse_stored_password(catalog)  # before the catalog string is shown anywhere
     except lake.LakeError as exc:
+        if os.environ.get("FACTORY_CATALOG"):  # the environment's catalog, not the config file's
+            raise EnvironmentSettingError(f"$FACTORY_CATALOG: {exc}") from None
         raise WarehouseError(str(exc)) from None
     scheme, _, target = catalog.partition(":")
     if scheme not in lake.CATALOG_SCHEMES or not target:
@@ -137,6 +143,8 @@ def open_warehouse(
                 f"expected an object with catalog and data_path, got {type(config).__name__}"
             )
         location = _location(folder, config)
+    except EnvironmentSettingError:
+        raise
     except (json.JSONDecodeError, UnicodeDecodeError, KeyError, WarehouseError) as exc:
         raise WarehouseError(f"{config_path}: not a valid warehouse config ({exc})") from exc
     conn = lake.connect(location, read_only=read_only)

@@ -100,6 +100,12 @@ def test_a_password_in_the_catalog_string_is_refused_and_never_written(tmp_path,
     with pytest.raises(WarehouseError, match="PGPASSWORD") as refused:
         factory.open(tmp_path / "old")
     assert password not in str(refused.value)
+    # One from the environment is refused as the environment's, not the (clean) config file's.
+    factory.init(tmp_path / "clean").close()
+    monkeypatch.setenv("FACTORY_CATALOG", f"postgres:dbname=x sslpassword={password}")
+    with pytest.raises(WarehouseError) as refused:
+        factory.open(tmp_path / "clean")
+    assert str(refused.value).startswith("$FACTORY_CATALOG:") and password not in str(refused.value)
     monkeypatch.setenv("FACTORY_CATALOG", f"postgres:dbname=x password={password}")
     with pytest.raises(WarehouseError, match="never stores credentials"):
         factory.open(tmp_path / "old")
