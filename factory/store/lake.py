@@ -489,6 +489,12 @@ class Lake:
             f"changes::VARCHAR AS changes FROM {ALIAS}.snapshots() ORDER BY snapshot_id"
         )
 
+    def stored_data_path(self) -> str | None:
+        """The data path the catalog was created with (DuckLake's own metadata)."""
+        return self.scalar(
+            f"SELECT value FROM __ducklake_metadata_{ALIAS}.ducklake_metadata WHERE key = 'data_path'"
+        )
+
     def version(self) -> int:
         return int(self.scalar(f"SELECT max(snapshot_id) FROM {ALIAS}.snapshots()"))
 

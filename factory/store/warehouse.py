@@ -103,6 +103,13 @@ def init(
     if "://" not in location.data_path:
         Path(location.data_path).mkdir(parents=True, exist_ok=True)
     conn = lake.connect(location)
+    stored = conn.stored_data_path()
+    if stored is not None and stored.rstrip("/\\") != location.data_path.rstrip("/\\"):
+        conn.close()
+        raise WarehouseError(
+            f"the catalog already holds a warehouse whose files are in {stored}, not {location.data_path}: "
+            f"join it with --data-path {stored}, or give a new database for a new warehouse"
+        )
 
     def create(lk: lake.Lake) -> None:
         for table in schema.TABLES:

@@ -370,3 +370,14 @@ def test_identical_rows_added_at_once_by_two_processes_are_stored_once(remote_st
     with factory.open(folder, read_only=True) as wh:
         counts = wh.sql("SELECT count(*) AS n, count(DISTINCT id) AS d FROM rows").row(0)
         assert counts == (ROUNDS * 2000, ROUNDS * 2000)
+
+
+def test_a_second_machine_must_join_with_the_catalogs_data_path(tmp_path, remote_store):
+    first = remote_store.init(tmp_path / "m1")
+    first.close()
+    for wrong in ("s3://no-such-bucket/lake/", f"s3://{remote_store.bucket}/elsewhere/"):
+        with pytest.raises(WarehouseError, match=f"files are in {remote_store.data_path}") as refused:
+            factory.init(tmp_path / "m2", catalog=remote_store.catalog, data_path=wrong)
+        assert f"--data-path {remote_store.data_path}" in str(refused.value)
+        assert not (tmp_path / "m2" / "factory.json").exists()
+    assert factory.init(tmp_path / "m2", catalog=remote_store.catalog, data_path=remote_store.data_path).count() == 0
