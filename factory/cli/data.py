@@ -134,7 +134,10 @@ def import_(
 def sql(
     query: Annotated[str, typer.Argument(help="SQL; snapshot('NAME') reads a snapshot's rows")],
     warehouse: Warehouse = None,
-    format: Annotated[str, typer.Option("--format", "-f", help="table, csv, json or parquet")] = "table",
+    format: Annotated[
+        str,
+        typer.Option("--format", "-f", help="table, csv, json or parquet (with --out: from its extension)"),
+    ] = "table",
     out: Annotated[Path | None, typer.Option("--out", "-o", help="write the result to this file")] = None,
     allow_files: Annotated[
         bool,
@@ -161,6 +164,9 @@ def sql(
 
     if format not in ("table", "csv", "json", "parquet"):
         fail(f"--format must be table, csv, json or parquet, got '{format}'")
+    suffix = Path(out).suffix.lower().lstrip(".") if out is not None else ""
+    if format == "table" and suffix in ("csv", "json", "parquet"):
+        format = suffix  # --out rows.csv: the file's extension says the format
     if format == "parquet" and out is None:
         fail("--format parquet needs --out FILE")
     if format == "table" and out is not None:

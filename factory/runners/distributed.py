@@ -89,7 +89,7 @@ def judge(
     scratch = ray_engine.Scratch(wh, run_id)
     try:
         sql, extra = contenders_sql(plugin, config, candidate_ids, pool_ids)
-        source = scratch.export(INPUT, wh._expand(sql), {**params, **extra})
+        source = scratch.export(INPUT, wh.expand(sql), {**params, **extra})
         candidates = int(
             wh.lake.scalar(f"SELECT count(*) FROM read_parquet({lake.quote(source)}) WHERE _rank = 1")
         )

@@ -385,6 +385,11 @@ class Warehouse:
             snapshots.get(self, name)
         return sql_guard.check_expression(text)
 
+    def expand(self, query: str) -> str:
+        """The factory's own SQL with `snapshot('name')` replaced by its view, for a statement that
+        does not go through `sql` (a COPY of the rows a job hands to Ray workers)."""
+        return self._expand(query)
+
     def _expand(self, query: str) -> str:
         return SNAPSHOT_CALL.sub(lambda m: self._relation(m.group(1)), query)
 

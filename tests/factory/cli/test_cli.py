@@ -106,6 +106,10 @@ def test_sql_is_read_only_and_writes_files(session):
     assert pl.read_csv(cwd / "rows.csv").height >= 40
     run("sql", "SELECT id FROM rows", "--format", "parquet", "--out", "rows.parquet", cwd=cwd)
     assert pl.read_parquet(cwd / "rows.parquet").height >= 40
+    run("sql", "SELECT id FROM rows", "--out", "ids.parquet", cwd=cwd)  # the extension says the format
+    assert pl.read_parquet(cwd / "ids.parquet").height >= 40
+    unknown = run("sql", "SELECT id FROM rows", "--out", "ids.txt", cwd=cwd, ok=False)
+    assert unknown.returncode == 1 and "--out needs --format csv, json or parquet" in unknown.stderr
     as_json = run(
         "sql", "SELECT count(*) AS n FROM rows WHERE source = 'seeds'", "--format", "json", cwd=cwd
     ).stdout

@@ -380,4 +380,7 @@ def test_a_second_machine_must_join_with_the_catalogs_data_path(tmp_path, remote
             factory.init(tmp_path / "m2", catalog=remote_store.catalog, data_path=wrong)
         assert f"--data-path {remote_store.data_path}" in str(refused.value)
         assert not (tmp_path / "m2" / "factory.json").exists()
-    assert factory.init(tmp_path / "m2", catalog=remote_store.catalog, data_path=remote_store.data_path).count() == 0
+    assert (
+        factory.init(tmp_path / "m2", catalog=remote_store.catalog, data_path=remote_store.data_path).count()
+        == 0
+    )
