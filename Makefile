@@ -91,7 +91,7 @@ test: install vllm-env browser postgres
 
 ecosystem-env: llamafactory-env axolotl-env
 
-test-fast: install
+test-fast: install postgres
 	$(BIN)/python -m pytest -q -m 'not slow and not server and not ecosystem'
 
 bench: install vllm-env
