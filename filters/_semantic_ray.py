@@ -31,6 +31,7 @@ import pyarrow as pa
 from factory.models import embeddings
 from factory.store import lake, schema
 from filters import _dedup
+from filters._clusters import close_pairs, clusters
 
 CACHED = "semantic_cached"  # scratch: the stored vectors of the contenders
 IDS = "semantic_ids"  # scratch: the contenders' ids, when they did not come from a file
@@ -115,8 +116,6 @@ def _text(batch: pa.Table, field: str) -> pa.Table:
 
 def _kmeans(cluster_size: int, seed: int, *tables: pa.Table) -> pa.Table:
     """Every contender's cluster label (`_label`), from k-means over all vectors in contender order."""
-    from filters.semantic import clusters
-
     frame = pl.concat([pl.from_arrow(t) for t in tables if t.num_rows], how="vertical_relaxed").sort("_seq")
     label = clusters(_matrix(frame["vector"]), cluster_size, seed)
     return frame.with_columns(pl.Series("_label", label)).to_arrow()
@@ -124,8 +123,6 @@ def _kmeans(cluster_size: int, seed: int, *tables: pa.Table) -> pa.Table:
 
 def _judge_cluster(batch: pa.Table, threshold: float) -> pa.Table:
     """The verdicts of one cluster's candidates: `semantic.decide` restricted to the cluster."""
-    from filters.semantic import close_pairs
-
     frame = pl.from_arrow(batch).sort("_seq")
     pairs, sims = close_pairs(_matrix(frame["vector"]), threshold)
     winner, similarity = _dedup.greedy(frame.height, pairs, sims)
