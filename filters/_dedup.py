@@ -24,6 +24,7 @@ import polars as pl
 from pydantic import BaseModel, Field, model_validator
 
 from factory.errors import ConfigError
+from factory.runners import keep_order
 
 
 class KeepPolicy(BaseModel):
@@ -46,40 +47,19 @@ def latest_scores(ctx: Any, filter_name: str) -> pl.DataFrame:
     wh = getattr(ctx, "warehouse", None)
     if wh is None:
         raise ConfigError("keep=score reads scores from the warehouse: run this filter in-process")
-    return wh.sql(
-        "SELECT id, arg_max(score, created_at) AS score FROM verdicts WHERE filter = ? GROUP BY id",
-        [filter_name],
-    )
+    return keep_order.latest_scores(wh, filter_name)
 
 
 def contenders(
     candidates: pl.DataFrame, kept: pl.DataFrame, key: pl.Expr, policy: KeepPolicy, ctx: Any = None
 ) -> pl.DataFrame:
-    """Pool and candidates with their key (`_key`), winners first (`_rank` 0 = kept before)."""
-    pool = kept.select(
-        "id", key.alias("_key"), pl.lit(0).alias("_rank"), pl.lit(0.0).alias("_pref"),
-        pl.lit(-1, pl.Int64).alias("_order"),
-    )  # fmt: skip
-    new = candidates.with_row_index("_order")
-    if policy.keep == "score":
-        scores = latest_scores(ctx, policy.score_filter or "")
-        new = new.join(scores, on="id", how="left", maintain_order="left")
-        pref = -pl.col("score").fill_null(float("-inf"))
-    elif policy.keep == "longest":
-        pref = -pl.col("output").str.len_chars().cast(pl.Float64)
-    else:
-        pref = pl.lit(0.0)
-    new = new.select(
-        "id",
-        key.alias("_key"),
-        pl.lit(1).alias("_rank"),
-        pref.cast(pl.Float64).alias("_pref"),
-        pl.col("_order").cast(pl.Int64),
+    """Pool and candidates with their key (`_key`), winners first (`_rank` 0 = kept before);
+    the order is factory/runners/keep_order.py's, the one Ray judges in too."""
+    scores = latest_scores(ctx, policy.score_filter or "") if policy.keep == "score" else None
+    everyone = keep_order.ranked(
+        kept.select("id", key.alias("_key")), candidates.with_columns(key.alias("_key")), policy.keep, scores
     )
-    everyone = pl.concat([pool, new], how="vertical_relaxed")
-    return (
-        everyone if policy.keep == "first" else everyone.sort("_rank", "_pref", "_order", maintain_order=True)
-    )  # first: in order
+    return everyone.select("id", "_key", "_rank", "_pref", "_order")
 
 
 def verdicts(judged: pl.DataFrame, reason: str, score: pl.Expr | None = None) -> pl.DataFrame:

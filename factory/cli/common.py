@@ -29,6 +29,20 @@ Settings = Annotated[
 ]
 ConfigFile = Annotated[Path | None, typer.Option(help="YAML file of config values (flags override it)")]
 Force = Annotated[bool, typer.Option(help="replace files already there")]
+RayAddress = Annotated[
+    str | None,
+    typer.Option(
+        help="the Ray cluster, e.g. 10.0.0.5:6379 (else $FACTORY_RAY_ADDRESS, $RAY_ADDRESS, or a local Ray)"
+    ),
+]
+
+
+def check_engine(engine: str, ray_address: str | None) -> None:
+    """--engine is local or ray; --ray-address goes with ray only."""
+    if engine not in ("local", "ray"):
+        fail(f"--engine must be local or ray, not {engine!r}")
+    if ray_address and engine != "ray":
+        fail("--ray-address needs --engine ray")
 
 
 def values(config: Path | None, settings: list[str] | None) -> dict[str, Any]:
@@ -102,13 +116,37 @@ def fail(message: str, code: int = 1) -> NoReturn:
     raise typer.Exit(code)
 
 
-def table(frame: pl.DataFrame, title: str | None = None, width: int = 60) -> Any:
+def sql_type(dtype: Any) -> str:
+    """A column's type as DuckDB names it (VARCHAR, BIGINT, VARCHAR[], ...), for `factory sql`'s headers."""
+    import polars as pl
+
+    if isinstance(dtype, pl.List | pl.Array):
+        return sql_type(dtype.inner) + "[]"
+    if isinstance(dtype, pl.Struct):
+        return "STRUCT(" + ", ".join(f"{f.name} {sql_type(f.dtype)}" for f in dtype.fields) + ")"
+    if isinstance(dtype, pl.Datetime):
+        return "TIMESTAMP WITH TIME ZONE" if dtype.time_zone else "TIMESTAMP"
+    if isinstance(dtype, pl.Decimal):
+        return f"DECIMAL({dtype.precision},{dtype.scale})"
+    names = {
+        pl.String: "VARCHAR", pl.Boolean: "BOOLEAN", pl.Int8: "TINYINT", pl.Int16: "SMALLINT", pl.Int32: "INTEGER",
+        pl.Int64: "BIGINT", pl.Int128: "HUGEINT", pl.UInt8: "UTINYINT", pl.UInt16: "USMALLINT",
+        pl.UInt32: "UINTEGER", pl.UInt64: "UBIGINT", pl.Float32: "FLOAT", pl.Float64: "DOUBLE", pl.Date: "DATE",
+        pl.Time: "TIME", pl.Duration: "INTERVAL", pl.Binary: "BLOB", pl.Null: "NULL",
+    }  # fmt: skip
+    return next((name for kind, name in names.items() if dtype == kind), str(dtype).upper())
+
+
+def table(frame: pl.DataFrame, title: str | None = None, width: int = 60, types: bool = False) -> Any:
+    """A rich table of a frame; `types` puts each column's SQL type under its name (factory sql)."""
     from rich.table import Table
     from rich.text import Text
 
     out = Table(title=title, title_justify="left", show_lines=False)
     for column, dtype in frame.schema.items():
-        out.add_column(f"{shown(column)}\n[dim]{dtype}[/]", overflow="fold")
+        out.add_column(
+            f"{shown(column)}\n[dim]{sql_type(dtype)}[/]" if types else shown(column), overflow="fold"
+        )
     for row in frame.iter_rows():
         cells = []
         for value in row:
@@ -126,11 +164,11 @@ def print_skipped(skipped: dict[str, int]) -> None:
         )
 
 
-def print_frame(frame: pl.DataFrame, title: str | None = None) -> None:
+def print_frame(frame: pl.DataFrame, title: str | None = None, types: bool = False) -> None:
     """A table; results too wide for one (like SELECT * FROM rows) print one record per block, as psql's \\x."""
     out = console()
     if frame.width <= 8:
-        out.print(table(frame, title))
+        out.print(table(frame, title, types=types))
     else:
         pad = max(len(c) for c in frame.columns)
         for k, row in enumerate(frame.iter_rows(), start=1):

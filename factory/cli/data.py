@@ -184,7 +184,7 @@ def sql(
             fail(f"{text.splitlines()[0]}: reading files outside the warehouse needs --allow-files")
         raise
     if format == "table":
-        print_frame(frame)
+        print_frame(frame, types=True)
         return
     if format == "csv":  # CSV holds no lists or structs: those columns are written as JSON text
         frame = frame.with_columns(

@@ -7,7 +7,18 @@ from typing import Annotated
 
 import typer
 
-from factory.cli.common import ConfigFile, Settings, Warehouse, console, fail, open_warehouse, shown, values
+from factory.cli.common import (
+    ConfigFile,
+    RayAddress,
+    Settings,
+    Warehouse,
+    check_engine,
+    console,
+    fail,
+    open_warehouse,
+    shown,
+    values,
+)
 
 
 def filter_(
@@ -18,12 +29,7 @@ def filter_(
         str,
         typer.Option(help="local, or ray: on a Ray Data cluster (row-local filters and the dedups)"),
     ] = "local",
-    ray_address: Annotated[
-        str | None,
-        typer.Option(
-            help="the Ray cluster, e.g. 10.0.0.5:6379 (else $FACTORY_RAY_ADDRESS, $RAY_ADDRESS, or a local Ray)"
-        ),
-    ] = None,
+    ray_address: RayAddress = None,
     fraction: Annotated[
         float | None, typer.Option(help="select: alpha, the share of the rows to sample (--set fraction=)")
     ] = None,
@@ -54,10 +60,7 @@ def filter_(
     from factory import plugins
     from factory.runners import filtering
 
-    if engine not in ("local", "ray"):
-        fail(f"--engine must be local or ray, not {engine!r}")
-    if ray_address and engine != "ray":
-        fail("--ray-address needs --engine ray")
+    check_engine(engine, ray_address)
     given = values(config, set_)
     for flag, value in (("fraction", fraction), ("budget", budget)):  # sampling sizes, as flags
         if value is not None:

@@ -7,7 +7,18 @@ from typing import Annotated, Any
 
 import typer
 
-from factory.cli.common import ConfigFile, Settings, Warehouse, console, fail, open_warehouse, shown, values
+from factory.cli.common import (
+    ConfigFile,
+    RayAddress,
+    Settings,
+    Warehouse,
+    check_engine,
+    console,
+    fail,
+    open_warehouse,
+    shown,
+    values,
+)
 
 teacher_app = typer.Typer(help="Teachers: the models generators ask.", no_args_is_help=True)
 
@@ -52,12 +63,7 @@ def generate(
         str,
         typer.Option(help="local, or ray: the teacher's requests answered by actors on a Ray cluster"),
     ] = "local",
-    ray_address: Annotated[
-        str | None,
-        typer.Option(
-            help="the Ray cluster, e.g. 10.0.0.5:6379 (else $FACTORY_RAY_ADDRESS, $RAY_ADDRESS, or a local Ray)"
-        ),
-    ] = None,
+    ray_address: RayAddress = None,
     set_: Settings = None,
     config: ConfigFile = None,
     quiet: Annotated[bool, typer.Option(help="no progress line")] = False,
@@ -77,10 +83,7 @@ def generate(
     """
     import factory
 
-    if engine not in ("local", "ray"):
-        fail(f"--engine must be local or ray, not {engine!r}")
-    if ray_address and engine != "ray":
-        fail("--ray-address needs --engine ray")
+    check_engine(engine, ray_address)
 
     settings = values(config, set_)
     flags = {

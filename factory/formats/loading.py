@@ -55,9 +55,15 @@ class Tally:
     stripped: dict[str, Counter] = field(default_factory=dict)  # file -> token -> rows
     left_out: dict[str, set[str]] = field(default_factory=dict)  # file -> task fields not copied
     warnings: list[str] = field(default_factory=list)
+    mixed: dict[str, Counter] = field(default_factory=dict)  # file -> format -> rows, where records differ
 
     def messages(self) -> list[str]:
         out = list(self.warnings)
+        for file, formats in self.mixed.items():
+            listing = ", ".join(f"{f} {n:,}" for f, n in formats.most_common())
+            out.append(
+                f"{file}: mixes formats; each record was read as the one its fields fit ({listing} rows)"
+            )
         for file, tokens in self.stripped.items():
             listing = ", ".join(f"{t} {n:,}" for t, n in tokens.most_common())
             out.append(
@@ -103,11 +109,27 @@ def load(
             yield pl.DataFrame(), problems
             continue
         fmt = fmt or detect(raw, settings.format, str(file))
-        tally.formats[str(file)] = fmt
-        frame, more = typed_frame(raw, fmt)
-        problems += more
-        rows, more = rows_from(frame, fmt, settings, tally, str(file), label) if frame.height else (frame, [])
-        yield rows, problems + more
+        parts = _by_record_format(raw, fmt) if settings.format == "auto" else [(fmt, raw)]
+        found: list[pl.DataFrame] = []
+        for part_fmt, part in parts:
+            frame, more = typed_frame(part, part_fmt)
+            problems += more
+            rows, more = (
+                rows_from(frame, part_fmt, settings, tally, str(file), label) if frame.height else (frame, [])
+            )
+            problems += more
+            found.append(rows)
+        names = [*tally.formats.get(str(file), "").split(" + "), *(p for p, _ in parts)]
+        tally.formats[str(file)] = " + ".join(dict.fromkeys(n for n in names if n))
+        if len(parts) > 1:
+            mixed = tally.mixed.setdefault(str(file), Counter())
+            for (part_fmt, _), part_rows in zip(parts, found, strict=True):
+                mixed[part_fmt] += part_rows.height
+            rows = pl.concat([r for r in found if r.height], how="diagonal_relaxed")
+            rows = rows.sort("origin_line", maintain_order=True, nulls_last=True)  # the file's order
+        else:
+            rows = found[0]
+        yield rows, problems
 
 
 def _reshape(
@@ -178,6 +200,48 @@ def detect(raw: Raw, fmt: str, label: str) -> str:
             "(--explode FIELD for a list of instances)"
         )
     return found
+
+
+def _by_record_format(raw: Raw, fmt: str) -> list[tuple[str, Raw]]:
+    """A batch whose records are of different formats (alpaca records beside `messages` ones in one
+    JSONL file) as one part per format, each record's format read off the fields it fills; one
+    part when they agree. A record no format fits stays with the file's format (whose checks
+    then name what it lacks). The `rows` format (our own export) is never split."""
+    fields = sorted(raw.fields & shapes.DETECTED_BY)
+    if fmt == "rows" or not fields:
+        return [(fmt, raw)]
+    if raw.table is not None:
+        present = pl.DataFrame({c: raw.table.column(c).is_valid() for c in fields})
+    else:
+        present = pl.DataFrame(
+            [[r.get(c) is not None for c in fields] for r in raw.records or []], schema=fields, orient="row"
+        )
+    formats = shapes.record_formats(present)
+    kinds = [k for k in formats.unique(maintain_order=True).to_list() if k is not None] or [fmt]
+    if formats.null_count():  # no format fits: the one whose fields it fills most (the file's on a tie)
+        choices = [fmt, *(k for k in kinds if k != fmt)]
+        overlap = [
+            pl.sum_horizontal(pl.col(c).cast(pl.Int32) for c in fields if c in shapes.SPECS[k].fields)
+            if any(c in shapes.SPECS[k].fields for c in fields)
+            else pl.lit(0)
+            for k in choices
+        ]
+        best = present.select(pl.concat_list(overlap).list.arg_max().alias("k"))["k"]
+        formats = formats.fill_null(best.replace_strict(dict(enumerate(choices)), return_dtype=pl.String))
+        kinds = formats.unique(maintain_order=True).to_list()
+    if len(kinds) == 1:
+        return [(fmt, raw)]
+    parts = []
+    for kind in kinds:
+        idx = (formats == kind).arg_true()
+        origins = raw.origins.gather(idx)
+        if raw.table is not None:
+            part = Raw(origins=origins, table=raw.table.take(pa.array(idx.to_numpy())))
+        else:
+            records = raw.records or []
+            part = Raw(origins=origins, records=[records[i] for i in idx.to_list()])
+        parts.append((kind, part))
+    return parts
 
 
 def known_fields(fmt: str) -> set[str]:

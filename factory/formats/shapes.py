@@ -106,6 +106,33 @@ ROLE_ALIASES = {
 PROBLEM_SCHEMA = {"_idx": pl.UInt32, "field": pl.String, "code": pl.String, "message": pl.String}
 
 
+# The fields `detect` looks at.
+DETECTED_BY = frozenset(
+    {
+        "id",
+        "kind",
+        "instruction",
+        "output",
+        "messages",
+        "conversations",
+        "chosen",
+        "rejected",
+        "prompt",
+        "completion",
+    }
+)
+
+
+def record_formats(present: pl.DataFrame) -> pl.Series:
+    """Each record's format (`detect` on the fields it fills; null where none fits), from a frame of
+    booleans, one column per field in DETECTED_BY that the batch has."""
+    names = present.columns
+    pattern = pl.sum_horizontal(pl.col(c).cast(pl.Int64) * (1 << i) for i, c in enumerate(names))
+    keys = present.select(pattern.alias("k"))["k"]
+    known = {key: detect({c for i, c in enumerate(names) if key >> i & 1}) for key in keys.unique().to_list()}
+    return keys.replace_strict(known, return_dtype=pl.String)
+
+
 def detect(fields: set[str]) -> str | None:
     """Guess the format from the field names of the first records."""
     if {"id", "kind", "instruction", "output", "messages"} <= fields:

@@ -23,26 +23,12 @@ from pydantic import BaseModel
 
 from factory import plugins
 from factory.plugins import PluginError
-from factory.runners import ray_engine
+from factory.runners import keep_order, ray_engine
 from factory.store import lake, schema
 from factory.store.warehouse import Warehouse
 
 INPUT = "contenders"
 OUTPUT = "verdicts"
-
-
-def _order(config: BaseModel) -> tuple[str, str]:
-    """The keep policy as SQL: the preference of a candidate (smaller first) and the join it needs."""
-    keep = getattr(config, "keep", "first")
-    if keep == "longest":
-        return "-length(r.output)::DOUBLE", ""
-    if keep == "score":
-        join = (
-            "LEFT JOIN (SELECT id, arg_max(score, created_at) AS score FROM verdicts WHERE filter = $score_filter "
-            "GROUP BY id) s ON s.id = r.id"
-        )
-        return "-COALESCE(s.score, '-inf'::DOUBLE)", join
-    return "0.0::DOUBLE", ""
 
 
 def contenders_sql(
@@ -51,7 +37,7 @@ def contenders_sql(
     """The contenders with `_rank` and `_seq`, one copy of each row (its first, by rowid)."""
     wanted = plugin.columns(config) if plugin.columns else tuple(schema.TABLES["rows"])
     columns = ", ".join(f'r."{c}"' for c in dict.fromkeys(("id", *wanted)))
-    pref, join = _order(config)
+    pref, join = keep_order.preference_sql(getattr(config, "keep", "first"))
 
     def part(ids: str, rank: int, preference: str, extra: str) -> str:
         return (
@@ -181,25 +167,8 @@ def judge_frames(
 def _ordered(pool: pl.DataFrame, candidates: pl.DataFrame, config: BaseModel, wh: Warehouse) -> pl.DataFrame:
     """Frames as `contenders_sql` makes them: `_rank`, and `_seq` in the in-process order."""
     keep = getattr(config, "keep", "first")
-    new = candidates.with_row_index("_order")
-    if keep == "longest":
-        pref = -pl.col("output").str.len_chars().cast(pl.Float64)
-    elif keep == "score":
-        scores = wh.sql(
-            "SELECT id, arg_max(score, created_at) AS _score FROM verdicts WHERE filter = ? GROUP BY id",
-            [getattr(config, "score_filter", None) or ""],
-        )
-        new = new.join(scores, on="id", how="left", maintain_order="left")
-        pref = -pl.col("_score").fill_null(float("-inf"))
-    else:
-        pref = pl.lit(0.0)
-    new = new.with_columns(pl.lit(1).alias("_rank"), pref.alias("_pref"))
-    old = pool.with_row_index("_order").with_columns(pl.lit(0).alias("_rank"), pl.lit(0.0).alias("_pref"))
-    everyone = pl.concat([old, new], how="diagonal_relaxed").sort(
-        "_rank", "_pref", "_order", nulls_last=False, maintain_order=True
+    scores = (
+        keep_order.latest_scores(wh, getattr(config, "score_filter", None) or "") if keep == "score" else None
     )
-    return (
-        everyone.with_row_index("_seq")
-        .with_columns(pl.col("_seq").cast(pl.Int64))
-        .drop("_pref", "_order", "_score", "_row", strict=False)
-    )
+    everyone = keep_order.ranked(pool, candidates, keep, scores)
+    return everyone.with_row_index("_seq").with_columns(pl.col("_seq").cast(pl.Int64)).drop("_pref", "_order")

@@ -137,48 +137,41 @@ def run_filter(
                 0
             ]
         )
+        run = _Run(wh, plugin, cfg, job, summary, candidate_ids, params, ray_address)
         if engine == "ray" and plugin.row_local:
             before = places.places(wh)
-            _judge_on_ray(wh, plugin, cfg, job, summary, candidate_ids, NO_IDS, params, ray_address)
+            _judge_on_ray(run, NO_IDS)
         elif engine == "ray" and plugin.distributed is not None and places.places(wh).trivial:
-            _judge_on_ray(wh, plugin, cfg, job, summary, candidate_ids, POOL_IDS, params, ray_address)
+            _judge_on_ray(run, POOL_IDS)
             return summary
         else:
-            before = _judge_here(
-                wh,
-                plugin,
-                cfg,
-                job,
-                summary,
-                candidate_ids,
-                params,
-                runs_judged,
-                columns,
-                engine,
-                progress,
-                ray_address,
-            )
+            before = _judge_here(run, runs_judged, columns, engine, progress)
     if before is not None:
         summary.repairs = _repair(wh, before)
     return summary
 
 
+@dataclass
+class _Run:
+    """One filter job's selection and settings, as both ways of judging take them."""
+
+    wh: Warehouse
+    plugin: plugins.FilterPlugin
+    cfg: BaseModel
+    job: Any
+    summary: FilterSummary
+    candidate_ids: str  # SQL: the ids to judge
+    params: dict[str, Any]  # the SQL's parameters
+    ray_address: str | None
+
+
 def _judge_here(
-    wh: Warehouse,
-    plugin: plugins.FilterPlugin,
-    cfg: BaseModel,
-    job: Any,
-    summary: FilterSummary,
-    candidate_ids: str,
-    params: dict[str, Any],
-    runs_judged: list[str],
-    columns: tuple[str, ...] | None,
-    engine: Engine,
-    progress: bool,
-    ray_address: str | None,
+    run: _Run, runs_judged: list[str], columns: tuple[str, ...] | None, engine: Engine, progress: bool
 ) -> places.Places | None:
     """Judge with the candidates in this process (a comparing filter may still judge on Ray when
     redacted copies make it judge places); commit; the places before, for a row-local filter's repair."""
+    wh, plugin, cfg, job, summary = run.wh, run.plugin, run.cfg, run.job, run.summary
+    candidate_ids, params, ray_address = run.candidate_ids, run.params, run.ray_address
     name = plugin.name
     scratch, appends = None, []  # Ray's files for places judged there (committed, then removed)
     try:
@@ -300,24 +293,23 @@ def _pass_on(lk: lake.Lake, relation: str, name: str, run: str) -> None:
     )
 
 
-def _judge_on_ray(
-    wh: Warehouse,
-    plugin: plugins.FilterPlugin,
-    cfg: BaseModel,
-    job: Any,
-    summary: FilterSummary,
-    candidate_ids: str,
-    pool_ids: str,
-    params: dict[str, Any],
-    address: str | None,
-) -> None:
+def _judge_on_ray(run: _Run, pool_ids: str) -> None:
     """A filter on Ray, its input and verdicts as files (factory/runners/distributed.py), committed
     from the files with the job's end; a row-local filter's derived rows (redacted copies, few)
     are read back and added as the in-process run adds them."""
+    wh, plugin, job, summary = run.wh, run.plugin, run.job, run.summary
     name = plugin.name
-    run = plugin.distributed or _row_local(plugin)
     scratch, glob, appends, n = distributed.judge(
-        wh, plugin, cfg, run, job.id, candidate_ids, pool_ids, params, address, all_columns=plugin.row_local
+        wh,
+        plugin,
+        run.cfg,
+        plugin.distributed or _row_local(plugin),
+        job.id,
+        run.candidate_ids,
+        pool_ids,
+        run.params,
+        run.ray_address,
+        all_columns=plugin.row_local,
     )
     try:
         summary.candidates = n

@@ -127,6 +127,60 @@ def check_query(sql: str, files: FileAccess = "none") -> None:
         )
 
 
+_DOT_SEGMENT = re.compile(r"(?:^|[/\\])\.{1,2}(?:[/\\]|$)")
+
+
+def check_remote_paths(sql: str) -> None:
+    """Refuse file paths that DuckDB's sandbox would let out of an object-store data path.
+
+    DuckDB checks `allowed_directories` on the path as written, then resolves `..` in an
+    s3:// URL before the request (measured: `s3://b/pre/../x.parquet`, allowed as under
+    `s3://b/pre/`, fetched `s3://b/x.parquet`). So in the sandbox a file reader's paths must be
+    plain text (or a list of texts), without `.` or `..` segments, and so must a path read as
+    a table (`FROM 's3://...'`): no expression can build one.
+    """
+
+    def paths(node: Any) -> Iterator[Any]:
+        if isinstance(node, dict):
+            if node.get("type") == "BASE_TABLE" and re.search(r"[/\\:]", str(node.get("table_name", ""))):
+                yield node["table_name"]
+            if node.get("type") == "TABLE_FUNCTION":
+                function = node.get("function") or {}
+                if str(function.get("function_name", "")).lower() in FILE_TABLE_FUNCTIONS:
+                    for child in function.get("children") or []:
+                        if child.get("class") != "COMPARISON":  # named options (filename = true)
+                            yield from _literal_paths(child)
+            for value in node.values():
+                yield from paths(value)
+        elif isinstance(node, list):
+            for value in node:
+                yield from paths(value)
+
+    for path in paths(_syntax_tree(sql)):
+        if isinstance(path, str) and re.search(r"[?#]", path):
+            # DuckDB reads s3_endpoint, s3_access_key_id, ... from a URL's query and would send the
+            # request (signed, with the session token) to any host: a path is a path, nothing more.
+            raise QueryRefused(f"reading {path} is not allowed: a path may not carry ? or # (URL parameters)")
+        if not isinstance(path, str) or _DOT_SEGMENT.search(path):
+            shown = path if isinstance(path, str) else "a computed path"
+            raise QueryRefused(
+                f"reading {shown!s} is not allowed: name the warehouse's files by a plain path "
+                "(no . or .. segments, no expression)"
+            )
+
+
+def _literal_paths(node: dict[str, Any]) -> Iterator[Any]:
+    """The texts of a file reader's path argument; a non-text (an expression) yields None."""
+    if node.get("class") == "CONSTANT":
+        value = node.get("value") or {}
+        yield value.get("value") if (value.get("type") or {}).get("id") == "VARCHAR" else None
+    elif node.get("class") == "FUNCTION" and node.get("function_name") == "list_value":
+        for child in node.get("children") or []:
+            yield from _literal_paths(child)
+    else:
+        yield None
+
+
 def check_expression(sql: str) -> str:
     """A user-given SQL condition or expression, as DuckDB's parser writes it back: safe to splice.
 

@@ -116,6 +116,13 @@ def test_sql_is_read_only_and_writes_files(session):
     assert json.loads(as_json) == [{"n": 40}]
     wrong = run("sql", "SELECT nope FROM rows", cwd=cwd, ok=False)
     assert wrong.returncode == 1 and "nope" in wrong.stderr
+    # The table names each column's type as DuckDB does (what the user writes in SQL), not polars'.
+    shown = run("sql", "SELECT id, origin_line, messages, created_at FROM rows LIMIT 1", cwd=cwd).stdout
+    header = shown.split("┡")[0]
+    for name in ("VARCHAR", "BIGINT", "STRUCT(role VARCHAR, content VARCHAR)[]", "TIMESTAMP WITH TIME ZONE"):
+        assert name in header, (name, header)
+    assert "String" not in header and "Int64" not in header
+    assert "String" not in run("jobs", cwd=cwd).stdout  # the other tables show names only
 
 
 def test_errors_are_one_clear_line(session):

@@ -14,6 +14,7 @@ import factory
 from factory.formats import loading
 from factory.formats.readers import ReadError
 from generators.human import ImportFailed
+from tests.conftest import write_jsonl
 
 DATA = Path(__file__).parents[2] / "data" / "realistic"
 
@@ -330,3 +331,48 @@ def test_a_rename_onto_a_field_the_file_has_keeps_the_replaced_value_in_meta(wh,
     assert any(
         "no field 'alt' for --map output=alt; its own 'output' was used" in w for w in summary.warnings
     )
+
+
+def test_a_jsonl_file_mixing_alpaca_messages_and_sharegpt_records_reads_each_as_its_own(wh, tmp_path):
+    """Collections glued from several sources hold alpaca records beside chat ones in one file:
+    each record is read as the format its fields fit, in the file's order; one that fits none is
+    rejected naming its line; the summary says the file mixes formats, with counts."""
+    records, expected = [], []
+    for k in range(90):
+        if k % 3 == 0:
+            records.append({"instruction": f"Sum {k} and 2", "input": f"numbers {k}", "output": f"{k + 2}"})
+            expected.append(("instruction", f"Sum {k} and 2", f"{k + 2}", 0))
+        elif k % 3 == 1:
+            turns = [
+                {"role": "system", "content": "Be brief."},
+                {"role": "user", "content": f"Name city {k}"},
+                {"role": "assistant", "content": f"City {k}"},
+                {"role": "user", "content": "And its river?"},
+                {"role": "assistant", "content": f"River {k}"},
+            ]
+            records.append({"messages": turns, "source_id": k})
+            expected.append(("conversation", "And its river?", f"River {k}", 4))
+        else:
+            conv = [{"from": "human", "value": f"Tell me fact {k}"}, {"from": "gpt", "value": f"Fact {k}."}]
+            records.append({"conversations": conv})
+            expected.append(("instruction", f"Tell me fact {k}", f"Fact {k}.", 0))
+    records.insert(40, {"instruction": "no answer here"})  # fits no format: rejected, by line
+    path = write_jsonl(tmp_path / "glued.jsonl", records)
+
+    summary = factory.import_file(wh, path, on_error="skip")
+    assert summary.inserted == 90
+    assert any("mixes formats" in w and "alpaca 30" in w and "openai 30" in w and "sharegpt 30" in w
+               for w in summary.warnings), summary.warnings  # fmt: skip
+    rows = wh.sql(
+        "SELECT kind, instruction, output, len(messages) AS turns, origin_line, system, "
+        "generator_params->>'format' AS fmt FROM rows ORDER BY rowid"
+    )
+    got = [
+        (k, i, o, t or 0) for k, i, o, t in rows.select("kind", "instruction", "output", "turns").iter_rows()
+    ]
+    assert got == expected  # each record's own shape, in the file's order (keep=first dedup relies on it)
+    assert rows["origin_line"].to_list() == [n for n in range(1, 92) if n != 41]
+    assert set(rows["fmt"]) == {"alpaca", "openai", "sharegpt"}
+    assert set(rows.filter(rows["fmt"] == "openai")["system"]) == {"Be brief."}
+    report = Path(summary.rejects_path).read_text()
+    assert "glued.jsonl:41,output,missing_field" in report, report  # judged as the alpaca record it nearly is
