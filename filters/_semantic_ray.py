@@ -4,10 +4,11 @@ What runs where (the driver holds counts, file names and object refs, never rows
 1. the driver has DuckDB export the vectors the warehouse's `embeddings` table already holds for
    the contenders (this model and field) as Parquet into the job's scratch folder;
 2. workers join them to the contenders by id (a Ray Data hash join) and an actor pool, one actor
-   per worker node with the model loaded once, encodes the rows that have none, exactly as
-   `row_embeddings` does (same backend, same order of encoding); each actor writes the vectors it
-   encoded as Parquet beside the job's files, and the driver commits them to `embeddings` with the
-   verdicts (`RayJob.appends`), so a rerun encodes nothing again;
+   per worker node (fewer when few rows need a vector; none when every one is stored) with the
+   model loaded once, encodes the rows that have none, exactly as `row_embeddings` does (same
+   backend, same order of encoding); each actor writes the vectors it encoded as Parquet beside
+   the job's files, and the driver commits them to `embeddings` with the verdicts
+   (`RayJob.appends`), so a rerun encodes nothing again;
 3. one task on a worker runs k-means over every vector in contender order (`_seq`), as
    `semantic.clusters` does in-process: the one global step;
 4. each cluster is judged on its own (groupby label, map_groups): `close_pairs` and
@@ -38,6 +39,7 @@ IDS = "semantic_ids"  # scratch: the contenders' ids, when they did not come fro
 ENCODED = "semantic_embeddings"  # scratch: vectors the workers encoded, committed to `embeddings`
 CONTENDERS = "contenders"  # factory/runners/distributed.INPUT: the driver's export of the contenders
 ENCODE_ROWS = 4096  # rows per encoder call on an actor (a block is cut into batches of this size)
+GROUP_ROWS = 50_000  # contenders a partition of the clusters' shuffle holds on average
 
 
 def backend(model: str) -> str:
@@ -152,17 +154,29 @@ def distributed(contenders: Any, config: Any, job: Any) -> Any:
         "WHERE e.model = $model AND e.field = $field GROUP BY e.id",
         {"model": config.model, "field": config.key},
     )
-    if scratch.exists(CACHED) and int(
-        wh.lake.scalar(f"SELECT count(*) FROM read_parquet({lake.quote(cached)})")
-    ):
-        partitions = max(1, min(64, _worker_nodes(ray) * 2))
-        texts = texts.join(
-            scratch.read(ray, CACHED), join_type="left_outer", num_partitions=partitions, on=("id",)
-        )
     nodes = _worker_nodes(ray)
+    stored = (
+        int(wh.lake.scalar(f"SELECT count(*) FROM read_parquet({lake.quote(cached)})"))
+        if scratch.exists(CACHED)
+        else 0
+    )
+    if stored:
+        texts = texts.join(
+            scratch.read(ray, CACHED),
+            join_type="left_outer",
+            num_partitions=max(1, min(64, nodes * 2)),
+            on=("id",),
+        )
     # joined and split before the actors start: a pool may hold every CPU, which starves other tasks
     texts = texts.materialize()
-    texts = texts.repartition(max(nodes, -(-texts.count() // ENCODE_ROWS))).materialize()
+    rows = texts.count()
+    parts = max(
+        nodes, -(-rows // GROUP_ROWS)
+    )  # the clusters' shuffle: a few tens of thousands of rows a part
+    if stored == rows:  # every vector is stored: no model to load, nothing to encode
+        encoded = texts.map_batches(_stored, batch_format="pyarrow")
+        return _judged(ray, encoded, config, parts)
+    texts = texts.repartition(max(nodes, -(-rows // ENCODE_ROWS))).materialize()
     encoded = texts.map_batches(
         Encoder,
         fn_constructor_args=(
@@ -175,14 +189,28 @@ def distributed(contenders: Any, config: Any, job: Any) -> Any:
         ),
         batch_format="pyarrow",
         batch_size=ENCODE_ROWS,
-        compute=ray.data.ActorPoolStrategy(size=nodes),  # one model load per actor
+        # one model load per actor, and no more actors than batches to encode
+        compute=ray.data.ActorPoolStrategy(size=max(1, min(nodes, -(-(rows - stored) // ENCODE_ROWS)))),
         num_cpus=1,
     )
-    refs = encoded.to_arrow_refs()
+    encoded = encoded.materialize()
     if scratch.exists(ENCODED):  # committed by the driver with the verdicts
         job.appends.append(("embeddings", scratch.glob(ENCODED)))
+    return _judged(ray, encoded, config, parts)
+
+
+def _stored(batch: pa.Table) -> pa.Table:
+    """Contenders whose vectors all came from the warehouse, as the encoder hands them on."""
+    frame = pl.from_arrow(batch).with_columns(pl.col("vector").cast(pl.List(pl.Float32)))
+    return frame.select("id", "_seq", "_rank", "vector").to_arrow()
+
+
+def _judged(ray: Any, encoded: Any, config: Any, parts: int) -> Any:
+    """k-means over every vector in one task, then each cluster judged on its own."""
     kmeans = ray.remote(num_cpus=1)(_kmeans)
-    labelled = ray.data.from_arrow_refs([kmeans.remote(config.cluster_size, config.seed, *refs)])
-    return labelled.groupby("_label").map_groups(
+    labelled = ray.data.from_arrow_refs(
+        [kmeans.remote(config.cluster_size, config.seed, *encoded.to_arrow_refs())]
+    )
+    return labelled.groupby("_label", num_partitions=parts).map_groups(
         _judge_cluster, fn_args=(config.threshold,), batch_format="pyarrow"
     )

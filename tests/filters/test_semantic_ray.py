@@ -75,6 +75,14 @@ def _vectors(wh) -> np.ndarray:
     return frame["vector"].list.to_array(len(frame["vector"][0])).to_numpy()
 
 
+def _encoder_actors(cluster) -> int:
+    """Encoder actors the cluster has started (alive or not), from Ray's state API."""
+    from ray.util.state import list_actors
+
+    actors = list_actors(address=cluster.dashboard, limit=10_000, raise_on_missing_output=False)
+    return sum("Encoder" in (a.class_name or "") for a in actors)
+
+
 def test_semantic_on_ray_equals_in_process_and_caches_embeddings(tmp_path, ray_cluster):
     local, remote = warehouses = _both(tmp_path)
     first = write_jsonl(tmp_path / "a.jsonl", _records(1, TOPICS[:24], SUBJECTS[:16]))
@@ -106,8 +114,11 @@ def test_semantic_on_ray_equals_in_process_and_caches_embeddings(tmp_path, ray_c
     total = local.count()
     assert remote.count("embeddings") == local.count("embeddings") == total
 
-    # another config judges every row again: every vector comes from the cache, none is encoded
+    # another config judges every row again: every vector comes from the cache, no model is loaded
+    encoders = _encoder_actors(ray_cluster)
+    assert encoders >= 2  # the first job's pool (one actor per worker node) and the second's
     again = factory.filter(remote, "semantic", engine="ray", ray_address=ray_cluster.address, threshold=0.95)
+    assert _encoder_actors(ray_cluster) == encoders
     assert again.candidates == total and remote.count("embeddings") == total
     same = factory.filter(local, "semantic", threshold=0.95)
     assert _verdicts(remote, again.run_id) == _verdicts(local, same.run_id)
