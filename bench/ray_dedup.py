@@ -14,7 +14,7 @@ references, so its peak stays flat. On one 2-core machine the cluster is slower 
 the in-process engine (the same cores, plus serialisation and shuffles); the scale-out
 is across machines.
 
-Run: `python -m bench.ray_dedup --rows 250000 500000 1000000` (not part of `make bench`).
+Run: `python -m bench.ray_dedup --rows 250000 500000 1000000` (`make bench` runs it at 250,000).
 """
 
 from __future__ import annotations

@@ -66,7 +66,12 @@ def connect(given: str | None = None) -> Any:
             "prints it) and that $RAY_AUTH_TOKEN holds the cluster's token"
         ) from exc
     _joined["address"] = target
-    logging.getLogger("ray").setLevel(logging.WARNING)  # Ray Data's per-dataset lines would bury our summary
+    # Ray's and Ray Data's progress lines would bury our summary: warnings only on the terminal (Ray
+    # Data's own log file, ray-data.log in the session folder, keeps everything).
+    logging.getLogger("ray").setLevel(logging.WARNING)
+    for handler in logging.getLogger("ray.data").handlers:
+        if not type(handler).__name__.endswith("FileHandler"):
+            handler.setLevel(logging.WARNING)
     context = ray.data.DataContext.get_current()
     context.enable_progress_bars = False
     context.print_on_execution_start = False
@@ -74,6 +79,9 @@ def connect(given: str | None = None) -> Any:
     # every read: 20-40 s of process starts per read on a small node, for the few files a job's
     # scratch folder holds. The first reader reads the footers itself.
     context.use_datasource_v2 = False
+    # That reader cuts a read into at least 200 blocks (Ray's default, for big clusters): on a small
+    # one, 200 tasks a stage cost more than the work. Twice the cluster's CPUs keeps them all busy.
+    context.read_op_min_num_blocks = max(2, 2 * int(ray.cluster_resources().get("CPU", 1)))
     return ray
 
 
