@@ -97,13 +97,23 @@ def files(glob: str) -> str:
     return f"read_parquet({lake.quote(glob)}, union_by_name = true)"
 
 
-def check(wh: Warehouse, glob: str, candidates: int, name: str) -> None:
-    """One verdict per candidate, no more, no fewer."""
+def check(wh: Warehouse, glob: str, candidates: int, name: str, contenders: str) -> None:
+    """One verdict per candidate (the `_rank` 1 rows of the contenders' files), no more, no fewer, and
+    none for another row."""
     total, distinct = wh.lake.row(f"SELECT count(*), count(DISTINCT id) FROM {files(glob)}")
     if total != candidates or distinct != candidates:
         raise PluginError(
             f"filter '{name}' on Ray returned {total} verdicts for {distinct} rows, not one per candidate "
             f"({candidates})"
+        )
+    strangers = wh.lake.frame(
+        f"SELECT id FROM {files(glob)} ANTI JOIN (SELECT id FROM read_parquet({lake.quote(contenders)}) "
+        "WHERE _rank = 1) c USING (id) LIMIT 3"
+    )
+    if strangers.height:
+        raise PluginError(
+            f"filter '{name}' on Ray returned verdicts for rows it was not given to judge "
+            f"({', '.join(strangers['id'].to_list())}): nothing was committed"
         )
 
 

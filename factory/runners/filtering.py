@@ -315,7 +315,7 @@ def _judge_on_ray(run: _Run, pool_ids: str) -> None:
         summary.candidates = n
         new_rows, inherit = None, pl.DataFrame()
         if n:
-            distributed.check(wh, glob, n, name)
+            distributed.check(wh, glob, n, name, scratch.glob(distributed.INPUT))
             summary.kept, summary.reasons = distributed.summary(wh, glob)
             summary.dropped = n - summary.kept
             if plugin.row_local:

@@ -85,17 +85,31 @@ def connect(given: str | None = None) -> Any:
     return ray
 
 
+# HTTP/2's connection preface and an empty SETTINGS frame: a gRPC server (Ray's GCS, a Ray
+# Client server) answers with a SETTINGS frame of its own; anything else does not.
+_HTTP2_HELLO = b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n" + bytes([0, 0, 0, 4, 0, 0, 0, 0, 0])
+_SETTINGS = 4
+
+
 def _reachable(target: str) -> None:
-    """Fail at once on an address where nothing listens (Ray itself retries for minutes)."""
+    """Fail at once on an address where no Ray head listens: nothing there, or a server that does not
+    speak gRPC (Ray itself retries either for minutes, or for ever)."""
     host, _, port = target.removeprefix("ray://").rpartition(":")
+    hint = "give --ray-address HOST:PORT of the head node (`ray start --head` prints it; 6379 by default)"
     try:
-        with socket.create_connection((host or "127.0.0.1", int(port)), timeout=10):
-            return
+        with socket.create_connection((host or "127.0.0.1", int(port)), timeout=10) as conn:
+            conn.settimeout(10)
+            conn.sendall(_HTTP2_HELLO)
+            answer = b""
+            while len(answer) < 9:
+                chunk = conn.recv(9 - len(answer))
+                if not chunk:
+                    break
+                answer += chunk
     except (OSError, ValueError) as exc:
-        raise SetupError(
-            f"no Ray cluster at {target} ({exc}): give --ray-address HOST:PORT of the head node "
-            "(`ray start --head` prints it; 6379 by default)"
-        ) from exc
+        raise SetupError(f"no Ray cluster at {target} ({exc}): {hint}") from exc
+    if len(answer) < 9 or answer[3] != _SETTINGS:
+        raise SetupError(f"{target} answers, but not as a Ray head node (it does not speak gRPC): {hint}")
 
 
 class Scratch:
