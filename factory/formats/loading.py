@@ -232,11 +232,20 @@ def _by_record_format(raw: Raw, fmt: str) -> list[tuple[str, Raw]]:
     if len(kinds) == 1:
         return [(fmt, raw)]
     parts = []
+    own = {k: set(shapes.SPECS[k].fields) for k in kinds}
     for kind in kinds:
         idx = (formats == kind).arg_true()
         origins = raw.origins.gather(idx)
         if raw.table is not None:
-            part = Raw(origins=origins, table=raw.table.take(pa.array(idx.to_numpy())))
+            table = raw.table.take(pa.array(idx.to_numpy()))
+            # a column the reader made for other records' fields (null in every record of this part)
+            # is not this part's: it would land in meta as "messages": null, "id": null, ...
+            theirs = [
+                c
+                for c in table.column_names
+                if c not in own[kind] and table.column(c).null_count == table.num_rows
+            ]
+            part = Raw(origins=origins, table=table.drop_columns(theirs))
         else:
             records = raw.records or []
             part = Raw(origins=origins, records=[records[i] for i in idx.to_list()])

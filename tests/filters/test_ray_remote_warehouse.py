@@ -100,6 +100,7 @@ def test_a_driver_killed_before_its_commit_leaves_files_and_no_verdict(tmp_path,
     assert "INFO" not in rerun.stderr, rerun.stderr[-2000:]  # Ray's progress lines would bury the summary
     wh = factory.open(tmp_path / "wh")
     assert f"{wh.count()} row(s) judged" in rerun.stdout.replace(",", ""), rerun.stdout
+    assert f"on ray ({ray_cluster.address})" in rerun.stdout  # the summary says where it ran
     assert not scratch_keys(remote_store)  # the killed job's files were removed by the next job
     local = factory.init(tmp_path / "local")
     factory.import_file(local, str(data))

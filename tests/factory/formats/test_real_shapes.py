@@ -354,7 +354,7 @@ def test_a_jsonl_file_mixing_alpaca_messages_and_sharegpt_records_reads_each_as_
             expected.append(("conversation", "And its river?", f"River {k}", 4))
         else:
             conv = [{"from": "human", "value": f"Tell me fact {k}"}, {"from": "gpt", "value": f"Fact {k}."}]
-            records.append({"conversations": conv})
+            records.append({"conversations": conv, "id": f"sg-{k}"})
             expected.append(("instruction", f"Tell me fact {k}", f"Fact {k}.", 0))
     records.insert(40, {"instruction": "no answer here"})  # fits no format: rejected, by line
     path = write_jsonl(tmp_path / "glued.jsonl", records)
@@ -374,5 +374,12 @@ def test_a_jsonl_file_mixing_alpaca_messages_and_sharegpt_records_reads_each_as_
     assert rows["origin_line"].to_list() == [n for n in range(1, 92) if n != 41]
     assert set(rows["fmt"]) == {"alpaca", "openai", "sharegpt"}
     assert set(rows.filter(rows["fmt"] == "openai")["system"]) == {"Be brief."}
+    # meta holds each record's own extra fields, not the other formats' (null) ones
+    meta = dict(
+        wh.sql("SELECT generator_params->>'format' AS fmt, list(DISTINCT meta) FROM rows GROUP BY 1").rows()
+    )
+    assert meta["alpaca"] == [None]
+    assert sorted(meta["openai"]) == sorted(f'{{"source_id":{k}}}' for k in range(1, 90, 3))
+    assert sorted(meta["sharegpt"]) == sorted(f'{{"id":"sg-{k}"}}' for k in range(2, 90, 3))
     report = Path(summary.rejects_path).read_text()
     assert "glued.jsonl:41,output,missing_field" in report, report  # judged as the alpaca record it nearly is
