@@ -387,10 +387,16 @@ class Lake:
         sql = self._checked(sql)
         return _retry(lambda: self.con.execute(sql, params or []).pl(), location=self.location)
 
-    def row(self, sql: str, params: Params = None) -> tuple:
-        """The first row of a query's result."""
+    def row(self, sql: str, params: Params = None) -> tuple | None:
+        """The first row of a query's result (None when it has none); for one-row queries.
+
+        The whole result is fetched: a result left half-read keeps its scan open, and a scan of
+        the SQLite catalog holds SQLite's read lock until the connection's next query (measured:
+        a process queued for the writer lock held it, and the writer waited minutes to commit).
+        """
         sql = self._checked(sql)
-        return _retry(lambda: self.con.execute(sql, params or []).fetchone(), location=self.location)
+        rows = _retry(lambda: self.con.execute(sql, params or []).fetchall(), location=self.location)
+        return rows[0] if rows else None
 
     def scalar(self, sql: str, params: Params = None) -> Any:
         row = self.row(sql, params)

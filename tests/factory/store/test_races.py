@@ -1,5 +1,5 @@
-"""Identical work started at once by several `factory` processes is done once: a snapshot name is
-taken by exactly one, a filter judges each row once, a distillation pays each request once. Every
+"""Identical work started at once by several `factory` processes is done once: a new warehouse is
+created once, a snapshot name is taken by exactly one, a filter judges each row once, a distillation pays each request once. Every
 race is run 10 times, the processes released together by a barrier (tests/racing.py)."""
 
 from __future__ import annotations
@@ -48,6 +48,21 @@ def test_one_snapshot_name_taken_by_exactly_one_of_three(tmp_path):
         assert wh.sql("SELECT count(*) FROM snapshot_rows").item() == ROUNDS * 5000
         child = wh.create_snapshot("child", parent="same0")
         assert child["row_count"] == 5000
+
+
+@pytest.mark.slow
+def test_two_processes_creating_one_warehouse_both_open_it(tmp_path):
+    # A read of the catalog's own metadata once left SQLite's read lock held while the reader
+    # queued for the writer lock, and the writer waited on that read lock for minutes.
+    race = Race(tmp_path / "race", racers=2, rounds=ROUNDS)
+    try:
+        for k in range(ROUNDS):
+            results = race.round(k, ["init", "-w", str(tmp_path / f"wh{k}")], timeout=60)
+            assert [r["code"] for r in results] == [0, 0], results
+            with factory.open(tmp_path / f"wh{k}", read_only=True) as wh:
+                assert wh.sql("SELECT count(*) FROM meta WHERE key = 'schema_version'").item() == 1
+    finally:
+        race.close()
 
 
 @pytest.mark.slow
