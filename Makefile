@@ -82,13 +82,15 @@ postgres:
 	  { [ "$$(id -u)" = 0 ] || { echo "the warehouse tests need Debian's postgresql package: apt-get install it as root"; exit 1; }; \
 	    apt-get update -qq > /dev/null && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq postgresql > /dev/null; }
 
-# The tools' environments install in the background while the other tests run; the ecosystem
-# tests run last and wait for them (tests/ecosystem/conftest.py reads ecosystem-install.*).
-test: install vllm-env browser postgres
-	@rm -f ecosystem-install.rc; \
-	( $(MAKE) --no-print-directory llamafactory-env axolotl-env > ecosystem-install.log 2>&1; \
+# vLLM's environment, then the tools' environments, install in the background while the other
+# tests run; the tests that need them run late and wait (tests/installs.py reads *-install.rc).
+test: install browser postgres
+	@rm -f vllm-install.rc ecosystem-install.rc; \
+	( $(MAKE) --no-print-directory vllm-env > vllm-install.log 2>&1; \
+	  echo $$? > vllm-install.rc.tmp; mv vllm-install.rc.tmp vllm-install.rc; \
+	  $(MAKE) --no-print-directory llamafactory-env axolotl-env > ecosystem-install.log 2>&1; \
 	  echo $$? > ecosystem-install.rc.tmp; mv ecosystem-install.rc.tmp ecosystem-install.rc ) & \
-	echo $$! > ecosystem-install.pid; \
+	echo $$! > background-install.pid; \
 	$(BIN)/python -m pytest -q; status=$$?; wait; exit $$status
 
 ecosystem-env: llamafactory-env axolotl-env
@@ -104,4 +106,4 @@ lint: install
 	$(BIN)/ruff format --check .
 
 clean:
-	rm -rf $(VENV) $(VLLM_VENV) $(LF_VENV) $(AX_VENV) ecosystem-install.* warehouse demo-out bench-out recipes-out
+	rm -rf $(VENV) $(VLLM_VENV) $(LF_VENV) $(AX_VENV) ecosystem-install.* vllm-install.* background-install.pid warehouse demo-out bench-out recipes-out

@@ -2,9 +2,11 @@
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import json
 import sys
+from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import pytest
@@ -15,9 +17,52 @@ from tests.ray_cluster import auth
 auth()  # before any test module imports ray
 
 
+# Session servers that cost CPU while idle (vLLM's engine, Ray's raylets, log monitors and GCS):
+# the modules that use one run one after the other, and it stops after its last test.
+IDLE_COSTLY = ("vllm_server", "ray_cluster")
+_LAST_USER: dict[str, str] = {}  # fixture name -> node id of the last test that uses it
+_RUNNING: dict[str, Callable[[], None]] = {}  # fixture name -> how to stop it
+
+
 def pytest_collection_modifyitems(config, items):
-    """The ecosystem tests last: `make test` installs their tools in the background meanwhile."""
-    items.sort(key=lambda item: item.get_closest_marker("ecosystem") is not None)
+    """Modules that share an idle-costly server together (a module is never split, so its module
+    fixtures start once); the ecosystem tests last: `make test` installs their tools meanwhile."""
+    used: dict[Path, set[str]] = {}
+    for item in items:
+        used.setdefault(item.path, set()).update(n for n in IDLE_COSTLY if n in item.fixturenames)
+    first_seen = {path: k for k, path in enumerate(dict.fromkeys(item.path for item in items))}
+
+    def order(item) -> tuple:
+        servers = tuple(n in used[item.path] for n in IDLE_COSTLY)
+        return (item.get_closest_marker("ecosystem") is not None, servers, first_seen[item.path])
+
+    items.sort(key=order)
+
+
+def pytest_collection_finish(session):
+    _LAST_USER.clear()
+    for item in session.items:  # after -k / -m deselection
+        _LAST_USER.update({n: item.nodeid for n in IDLE_COSTLY if n in item.fixturenames})
+
+
+@pytest.hookimpl(wrapper=True)
+def pytest_runtest_teardown(item, nextitem):
+    result = yield
+    for name, last in _LAST_USER.items():
+        if last == item.nodeid and name in _RUNNING:
+            _RUNNING.pop(name)()
+    return result
+
+
+@contextlib.contextmanager
+def stopped_after_its_last_test(name: str, stop: Callable[[], None]) -> Iterator[None]:
+    """A session server's life: stopped after the last test that uses it, or with the session."""
+    _RUNNING[name] = stop
+    try:
+        yield
+    finally:
+        if name in _RUNNING:
+            _RUNNING.pop(name)()
 
 
 @pytest.fixture
@@ -81,13 +126,13 @@ def tiny_model(tmp_path_factory) -> Path:
 @pytest.fixture(scope="session")
 def vllm_server(tiny_model, tmp_path_factory):
     """vLLM's real OpenAI-compatible server on the CPU, serving the tiny model as 'tiny'."""
-    from tests.servers import VLLM_PYTHON, VLLMServer
+    from tests.installs import vllm_python
+    from tests.servers import VLLMServer
 
-    if not VLLM_PYTHON.exists():
-        pytest.fail("the vLLM CPU server lives in .venv-vllm: run `make vllm-env` (make test does)")
+    vllm_python()  # waits for make test's background install of it
     server = VLLMServer(tiny_model, "tiny", tmp_path_factory.mktemp("vllm"), max_model_len=2048).wait()
-    yield server
-    server.stop()
+    with stopped_after_its_last_test("vllm_server", server.stop):
+        yield server
 
 
 # -- remote warehouses: a PostgreSQL catalog and data files in S3 (moto) ---------------------------
@@ -171,8 +216,12 @@ def ray_cluster(tmp_path_factory):
     from tests.ray_cluster import RayCluster
 
     cluster = RayCluster(tmp_path_factory.mktemp("ray"))
-    yield cluster
-    import ray
 
-    ray.shutdown()
-    cluster.stop()
+    def stop() -> None:
+        import ray
+
+        ray.shutdown()
+        cluster.stop()
+
+    with stopped_after_its_last_test("ray_cluster", stop):
+        yield cluster

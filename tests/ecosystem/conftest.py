@@ -7,13 +7,13 @@ from __future__ import annotations
 import os
 import random
 import subprocess
-import time
 from pathlib import Path
 
 import pytest
 
 import factory
 from tests.conftest import write_jsonl
+from tests.installs import installed
 
 ROOT = Path(__file__).resolve().parents[2]
 LLAMAFACTORY = ROOT / ".venv-llamafactory" / "bin"
@@ -79,38 +79,14 @@ def ecosystem(tmp_path_factory):
     wh.close()
 
 
-def _running(pid_file: Path) -> bool:
-    try:
-        os.kill(int(pid_file.read_text()), 0)
-    except (OSError, ValueError):
-        return False
-    return True
-
-
-def installed(bin_folder: Path, target: str) -> Path:
-    """The tool's environment, once `make test`'s background install of it has finished (these tests
-    run last so that it overlaps with the others); fails with the install's log if it failed."""
-    stamp = bin_folder.parent / ".installed"
-    log, rc = ROOT / "ecosystem-install.log", ROOT / "ecosystem-install.rc"
-    while not rc.exists() and _running(ROOT / "ecosystem-install.pid"):
-        time.sleep(2)
-    failed = rc.exists() and rc.read_text().strip() != "0"
-    if failed or not stamp.exists():
-        shown = log.read_text()[-3000:] if log.exists() else ""
-        pytest.fail(
-            f"{bin_folder.parent.name} is not installed: run `make {target}` (make test does)\n{shown}"
-        )
-    return bin_folder
-
-
 @pytest.fixture(scope="session")
 def llamafactory_cli() -> Path:
-    return installed(LLAMAFACTORY, "llamafactory-env")
+    return installed(LLAMAFACTORY, "llamafactory-env", "ecosystem-install")
 
 
 @pytest.fixture(scope="session")
 def axolotl_cli() -> Path:
-    return installed(AXOLOTL, "axolotl-env")
+    return installed(AXOLOTL, "axolotl-env", "ecosystem-install")
 
 
 def run_tool(bin_folder: Path, program: str, *args: str, cwd: Path) -> subprocess.CompletedProcess:

