@@ -91,7 +91,7 @@ test: install browser postgres
 	  $(MAKE) --no-print-directory llamafactory-env axolotl-env > ecosystem-install.log 2>&1; \
 	  echo $$? > ecosystem-install.rc.tmp; mv ecosystem-install.rc.tmp ecosystem-install.rc ) & \
 	echo $$! > background-install.pid; \
-	$(BIN)/python -m pytest -q; status=$$?; wait; exit $$status
+	$(BIN)/python -m pytest -q --durations=25; status=$$?; wait; exit $$status
 
 ecosystem-env: llamafactory-env axolotl-env
 
