@@ -1,6 +1,7 @@
 """Identical work started at once by several `factory` processes is done once: a new warehouse is
-created once, a snapshot name is taken by exactly one, a filter judges each row once, a distillation pays each request once. Every
-race is run 10 times, the processes released together by a barrier (tests/racing.py)."""
+created once, a snapshot name is taken by exactly one, a filter judges each row once, a
+distillation pays each request once. Every race is run 10 times, the processes released together
+by a barrier (tests/racing.py)."""
 
 from __future__ import annotations
 
